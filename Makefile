@@ -1,0 +1,33 @@
+# raytrain: `make demo` runs the main job on an embedded local Ray, `make test` runs the tests.
+# Both build the virtual environment first if it is missing. VARIANT=cuda for GPU machines.
+VARIANT ?= cpu
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(VARIANT)
+PYTEST_ARGS ?=
+
+.PHONY: demo test test-fast lint typecheck bench clean install
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml scripts/install.sh
+	bash scripts/install.sh $(VARIANT) $(VENV)
+	touch $@
+
+demo: $(STAMP)
+	$(VENV)/bin/raytrain run jobs/train_ml100k.yaml
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check raytrain tests benchmarks
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy raytrain --ignore-missing-imports
+
+clean:
+	rm -rf runs .pytest_cache

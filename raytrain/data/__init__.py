@@ -1,0 +1,77 @@
+"""Data sources: built-in MovieLens-100K and synthetic, or parquet with a declared schema."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .schema import FeatureSchema, SparseFeature
+
+__all__ = ["FeatureSchema", "SparseFeature", "PreparedData", "prepare", "declared_features"]
+
+
+@dataclass
+class PreparedData:
+    """What the training workers need to find their data: a schema plus files or a generator spec."""
+
+    schema: FeatureSchema
+    paths: dict[str, list[str]] = field(default_factory=dict)  # split -> parquet files
+    synthetic: dict | None = None  # SyntheticSpec as a dict
+
+    def to_dict(self) -> dict:
+        return {"schema": self.schema.to_dict(), "paths": self.paths, "synthetic": self.synthetic}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PreparedData":
+        return cls(FeatureSchema.from_dict(d["schema"]), d.get("paths") or {}, d.get("synthetic"))
+
+
+def declared_features(data_spec) -> list[str] | None:
+    """Sparse feature names known from the spec alone (no data read)."""
+    if data_spec.source == "movielens-100k":
+        from .movielens import FEATURES
+
+        return [n for n, _, _ in FEATURES]
+    if data_spec.source == "synthetic":
+        return [f"s{i}" for i in range(data_spec.synthetic.num_sparse)]
+    if data_spec.columns is not None:
+        return list(data_spec.columns.sparse) + list(data_spec.columns.multi_valued)
+    return None
+
+
+def schema_of(data_spec) -> FeatureSchema:
+    """The schema without preparing data (for planning). MovieLens needs its files for cardinalities."""
+    if data_spec.source == "synthetic":
+        from .synthetic import schema_for
+
+        return schema_for(data_spec.synthetic)
+    if data_spec.source == "parquet":
+        from .parquet import schema_for
+
+        return schema_for(data_spec)
+    return prepare(data_spec).schema
+
+
+def prepare(data_spec, work_dir: str | None = None) -> PreparedData:
+    """Fetch / split / validate on the driver, before any worker starts."""
+    if data_spec.source == "movielens-100k":
+        from .movielens import prepare as prepare_ml
+
+        schema, paths = prepare_ml(data_spec)
+        return PreparedData(schema, paths)
+    if data_spec.source == "synthetic":
+        from .synthetic import schema_for
+
+        return PreparedData(schema_for(data_spec.synthetic), synthetic=data_spec.synthetic.model_dump(mode="json"))
+    from .parquet import expand, schema_for, validate_files
+
+    schema = schema_for(data_spec)
+    if data_spec.paths is not None:
+        paths = {s: expand(getattr(data_spec.paths, s)) for s in ("train", "validation", "test")}
+        for files in paths.values():
+            validate_files(files, schema)
+        return PreparedData(schema, paths)
+    files = expand(data_spec.path)
+    validate_files(files, schema)
+    from .split import split_parquet
+
+    return PreparedData(schema, split_parquet(files, schema, data_spec.split, work_dir))

@@ -1,0 +1,173 @@
+"""Columns -> model inputs: a dense float tensor, a KeyedJaggedTensor of ids, and labels.
+
+Ids are checked against each table's size before they reach an embedding kernel: FBGEMM would
+silently rewrite an out-of-range id to row 0 and train it (STACK.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import torch
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from ..errors import DataError
+from .schema import FeatureSchema
+
+
+@dataclass
+class Batch:
+    dense: torch.Tensor  # [B, D] float32
+    sparse: KeyedJaggedTensor
+    label: torch.Tensor  # [B] float32
+    size: int
+
+    # the Pipelineable protocol TorchRec's TrainPipelineSparseDist uses to move batches to a GPU
+    def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
+        return Batch(self.dense.to(device, non_blocking=non_blocking),
+                     self.sparse.to(device, non_blocking=non_blocking),
+                     self.label.to(device, non_blocking=non_blocking), self.size)
+
+    def record_stream(self, stream) -> None:
+        self.dense.record_stream(stream)
+        self.sparse.record_stream(stream)
+        self.label.record_stream(stream)
+
+    def pin_memory(self) -> "Batch":
+        return Batch(self.dense.pin_memory(), self.sparse.pin_memory(), self.label.pin_memory(), self.size)
+
+
+def binarise(label: np.ndarray, rule: str | None) -> np.ndarray:
+    if rule is None:
+        return label.astype(np.float32)
+    from ..spec.schema import LabelSpec
+
+    return LabelSpec(positive_if=rule).binarise(label)
+
+
+class Columns:
+    """One shard of a split held as tensors, sliced into batches by row index."""
+
+    def __init__(self, schema: FeatureSchema, ids: dict, lists: dict, dense: torch.Tensor, label: torch.Tensor):
+        self.schema = schema
+        self.ids = ids  # name -> int64 [N]
+        self.lists = lists  # name -> (values int64 [M], offsets int64 [N+1])
+        self.dense = dense
+        self.label = label
+
+    def __len__(self) -> int:
+        return int(self.label.shape[0])
+
+    @classmethod
+    def from_numpy(cls, schema: FeatureSchema, cols: dict[str, np.ndarray], source: str) -> "Columns":
+        """From plain numpy columns (single-valued ids only), e.g. synthetic chunks."""
+        ids = {f.name: torch.from_numpy(np.ascontiguousarray(cols[f.name], dtype=np.int64)) for f in schema.sparse}
+        dense = (
+            torch.from_numpy(np.stack([cols[d] for d in schema.dense], axis=1).astype(np.float32))
+            if schema.dense
+            else torch.zeros((len(cols[schema.label]), 0))
+        )
+        label = torch.from_numpy(binarise(np.asarray(cols[schema.label]), schema.positive_if))
+        out = cls(schema, ids, {}, dense, label)
+        out.check(source)
+        return out
+
+    @classmethod
+    def from_arrow(cls, schema: FeatureSchema, table: pa.Table, source: str) -> "Columns":
+        missing = [c for c in schema.columns() if c not in table.column_names]
+        if missing:
+            raise DataError(f"{source}: missing column(s) {', '.join(missing)}; has {', '.join(table.column_names)}")
+        ids, lists = {}, {}
+        for f in schema.sparse:
+            col = table.column(f.name)
+            if f.multi_valued:
+                arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+                if not pa.types.is_list(arr.type) and not pa.types.is_large_list(arr.type):
+                    raise DataError(f"{source}: column {f.name} must hold lists of ids, has {arr.type}")
+                if arr.null_count:
+                    raise DataError(f"{source}: column {f.name} has {arr.null_count} null list(s)")
+                offsets = np.asarray(arr.offsets, dtype=np.int64)
+                values = np.asarray(arr.values.to_numpy(zero_copy_only=False), dtype=np.int64)[offsets[0] : offsets[-1]]
+                lists[f.name] = (torch.from_numpy(values.copy()), torch.from_numpy(offsets - offsets[0]))
+            else:
+                if col.null_count:
+                    raise DataError(f"{source}: column {f.name} has {col.null_count} null id(s)")
+                ids[f.name] = torch.from_numpy(np.asarray(col.to_numpy(), dtype=np.int64).copy())
+        dense_cols = []
+        for d in schema.dense:
+            vals = np.asarray(table.column(d).to_numpy(zero_copy_only=False), dtype=np.float32)
+            if not np.isfinite(vals).all():
+                raise DataError(f"{source}: dense column {d} has {int((~np.isfinite(vals)).sum())} NaN/inf value(s)")
+            dense_cols.append(vals)
+        n = table.num_rows
+        dense = torch.from_numpy(np.stack(dense_cols, axis=1)) if dense_cols else torch.zeros((n, 0))
+        raw = np.asarray(table.column(schema.label).to_numpy(zero_copy_only=False), dtype=np.float64)
+        if np.isnan(raw).any():
+            rows = np.flatnonzero(np.isnan(raw))
+            raise DataError(f"{source}: label column {schema.label} has {len(rows)} NaN value(s), first at row {rows[0]}")
+        label = torch.from_numpy(binarise(raw, schema.positive_if))
+        out = cls(schema, ids, lists, dense, label)
+        out.check(source)
+        return out
+
+    @classmethod
+    def concat(cls, parts: list["Columns"], schema: FeatureSchema) -> "Columns":
+        if not parts:
+            return cls(schema, {f.name: torch.zeros(0, dtype=torch.int64) for f in schema.sparse if not f.multi_valued},
+                       {f.name: (torch.zeros(0, dtype=torch.int64), torch.zeros(1, dtype=torch.int64))
+                        for f in schema.sparse if f.multi_valued},
+                       torch.zeros((0, len(schema.dense))), torch.zeros(0))
+        ids = {k: torch.cat([p.ids[k] for p in parts]) for k in parts[0].ids}
+        lists = {}
+        for k in parts[0].lists:
+            vals, offs, base = [], [torch.zeros(1, dtype=torch.int64)], 0
+            for p in parts:
+                v, o = p.lists[k]
+                vals.append(v)
+                offs.append(o[1:] + base)
+                base += int(o[-1])
+            lists[k] = (torch.cat(vals), torch.cat(offs))
+        return cls(schema, ids, lists, torch.cat([p.dense for p in parts]), torch.cat([p.label for p in parts]))
+
+    def check(self, source: str) -> None:
+        """Every id inside its table: an error names the feature, the bad id and its row."""
+        for f in self.schema.sparse:
+            vals = self.lists[f.name][0] if f.multi_valued else self.ids[f.name]
+            if vals.numel() == 0:
+                continue
+            bad = (vals < 0) | (vals >= f.cardinality)
+            if bool(bad.any()):
+                pos = int(bad.nonzero()[0, 0])
+                if f.multi_valued:
+                    row = int(torch.searchsorted(self.lists[f.name][1], torch.tensor(pos), right=True)) - 1
+                else:
+                    row = pos
+                raise DataError(
+                    f"{source}: column {f.name} has id {int(vals[pos])} at row {row}, outside [0, {f.cardinality}) "
+                    f"({int(bad.sum())} bad id(s) in all)"
+                )
+
+    def batch(self, idx: torch.Tensor) -> Batch:
+        """Rows ``idx`` as a Batch. KJT layout: feature-major (all rows of feature 1, then feature 2...)."""
+        b = int(idx.numel())
+        values, lengths = [], []
+        for f in self.schema.sparse:
+            if f.multi_valued:
+                vals, offs = self.lists[f.name]
+                starts, lens = offs[idx], offs[idx + 1] - offs[idx]
+                total = int(lens.sum())
+                out_starts = torch.cumsum(lens, 0) - lens
+                gather = torch.repeat_interleave(starts - out_starts, lens, output_size=total) + torch.arange(total)
+                values.append(vals[gather])
+                lengths.append(lens)
+            else:
+                values.append(self.ids[f.name][idx])
+                lengths.append(torch.ones(b, dtype=torch.int64))
+        kjt = KeyedJaggedTensor(
+            keys=self.schema.sparse_names,
+            values=torch.cat(values),
+            lengths=torch.cat(lengths).to(torch.int32),
+        )
+        return Batch(self.dense[idx], kjt, self.label[idx], b)

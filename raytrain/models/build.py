@@ -1,0 +1,137 @@
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from torchrec.models.dlrm import DLRM, DLRM_DCN
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.mlp import MLP
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from ..data.schema import FeatureSchema
+
+
+def table_name(feature: str) -> str:
+    return f"t_{feature}"
+
+
+def table_configs(schema: FeatureSchema, embedding_dim: int) -> list[EmbeddingBagConfig]:
+    """One table per sparse feature; multi-valued features are mean-pooled (genres of a movie)."""
+    return [
+        EmbeddingBagConfig(
+            name=table_name(f.name),
+            embedding_dim=embedding_dim,
+            num_embeddings=f.cardinality,
+            feature_names=[f.name],
+            pooling=PoolingType.MEAN if f.multi_valued else PoolingType.SUM,
+        )
+        for f in schema.sparse
+    ]
+
+
+class RecModel(nn.Module):
+    """Wraps an architecture so every model has the same call: ``logits = model(dense, sparse)``."""
+
+    def __init__(self, net: nn.Module, arch: str) -> None:
+        super().__init__()
+        self.net = net
+        self.arch = arch
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        return self.net(dense, sparse).reshape(-1)
+
+
+class TwoTower(nn.Module):
+    """Retrieval model: a user tower and an item tower, scored by a dot product.
+
+    Features of group ``user`` (and ``context``) feed the user tower, those of group ``item`` the
+    item tower. Dense features are not used: a two-tower model must embed items without a request.
+    """
+
+    def __init__(
+        self,
+        ebc: EmbeddingBagCollection,
+        user_features: list[str],
+        item_features: list[str],
+        embedding_dim: int,
+        tower_sizes: list[int],
+        device: torch.device | None,
+    ) -> None:
+        super().__init__()
+        self.embedding_bag_collection = ebc
+        self.user_features = list(user_features)
+        self.item_features = list(item_features)
+        self.user_tower = MLP(len(user_features) * embedding_dim, tower_sizes, device=device)
+        self.item_tower = MLP(len(item_features) * embedding_dim, tower_sizes, device=device)
+
+    def _tower(self, pooled: dict[str, torch.Tensor], names: list[str], tower: nn.Module) -> torch.Tensor:
+        return tower(torch.cat([pooled[n] for n in names], dim=1))
+
+    def towers(self, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+        pooled = self.embedding_bag_collection(sparse).to_dict()
+        return (
+            self._tower(pooled, self.user_features, self.user_tower),
+            self._tower(pooled, self.item_features, self.item_tower),
+        )
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        user, item = self.towers(sparse)
+        return (user * item).sum(dim=1)
+
+
+def _dlrm(spec: Any, schema: FeatureSchema, ebc: EmbeddingBagCollection, device) -> nn.Module:
+    return DLRM(
+        embedding_bag_collection=ebc,
+        dense_in_features=len(schema.dense),
+        dense_arch_layer_sizes=[*spec.dense_arch, spec.embedding_dim],
+        over_arch_layer_sizes=[*spec.over_arch, 1],
+        dense_device=device,
+    )
+
+
+def _dcn_v2(spec: Any, schema: FeatureSchema, ebc: EmbeddingBagCollection, device) -> nn.Module:
+    return DLRM_DCN(
+        embedding_bag_collection=ebc,
+        dense_in_features=len(schema.dense),
+        dense_arch_layer_sizes=[*spec.dense_arch, spec.embedding_dim],
+        over_arch_layer_sizes=[*spec.over_arch, 1],
+        dcn_num_layers=spec.dcn.num_layers,
+        dcn_low_rank_dim=spec.dcn.low_rank_dim,
+        dense_device=device,
+    )
+
+
+def _two_tower(spec: Any, schema: FeatureSchema, ebc: EmbeddingBagCollection, device) -> nn.Module:
+    item = [f.name for f in schema.sparse if f.group == "item"]
+    user = [f.name for f in schema.sparse if f.group != "item"]
+    return TwoTower(ebc, user, item, spec.embedding_dim, list(spec.tower), device)
+
+
+MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "dlrm": _dlrm,
+    "dcn_v2": _dcn_v2,
+    "two_tower": _two_tower,
+}
+
+
+def build_model(
+    spec: Any, schema: FeatureSchema, device: str | torch.device = "cpu", ebc_device: str | torch.device | None = None
+) -> RecModel:
+    """Build ``spec.arch`` for ``schema``. ``ebc_device='meta'`` leaves the tables unallocated,
+    which is how the sharding planner and DistributedModelParallel want them for big tables."""
+    device = torch.device(device)
+    ebc = EmbeddingBagCollection(
+        tables=table_configs(schema, spec.embedding_dim),
+        device=torch.device(ebc_device) if ebc_device is not None else device,
+    )
+    net = MODEL_REGISTRY[spec.arch](spec, schema, ebc, device)
+    return RecModel(net, spec.arch)
+
+
+def embedding_collection(model: nn.Module) -> EmbeddingBagCollection:
+    for m in model.modules():
+        if isinstance(m, EmbeddingBagCollection):
+            return m
+    raise ValueError("model has no EmbeddingBagCollection")

@@ -1,0 +1,181 @@
+"""Load a YAML job spec, apply ``a.b.c=value`` overrides, validate, report every problem at once."""
+
+from __future__ import annotations
+
+import difflib
+import types
+import typing
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import SpecError
+from .schema import CUDA_ONLY_SHARDING, IMPLEMENTED_KINDS, JobSpec
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def _unwrap(tp: Any) -> list[Any]:
+    """The concrete types inside Optional[...] / Union[...]."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        return [t for a in typing.get_args(tp) for t in _unwrap(a)]
+    return [tp]
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """Walk JobSpec's annotations along ``loc`` to the section a key was found in."""
+    current: Any = JobSpec
+    for part in loc:
+        if isinstance(current, type) and issubclass(current, BaseModel):
+            field = current.model_fields.get(str(part))
+            if field is None:
+                return None
+            nxt = [t for t in _unwrap(field.annotation) if t is not type(None)]
+            current = nxt[0] if nxt else None
+        elif typing.get_origin(current) is dict:
+            current = typing.get_args(current)[1]
+        else:
+            return None
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def _path(loc: tuple) -> str:
+    # pydantic adds the validator kind to unions ('int', 'list[int]'); drop those labels
+    parts = [str(p) for p in loc if not (isinstance(p, str) and ("[" in p or p in {"int", "str", "float"}))]
+    return ".".join(parts) or "<root>"
+
+
+def _format(err: dict) -> str:
+    loc = tuple(err["loc"])
+    path = _path(loc)
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1])
+        allowed = sorted(model.model_fields) if model else []
+        hint = _suggest(loc[-1], allowed) if allowed else ""
+        return f"{path}: unknown key{hint}; allowed keys: {', '.join(allowed)}"
+    if kind in ("literal_error", "enum"):
+        expected = err.get("ctx", {}).get("expected", "")
+        choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
+        return (
+            f"{path}: {err['input']!r} is not allowed{_suggest(err['input'], choices)}; "
+            f"allowed values: {', '.join(choices)}"
+        )
+    if kind == "missing":
+        return f"{path}: required field is missing"
+    msg = err["msg"].removeprefix("Value error, ")
+    inp = err.get("input")
+    shown = "" if isinstance(inp, dict) else f"{inp!r}: "
+    return f"{path}: {shown}{msg}"
+
+
+def _set(doc: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = doc
+    for k in keys[:-1]:
+        child = node.get(k)
+        if child is None:
+            child = node[k] = {}
+        if not isinstance(child, dict):
+            raise SpecError(f"override {dotted}: {k!r} holds a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def _parse_value(raw: str) -> Any:
+    """YAML scalars/lists/maps; anything YAML cannot parse (like '>= 4') stays a string."""
+    try:
+        return yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def apply_overrides(doc: dict, overrides: list[str]) -> dict:
+    """``train.optimizer.lr=0.02`` -> doc['train']['optimizer']['lr'] = 0.02 (values parsed as YAML)."""
+    problems = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key or any(not p for p in key.split(".")):
+            problems.append(f"override {item!r}: expected KEY.PATH=VALUE")
+            continue
+        try:
+            _set(doc, key.strip(), _parse_value(raw))
+        except SpecError as e:
+            problems.extend(e.problems)
+    if problems:
+        raise SpecError(problems)
+    return doc
+
+
+def _semantic_checks(spec: JobSpec) -> list[str]:
+    """Checks that span sections (the schema checks each section on its own)."""
+    from ..data import declared_features
+
+    problems = []
+    if spec.kind not in IMPLEMENTED_KINDS:
+        problems.append(
+            f"kind: {spec.kind!r} is not available in this version; available: {', '.join(IMPLEMENTED_KINDS)}"
+        )
+    sharding = spec.train.sharding
+    if spec.train.device == "cpu":
+        for where, st in [("default", sharding.default)] + [(f"tables.{k}", v) for k, v in sharding.tables.items()]:
+            if st in CUDA_ONLY_SHARDING:
+                problems.append(
+                    f"train.sharding.{where}: {st!r} needs train.device: cuda (TorchRec shards row-wise only "
+                    "on CUDA); on CPU use table_wise, column_wise, table_column_wise or data_parallel"
+                )
+    features = declared_features(spec.data)
+    if features is not None:
+        for name in sharding.tables:
+            if name not in features:
+                problems.append(
+                    f"train.sharding.tables.{name}: no such sparse feature{_suggest(name, features)}; "
+                    f"features: {', '.join(features)}"
+                )
+        cols = spec.data.columns
+        if spec.model.arch in ("dlrm", "dcn_v2") and cols is not None and not cols.dense:
+            problems.append(f"model.arch: {spec.model.arch} needs at least one dense column (data.columns.dense)")
+        if spec.model.arch == "two_tower" and cols is not None and not cols.item_features:
+            problems.append("model.arch: two_tower needs data.columns.item_features")
+    return problems
+
+
+def parse_spec(doc: Any, source: str | None = None) -> JobSpec:
+    if not isinstance(doc, dict):
+        raise SpecError(f"the spec must be a mapping of sections, got {type(doc).__name__}", source)
+    try:
+        spec = JobSpec.model_validate(doc)
+    except ValidationError as e:
+        raise SpecError([_format(err) for err in e.errors()], source) from None
+    problems = _semantic_checks(spec)
+    if problems:
+        raise SpecError(problems, source)
+    return spec
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read, override and validate a spec file. Raises SpecError listing every problem."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise SpecError(f"cannot read spec: {e.strerror}", str(path)) from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"not valid YAML: {e}", str(path)) from None
+    if doc is None:
+        raise SpecError("the file is empty", str(path))
+    if overrides:
+        apply_overrides(doc, overrides)
+    return parse_spec(doc, str(path))
+
+
+def resolved_yaml(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,242 @@
+"""The job spec as typed objects (pydantic). Unknown keys are errors everywhere.
+
+Each section documents its fields; `docs/spec.md` is the user-facing reference. Sections for later
+kinds (tune, distill, serve, bandit) attach to ``JobSpec`` the same way ``train`` does.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+SHARDING_TYPES = (
+    "auto",
+    "data_parallel",
+    "table_wise",
+    "column_wise",
+    "table_column_wise",
+    "row_wise",
+    "table_row_wise",
+)
+CUDA_ONLY_SHARDING = ("row_wise", "table_row_wise")
+KINDS = ("train", "tune", "distill", "serve", "bandit", "pipeline")
+IMPLEMENTED_KINDS = ("train",)
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_LABEL_RULE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(\.\d+)?)\s*$")
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
+
+
+class LabelSpec(Section):
+    """Which column is the label, and (optionally) how to binarise it: ``positive_if: ">= 4"``."""
+
+    column: str = "label"
+    positive_if: Optional[str] = None
+
+    @field_validator("positive_if")
+    @classmethod
+    def _rule(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not _LABEL_RULE.match(v):
+            raise ValueError(f"not a rule like '>= 4' (operators: {', '.join(_OPS)})")
+        return v
+
+    def binarise(self, values):
+        """Apply ``positive_if`` to an array of raw labels (returns float 0/1)."""
+        if self.positive_if is None:
+            return values
+        m = _LABEL_RULE.match(self.positive_if)
+        assert m is not None
+        return _OPS[m.group(1)](values, float(m.group(2))).astype("float32")
+
+
+class SplitSpec(Section):
+    """How one data set becomes train / validation / test: ``random`` (seeded) or by ``time``."""
+
+    method: Literal["random", "time"] = "random"
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v):
+        if any(f <= 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must be three positive numbers summing to 1, got {list(v)}")
+        return v
+
+
+class SyntheticSpec(Section):
+    """Criteo-like data generated from a seed, never materialised as a whole."""
+
+    num_sparse: int = Field(8, ge=1, le=1024)
+    cardinality: Union[int, list[int]] = Field(100_000, description="ids per sparse feature (one or one each)")
+    num_dense: int = Field(13, ge=0, le=1024)
+    zipf_alpha: float = Field(1.05, gt=0.0, description="power-law exponent of id frequencies")
+    rows: dict[str, int] = Field(default_factory=lambda: {"train": 200_000, "validation": 20_000, "test": 20_000})
+    seed: int = 0
+
+    @field_validator("cardinality")
+    @classmethod
+    def _card(cls, v):
+        vals = v if isinstance(v, list) else [v]
+        if any(c < 1 or c > 2**40 for c in vals):
+            raise ValueError("every cardinality must be in [1, 2^40]")
+        return v
+
+    @field_validator("rows")
+    @classmethod
+    def _rows(cls, v):
+        bad = set(v) - {"train", "validation", "test"}
+        if bad:
+            raise ValueError(f"unknown split {sorted(bad)}; allowed: train, validation, test")
+        if any(n < 1 for n in v.values()):
+            raise ValueError("row counts must be positive")
+        return {"train": 200_000, "validation": 20_000, "test": 20_000} | v
+
+    def cardinalities(self) -> list[int]:
+        if isinstance(self.cardinality, list):
+            return list(self.cardinality)
+        return [self.cardinality] * self.num_sparse
+
+    @model_validator(mode="after")
+    def _card_len(self):
+        if isinstance(self.cardinality, list) and len(self.cardinality) != self.num_sparse:
+            raise ValueError(
+                f"cardinality lists {len(self.cardinality)} values but num_sparse is {self.num_sparse}"
+            )
+        return self
+
+
+class ColumnsSpec(Section):
+    """The declared schema of a parquet data set."""
+
+    sparse: dict[str, int] = Field(default_factory=dict, description="id column -> cardinality")
+    multi_valued: dict[str, int] = Field(default_factory=dict, description="list-of-ids column -> cardinality")
+    dense: list[str] = Field(default_factory=list)
+    user_features: list[str] = Field(default_factory=list, description="features of the user tower (two_tower)")
+    item_features: list[str] = Field(default_factory=list, description="features of the item tower (two_tower)")
+    timestamp: Optional[str] = None
+
+
+class PathsSpec(Section):
+    train: str
+    validation: str
+    test: str
+
+
+class DataSpec(Section):
+    source: Literal["movielens-100k", "synthetic", "parquet"] = "movielens-100k"
+    path: Optional[str] = Field(None, description="movielens-100k: a local copy; parquet: one data set to split")
+    paths: Optional[PathsSpec] = Field(None, description="parquet: explicit train/validation/test paths")
+    columns: Optional[ColumnsSpec] = None
+    label: LabelSpec = Field(default_factory=LabelSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+
+    @model_validator(mode="after")
+    def _source_fields(self):
+        problems = []
+        if self.source == "parquet":
+            if (self.path is None) == (self.paths is None):
+                problems.append("parquet needs exactly one of 'path' (one data set to split) or 'paths'")
+            if self.columns is None:
+                problems.append("parquet needs 'columns' (sparse, multi_valued, dense)")
+            elif not (self.columns.sparse or self.columns.multi_valued):
+                problems.append("parquet 'columns' declares no sparse column")
+        else:
+            if self.columns is not None:
+                problems.append(f"'columns' is only for source parquet, not {self.source}")
+            if self.paths is not None:
+                problems.append(f"'paths' is only for source parquet, not {self.source}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class DcnSpec(Section):
+    num_layers: int = Field(3, ge=1, le=16)
+    low_rank_dim: int = Field(16, ge=1)
+
+
+class ModelSpec(Section):
+    arch: Literal["dlrm", "dcn_v2", "two_tower"] = "dcn_v2"
+    embedding_dim: int = Field(16, ge=1, le=4096)
+    dense_arch: list[int] = Field(default_factory=lambda: [64], description="bottom MLP; embedding_dim is appended")
+    over_arch: list[int] = Field(default_factory=lambda: [128, 64], description="top MLP; the 1-unit output is appended")
+    tower: list[int] = Field(default_factory=lambda: [64, 32], description="two_tower: each tower's MLP")
+    dcn: DcnSpec = Field(default_factory=DcnSpec)
+
+    @field_validator("dense_arch", "over_arch", "tower")
+    @classmethod
+    def _positive(cls, v):
+        if any(n < 1 for n in v):
+            raise ValueError("layer sizes must be positive")
+        return v
+
+
+class ShardingSpec(Section):
+    default: Literal[SHARDING_TYPES] = "auto"  # type: ignore[valid-type]
+    tables: dict[str, Literal[SHARDING_TYPES]] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="feature name -> sharding type"
+    )
+
+
+class OptimizerSpec(Section):
+    sparse: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = "rowwise_adagrad"
+    dense: Literal["adam", "adagrad", "sgd"] = "adam"
+    lr: float = Field(0.01, gt=0.0)
+    sparse_lr: Optional[float] = Field(None, gt=0.0, description="defaults to lr")
+    weight_decay: float = Field(0.0, ge=0.0, description="dense parameters only")
+    eps: float = Field(1e-8, gt=0.0)
+
+
+class CheckpointSpec(Section):
+    every_epochs: int = Field(1, ge=1)
+    keep: int = Field(2, ge=1)
+
+
+class ResourcesSpec(Section):
+    cpu: float = Field(1.0, gt=0.0)
+    gpu: float = Field(0.0, ge=0.0)
+
+
+class TrainSpec(Section):
+    workers: int = Field(2, ge=1, le=4096)
+    device: Literal["cpu", "cuda"] = "cpu"
+    resources_per_worker: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    sharding: ShardingSpec = Field(default_factory=ShardingSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    batch_size: int = Field(1024, ge=1, description="global batch size, split evenly over workers")
+    eval_batch_size: int = Field(4096, ge=1)
+    epochs: int = Field(5, ge=1)
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    max_failures: int = Field(0, ge=-1, description="-1: retry forever")
+    seed: int = 0
+    threads_per_worker: Optional[int] = Field(None, ge=1, description="torch intra-op threads per worker")
+
+    @model_validator(mode="after")
+    def _batch(self):
+        if self.batch_size % self.workers:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by workers {self.workers}")
+        return self
+
+
+class RaySpec(Section):
+    address: Optional[str] = Field(None, description="None: start an embedded local Ray")
+    num_cpus: Optional[int] = Field(None, ge=1, description="logical CPUs of the embedded Ray")
+
+
+class JobSpec(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    kind: Literal[KINDS] = "train"  # type: ignore[valid-type]
+    storage: str = "./runs"
+    data: DataSpec = Field(default_factory=DataSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+    train: TrainSpec = Field(default_factory=TrainSpec)
+    ray: RaySpec = Field(default_factory=RaySpec)

@@ -1,0 +1,1 @@
+"""Sharded training on Ray Train."""

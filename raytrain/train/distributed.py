@@ -1,0 +1,140 @@
+"""A sharded model on a process group: plan, DistributedModelParallel, optimizers.
+
+Shared by the Ray Train loop, the benchmark's hand-written loop and the tests, so all of them
+train exactly the same thing. Sparse optimizers are fused into the backward pass (FBGEMM), dense
+parameters get a regular optimizer; ``CombinedOptimizer`` steps both.
+
+Gradient scale: each rank's loss is the mean over its local batch. TorchRec averages embedding
+gradients across ranks and DDP averages dense ones, so N workers with global batch B train exactly
+like one process with batch B (tests/integration/test_sharded_equivalence.py shows it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.types import ShardingPlan
+from torchrec.optim import RowWiseAdagrad
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from ..data.batches import Batch
+from ..data.schema import FeatureSchema
+from ..models import RecModel, build_model
+from ..models.build import embedding_collection
+from ..sharding import build_constraints, make_plan, make_topology
+
+SPARSE_OPTIMIZERS = {
+    "rowwise_adagrad": RowWiseAdagrad,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+    "adam": torch.optim.Adam,
+}
+DENSE_OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
+
+
+class TrainModule(nn.Module):
+    """Batch -> (loss, logits): the shape TorchRec's TrainPipelineSparseDist expects on CUDA."""
+
+    def __init__(self, model: RecModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(batch.dense, batch.sparse)
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.label)
+        return loss, logits.detach()
+
+
+@dataclass
+class ShardedModel:
+    module: DistributedModelParallel  # wraps a TrainModule
+    plan: ShardingPlan
+    optimizer: CombinedOptimizer
+
+
+def _sparse_kwargs(opt_spec) -> dict:
+    lr = opt_spec.sparse_lr or opt_spec.lr
+    if opt_spec.sparse in ("rowwise_adagrad", "adagrad"):
+        return {"lr": lr, "eps": opt_spec.eps}
+    if opt_spec.sparse == "adam":
+        return {"lr": lr, "eps": opt_spec.eps}
+    return {"lr": lr}
+
+
+def dense_optimizer_factory(opt_spec):
+    cls = DENSE_OPTIMIZERS[opt_spec.dense]
+    kwargs = {"lr": opt_spec.lr, "weight_decay": opt_spec.weight_decay}
+    if opt_spec.dense in ("adam", "adagrad"):
+        kwargs["eps"] = opt_spec.eps
+    return lambda params: cls(params, **kwargs)
+
+
+def build_train_module(spec, schema: FeatureSchema, device: torch.device) -> TrainModule:
+    """Unsharded model with the sparse optimizer attached for in-backward fusion."""
+    torch.manual_seed(spec.train.seed)  # same dense init on every rank
+    model = build_model(spec.model, schema, device=device, ebc_device=torch.device("meta"))
+    module = TrainModule(model)
+    opt = spec.train.optimizer
+    apply_optimizer_in_backward(SPARSE_OPTIMIZERS[opt.sparse], embedding_collection(module).parameters(), _sparse_kwargs(opt))
+    return module
+
+
+def shard_model(
+    spec,
+    schema: FeatureSchema,
+    device: torch.device,
+    pg: dist.ProcessGroup | None = None,
+    local_world_size: int | None = None,
+    ddr_gb: float | None = None,
+    hbm_gb: float | None = None,
+) -> ShardedModel:
+    pg = pg or dist.GroupMember.WORLD
+    world = dist.get_world_size(pg)
+    module = build_train_module(spec, schema, device)
+    topology = make_topology(world, device.type, hbm_gb=hbm_gb, ddr_gb=ddr_gb, local_world_size=local_world_size)
+    plan = make_plan(module, topology, build_constraints(schema, spec.train.sharding), pg)
+    # meta tables are materialised shard by shard on their owner rank (each seeded per table)
+    dmp = DistributedModelParallel(module, device=device, plan=plan, init_data_parallel=True, init_parameters=True)
+    dense = KeyedOptimizerWrapper(
+        dict(in_backward_optimizer_filter(dmp.named_parameters())), dense_optimizer_factory(spec.train.optimizer)
+    )
+    return ShardedModel(dmp, plan, CombinedOptimizer([dmp.fused_optimizer, dense]))
+
+
+def load_full_state(dmp: nn.Module, full: dict[str, torch.Tensor]) -> None:
+    """Copy an unsharded state dict into a sharded model (each rank copies the slices it owns)."""
+    with torch.no_grad():
+        for key, value in dmp.state_dict().items():
+            if key not in full:
+                continue
+            src = full[key]
+            if hasattr(value, "local_shards"):
+                for shard in value.local_shards():
+                    o, s = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                    shard.tensor.copy_(src[tuple(slice(a, a + b) for a, b in zip(o, s))])
+            else:
+                value.copy_(src)
+
+
+def gather_full_state(dmp: nn.Module, keys: list[str] | None = None) -> dict[str, torch.Tensor]:
+    """The unsharded values of ``keys`` (default: all) on every rank. Collective; for small models and tests."""
+    out = {}
+    for key, value in dmp.state_dict().items():
+        if keys is not None and key not in keys:
+            continue
+        if hasattr(value, "local_shards"):
+            full = torch.zeros(value.size(), dtype=value.dtype)
+            for shard in value.local_shards():
+                o, s = shard.metadata.shard_offsets, shard.metadata.shard_sizes
+                full[tuple(slice(a, a + b) for a, b in zip(o, s))] = shard.tensor.cpu()
+            dist.all_reduce(full)
+            out[key] = full
+        else:
+            out[key] = value.detach().cpu().clone()
+    return out

@@ -1,0 +1,143 @@
+"""The Ray Train worker loop: shard, (resume), train epochs, evaluate, checkpoint, test."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import ray.data
+import ray.train
+from ray.train import CheckpointUploadMode
+import torch
+import torch.distributed as dist
+
+from ..data import PreparedData
+from ..sharding.planner import describe_plan, format_plan, memory_per_rank
+from ..spec.schema import JobSpec
+from . import checkpoint as ckpt
+from .distributed import shard_model
+from .loaders import EvalData, TrainData
+from .metrics import evaluate
+
+
+def _log(msg: str) -> None:
+    print(f"[raytrain] {msg}", flush=True)
+
+
+def _write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    tmp.replace(path)
+
+
+def _device(spec: JobSpec, local_rank: int) -> torch.device:
+    if spec.train.device == "cuda":
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def _train_epoch(sharded, data: TrainData, epoch: int, device, rank: int, epochs: int) -> dict:
+    module, opt = sharded.module, sharded.optimizer
+    module.train()
+    total_loss = torch.zeros(())
+    t0 = time.perf_counter()
+    every = max(1, data.steps // 5)
+    if device.type == "cuda":
+        # CUDA: overlap input distribution with compute (not exercised on the CPU-only machines here)
+        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
+
+        pipeline = TrainPipelineSparseDist(module, opt, device)
+        it = iter(data.epoch(epoch))
+        for step in range(data.steps):
+            loss, _ = pipeline.progress(it)
+            total_loss += loss.detach().cpu()
+    else:
+        for step, batch in enumerate(data.epoch(epoch)):
+            loss, _ = module(batch)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total_loss += loss.detach()
+            if rank == 0 and (step + 1) % every == 0:
+                rate = (step + 1) * data.local_batch * data.world / (time.perf_counter() - t0)
+                _log(f"epoch {epoch + 1}/{epochs} step {step + 1}/{data.steps} loss {loss.item():.4f} "
+                     f"{rate:,.0f} examples/s")
+    if dist.get_world_size() > 1:
+        dist.all_reduce(total_loss)
+        total_loss /= dist.get_world_size()
+    seconds = time.perf_counter() - t0
+    return {"train_loss": float(total_loss) / max(1, data.steps), "train_seconds": seconds,
+            "train_examples_per_s": data.examples_per_epoch / seconds if seconds > 0 else 0.0}
+
+
+def train_loop_per_worker(config: dict) -> None:
+    spec = JobSpec.model_validate(config["spec"])
+    prepared = PreparedData.from_dict(config["data"])
+    run_dir = Path(config["run_dir"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.set_num_threads(spec.train.threads_per_worker or 1)
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    # the pid lets operators (and the chaos test) find and kill a worker
+    (run_dir / "workers").mkdir(parents=True, exist_ok=True)
+    (run_dir / "workers" / f"rank{rank}.pid").write_text(str(os.getpid()))
+
+    device = _device(spec, ctx.get_local_rank())
+    sharded = shard_model(spec, prepared.schema, device, local_world_size=ctx.get_local_world_size())
+    if rank == 0:
+        rows = describe_plan(sharded.plan, world)
+        per_rank = memory_per_rank(rows, prepared.schema, spec.model.embedding_dim, spec.train.optimizer.sparse, world)
+        text = format_plan(rows, per_rank, prepared.schema, spec.model.embedding_dim)
+        (run_dir / "plan.txt").write_text(text + "\n")
+        _log("sharding plan:\n" + text)
+
+    start_epoch = 0
+    restored = ray.train.get_checkpoint()
+    if restored is not None:
+        with restored.as_directory() as d:
+            info = ckpt.load(sharded, d)
+        start_epoch = info["epoch"] + 1
+        if rank == 0:
+            _log(f"resumed from checkpoint of epoch {info['epoch'] + 1} ({restored.path})")
+
+    train = TrainData(prepared, spec.train.batch_size, rank, world, spec.train.seed,
+                      shard=None if prepared.synthetic else ray.train.get_dataset_shard("train"))
+    val = EvalData(prepared, "validation", spec.train.eval_batch_size, rank, world,
+                   dataset=None if prepared.synthetic else ray.train.get_dataset_shard("validation"))
+    if rank == 0:
+        _log(f"{world} workers, {train.steps} steps/epoch of {spec.train.batch_size} examples, "
+             f"{val.num_rows * world:,}~ validation rows")
+
+    epochs = spec.train.epochs
+    for epoch in range(start_epoch, epochs):
+        stats = _train_epoch(sharded, train, epoch, device, rank, epochs)
+        m = evaluate(sharded.module, val, device)
+        metrics = {"epoch": epoch + 1, **stats, "val_auc": m["auc"], "val_logloss": m["logloss"]}
+        if rank == 0:
+            _log(f"epoch {epoch + 1}/{epochs}: train_loss {stats['train_loss']:.4f} val_auc {m['auc']:.4f} "
+                 f"val_logloss {m['logloss']:.4f} ({stats['train_seconds']:.1f}s, "
+                 f"{stats['train_examples_per_s']:,.0f} examples/s)")
+            _write_json(run_dir / "metrics" / f"epoch_{epoch + 1:04d}.json", metrics)
+        last = epoch == epochs - 1
+        if (epoch + 1) % spec.train.checkpoint.every_epochs == 0 or last:
+            # written straight into the run's storage (no copy); Ray registers it once every rank reported
+            storage = ray.train.get_context().get_storage()
+            directory = Path(storage.experiment_fs_path) / f"epoch_{epoch + 1:04d}"
+            ckpt.save(sharded, directory, epoch, metrics)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint(str(directory)),
+                             checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+        else:
+            ray.train.report(metrics)
+
+    test = EvalData(prepared, "test", spec.train.eval_batch_size, rank, world,
+                    dataset=None if prepared.synthetic else ray.train.get_dataset_shard("test"))
+    t = evaluate(sharded.module, test, device)
+    final = {"epoch": epochs, "test_auc": t["auc"], "test_logloss": t["logloss"], "test_rows": t["rows"]}
+    if rank == 0:
+        _log(f"test: auc {t['auc']:.4f} logloss {t['logloss']:.4f} over {t['rows']:,} rows")
+        _write_json(run_dir / "metrics" / "test.json", final)
+    ray.train.report(final)

@@ -1,0 +1,118 @@
+"""The driver side of a training run: prepare data, lay out the run directory, run Ray Train."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from ..data import prepare
+from ..spec import resolved_yaml
+from ..spec.schema import JobSpec
+
+
+def _log(msg: str) -> None:
+    print(f"[raytrain] {msg}", flush=True)
+
+
+def new_run_dir(spec: JobSpec) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(spec.storage).expanduser().resolve() / spec.name
+    run_dir = base / stamp
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base / f"{stamp}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def init_ray(spec: JobSpec, address: str | None = None) -> None:
+    """Connect to ``address`` (or spec.ray.address / RAY_ADDRESS), else start an embedded local Ray.
+
+    A local Ray gets more logical CPUs than this machine has cores when the job needs them: each
+    Ray Train worker holds ``resources_per_worker.cpu`` and Ray Data needs room for its read tasks.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or spec.ray.address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return
+    need = spec.train.workers * spec.train.resources_per_worker.cpu + 2
+    num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
+             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
+
+
+def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = None) -> dict:
+    import ray.data
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .loop import train_loop_per_worker
+
+    run_dir = run_dir or new_run_dir(spec)
+    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
+    _log(f"run directory: {run_dir}")
+    t0 = time.perf_counter()
+    prepared = prepare(spec.data, work_dir=str(run_dir))
+    (run_dir / "schema.json").write_text(prepared.schema.to_json())
+    _log(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
+         f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")
+    init_ray(spec, address)
+
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    datasets = {}
+    if prepared.paths:
+        datasets = {split: ray.data.read_parquet(files) for split, files in prepared.paths.items()}
+    res = spec.train.resources_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "data": prepared.to_dict(), "run_dir": str(run_dir)},
+        scaling_config=ScalingConfig(
+            num_workers=spec.train.workers,
+            use_gpu=spec.train.device == "cuda",
+            resources_per_worker={"CPU": res.cpu, **({"GPU": res.gpu or 1} if spec.train.device == "cuda" else {})},
+        ),
+        torch_config=TorchConfig(backend="nccl" if spec.train.device == "cuda" else "gloo"),
+        run_config=RunConfig(
+            name="ray",
+            storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=spec.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoint.keep),
+        ),
+        datasets=datasets or None,
+        dataset_config=DataConfig(datasets_to_split=["train"]),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    summary = collect_metrics(run_dir)
+    summary["wall_seconds"] = time.perf_counter() - t0
+    summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
+    summary["run_dir"] = str(run_dir)
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    _log(f"done in {summary['wall_seconds']:.0f}s: val_auc {summary.get('val_auc', float('nan')):.4f} "
+         f"val_logloss {summary.get('val_logloss', float('nan')):.4f} | test_auc {summary.get('test_auc', float('nan')):.4f} "
+         f"test_logloss {summary.get('test_logloss', float('nan')):.4f}")
+    return summary
+
+
+def collect_metrics(run_dir: Path) -> dict:
+    """metrics/epoch_*.json -> metrics.parquet; returns the last epoch's and the test metrics."""
+    files = sorted((run_dir / "metrics").glob("epoch_*.json"))
+    rows = [json.loads(f.read_text()) for f in files]
+    out: dict = {}
+    if rows:
+        pd.DataFrame(rows).to_parquet(run_dir / "metrics.parquet", index=False)
+        out.update({k: rows[-1][k] for k in ("epoch", "val_auc", "val_logloss")})
+    test = run_dir / "metrics" / "test.json"
+    if test.exists():
+        out.update({k: v for k, v in json.loads(test.read_text()).items() if k.startswith("test_")})
+    return out
