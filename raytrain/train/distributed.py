@@ -75,10 +75,14 @@ def dense_optimizer_factory(opt_spec):
     return lambda params: cls(params, **kwargs)
 
 
-def build_train_module(spec, schema: FeatureSchema, device: torch.device) -> TrainModule:
-    """Unsharded model with the sparse optimizer attached for in-backward fusion."""
+def build_train_module(spec, schema: FeatureSchema, device: torch.device, meta_tables: bool = True) -> TrainModule:
+    """Unsharded model with the sparse optimizer attached for in-backward fusion.
+
+    ``meta_tables``: leave the tables unallocated (DistributedModelParallel materialises each shard
+    on its owner); False builds them in memory, for single-process reference runs.
+    """
     torch.manual_seed(spec.train.seed)  # same dense init on every rank
-    model = build_model(spec.model, schema, device=device, ebc_device=torch.device("meta"))
+    model = build_model(spec.model, schema, device=device, ebc_device=torch.device("meta") if meta_tables else device)
     module = TrainModule(model)
     opt = spec.train.optimizer
     apply_optimizer_in_backward(SPARSE_OPTIMIZERS[opt.sparse], embedding_collection(module).parameters(), _sparse_kwargs(opt))
@@ -101,10 +105,17 @@ def shard_model(
     plan = make_plan(module, topology, build_constraints(schema, spec.train.sharding), pg)
     # meta tables are materialised shard by shard on their owner rank (each seeded per table)
     dmp = DistributedModelParallel(module, device=device, plan=plan, init_data_parallel=True, init_parameters=True)
-    dense = KeyedOptimizerWrapper(
-        dict(in_backward_optimizer_filter(dmp.named_parameters())), dense_optimizer_factory(spec.train.optimizer)
-    )
-    return ShardedModel(dmp, plan, CombinedOptimizer([dmp.fused_optimizer, dense]))
+    # Data-parallel tables use the dense (DDP) path, not the fused kernel: give them the sparse
+    # optimizer and its learning rate explicitly, so a table trains the same whatever its sharding.
+    rest = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    dp_tables = {k: p for k, p in rest.items() if ".embedding_bags." in k}
+    dense_params = {k: p for k, p in rest.items() if k not in dp_tables}
+    opt = spec.train.optimizer
+    optimizers = [dmp.fused_optimizer, KeyedOptimizerWrapper(dense_params, dense_optimizer_factory(opt))]
+    if dp_tables:
+        sparse_cls, sparse_kwargs = SPARSE_OPTIMIZERS[opt.sparse], _sparse_kwargs(opt)
+        optimizers.append(KeyedOptimizerWrapper(dp_tables, lambda ps: sparse_cls(ps, **sparse_kwargs)))
+    return ShardedModel(dmp, plan, CombinedOptimizer(optimizers))
 
 
 def load_full_state(dmp: nn.Module, full: dict[str, torch.Tensor]) -> None:

@@ -1,0 +1,23 @@
+import logging
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+os.environ.setdefault("PYTHONWARNINGS", "ignore")
+logging.getLogger("torchrec").setLevel(logging.ERROR)
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One embedded Ray for every test that needs it (start-up costs ~10 s on 2 cores)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True,
+                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
+    yield ray
+    ray.shutdown()
