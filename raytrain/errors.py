@@ -47,6 +47,10 @@ class DataError(RaytrainError):
     """Input data is missing, corrupt or out of the declared schema."""
 
 
+class PlanError(RaytrainError):
+    """No sharding plan fits the tables into the given cluster under the spec's constraints."""
+
+
 class CheckpointError(RaytrainError):
     """A checkpoint is incomplete, corrupt or does not fit the model."""
 

@@ -28,8 +28,11 @@ def cmd_validate(args) -> int:
 
 def cmd_plan(args) -> int:
     import logging
+    import warnings
 
     logging.getLogger("torchrec").setLevel(logging.ERROR)
+    logging.getLogger().setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
     from ..data import schema_of
     from ..sharding import describe_plan, format_plan, make_plan, make_topology
     from ..sharding.planner import build_constraints, memory_per_rank, meta_model
@@ -87,7 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # KEY.PATH=VALUE overrides may stand anywhere after the command, also after options
+    overrides = [a for a in argv[1:] if "=" in a and not a.startswith("-")]
+    args = build_parser().parse_args([a for a in argv if a not in overrides or a == argv[0]])
+    if hasattr(args, "overrides"):
+        args.overrides = overrides
     try:
         return args.func(args)
     except SpecError as e:

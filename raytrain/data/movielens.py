@@ -43,6 +43,35 @@ FEATURES = [
     ("release_year", "item", False),
 ]
 DENSE = ["age_scaled", "year_scaled"]
+# computed from the training split only (see history_features)
+HISTORY = ["user_mean_rating", "item_mean_rating", "user_log_count", "item_log_count"]
+
+
+def history_features(frame: pd.DataFrame, rating: np.ndarray, train_idx: np.ndarray) -> pd.DataFrame:
+    """Per-user and per-item rating history, from training rows only.
+
+    Validation and test rows see the statistics of the whole training split. A training row sees
+    them with itself left out (leave-one-out), so its own label never leaks into its features.
+    Means are shrunk towards the global mean with a prior of ``PRIOR`` ratings, so ids with few
+    ratings get a cautious value; ids never seen in training get the global mean and a count of 0.
+    """
+    PRIOR = 5.0
+    is_train = np.zeros(len(frame), dtype=bool)
+    is_train[train_idx] = True
+    global_mean = float(rating[train_idx].mean())
+    out = pd.DataFrame(index=frame.index)
+    for key, name in (("user_id", "user"), ("item_id", "item")):
+        ids = frame[key].to_numpy()
+        size = int(ids.max()) + 1
+        total = np.bincount(ids[train_idx], weights=rating[train_idx], minlength=size)
+        count = np.bincount(ids[train_idx], minlength=size).astype(np.float64)
+        s, c = total[ids], count[ids]
+        s = np.where(is_train, s - rating, s)  # leave one out
+        c = np.where(is_train, c - 1, c)
+        mean = (s + PRIOR * global_mean) / (c + PRIOR)
+        out[f"{name}_mean_rating"] = (mean - global_mean).astype("float32")
+        out[f"{name}_log_count"] = (np.log1p(c) / 6.0).astype("float32")
+    return out[HISTORY]
 
 
 def cache_root() -> Path:
@@ -144,8 +173,8 @@ def split_indices(n: int, method: str, fractions, seed: int, order_key: np.ndarr
 def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
     """Write (once, cached by split and label rule) train/validation/test parquet files."""
     key = json.dumps(
-        {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 1,
-         "path": data_spec.path},
+        {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 2,
+         "path": data_spec.path, "history": data_spec.history_features},
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -160,9 +189,14 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
             len(frame), data_spec.split.method, data_spec.split.fractions, data_spec.split.seed,
             frame["timestamp"].to_numpy(),
         )
+        dense = list(DENSE)
+        if data_spec.history_features:
+            hist = history_features(frame, rating.to_numpy(np.float64), parts[0])
+            frame = pd.concat([frame, hist], axis=1)
+            dense += HISTORY
         schema = FeatureSchema(
             sparse=tuple(SparseFeature(n, card[n], mv, g) for n, g, mv in FEATURES),
-            dense=tuple(DENSE),
+            dense=tuple(dense),
             label="label",
             timestamp="timestamp",
             info={

@@ -15,10 +15,11 @@ from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.planner.types import ParameterConstraints
+from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
 from torchrec.distributed.types import ShardingPlan
 
 from ..data.schema import FeatureSchema
+from ..errors import PlanError
 from ..models.build import table_name
 
 GIB = 1024**3
@@ -71,9 +72,19 @@ def make_plan(
 ) -> ShardingPlan:
     """Plan with TorchRec's planner. With a process group every rank gets the same plan (rank 0 plans)."""
     planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
-    if pg is not None:
-        return planner.collective_plan(model, sharders(), pg)
-    return planner.plan(model, sharders())
+    try:
+        if pg is not None:
+            return planner.collective_plan(model, sharders(), pg)
+        return planner.plan(model, sharders())
+    except PlannerError as e:
+        first = str(e).strip().splitlines()
+        last = [ln.strip() for ln in first if "Couldn't find a rank" in ln]
+        raise PlanError(
+            f"no sharding plan fits {topology.world_size} x {topology.compute_device} ranks "
+            f"(hbm {topology.devices[0].storage.hbm / GIB:.0f} GiB, ddr {topology.devices[0].storage.ddr / GIB:.0f} GiB "
+            f"per rank) under the spec's sharding constraints. {last[0] if last else first[0]} "
+            "Try more ranks, a smaller embedding_dim, or row_wise / auto sharding for the largest tables."
+        ) from None
 
 
 @dataclass

@@ -152,7 +152,7 @@ def parse_spec(doc: Any, source: str | None = None) -> JobSpec:
     try:
         spec = JobSpec.model_validate(doc)
     except ValidationError as e:
-        raise SpecError([_format(err) for err in e.errors()], source) from None
+        raise SpecError(sorted(_format(err) for err in e.errors()), source) from None
     problems = _semantic_checks(spec)
     if problems:
         raise SpecError(problems, source)

@@ -138,6 +138,9 @@ class DataSpec(Section):
     label: LabelSpec = Field(default_factory=LabelSpec)
     split: SplitSpec = Field(default_factory=SplitSpec)
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+    history_features: bool = Field(
+        True, description="movielens-100k: add per-user / per-item rating history from the training split"
+    )
 
     @model_validator(mode="after")
     def _source_fields(self):

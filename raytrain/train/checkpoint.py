@@ -54,6 +54,9 @@ def read_marker(directory: str | Path) -> dict:
 def load(sharded, directory: str | Path) -> dict:
     """Load model and optimizer state in place; returns the marker (epoch, metrics)."""
     info = read_marker(directory)
+    # optimizers create their state lazily (Adam at its first step); create it now so DCP has
+    # tensors to load into. Weights it touches are overwritten by the load right after.
+    sharded.optimizer.init_state()
     state = _state(sharded)
     try:
         dcp.load(state, checkpoint_id=str(directory))

@@ -1,0 +1,195 @@
+"""Data sources, validation of bad data, and batches -> KeyedJaggedTensor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raytrain.data import prepare
+from raytrain.data.batches import Columns
+from raytrain.data.parquet import validate_files
+from raytrain.data.schema import FeatureSchema, SparseFeature
+from raytrain.data.synthetic import CHUNK, SyntheticRows, _hidden_weight, generate_chunk
+from raytrain.errors import DataError
+from raytrain.spec import parse_spec
+
+SCHEMA = FeatureSchema(
+    sparse=(SparseFeature("user", 10), SparseFeature("item", 20), SparseFeature("tags", 5, multi_valued=True)),
+    dense=("x",),
+    label="y",
+)
+
+
+def _table(n=100, seed=0, **replace):
+    rng = np.random.default_rng(seed)
+    cols = {
+        "user": pa.array(rng.integers(0, 10, n)),
+        "item": pa.array(rng.integers(0, 20, n)),
+        "tags": pa.array([list(rng.integers(0, 5, rng.integers(1, 4))) for _ in range(n)], pa.list_(pa.int64())),
+        "x": pa.array(rng.standard_normal(n)),
+        "y": pa.array(rng.integers(0, 2, n).astype(float)),
+        "ts": pa.array(np.arange(n)),
+    }
+    cols.update(replace)
+    return pa.table(cols)
+
+
+def _write(tmp_path, table, name="d.parquet", row_group_size=50):
+    path = tmp_path / name
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return str(path)
+
+
+def test_parquet_valid_files_pass(tmp_path):
+    assert validate_files([_write(tmp_path, _table())], SCHEMA) == 100
+
+
+def test_out_of_range_id_names_file_row_group_and_column(tmp_path):
+    items = np.zeros(100, dtype=np.int64)
+    items[73] = 20  # cardinality is 20: ids 0..19
+    path = _write(tmp_path, _table(item=pa.array(items)))
+    with pytest.raises(DataError) as info:
+        validate_files([path], SCHEMA)
+    assert str(info.value) == f"{path} (row group 1): column item has id 20, outside [0, 20) (the declared cardinality)"
+
+
+def test_negative_multi_valued_id(tmp_path):
+    tags = [[1]] * 99 + [[2, -1]]
+    path = _write(tmp_path, _table(tags=pa.array(tags, pa.list_(pa.int64()))))
+    with pytest.raises(DataError, match=r"\(row group 1\): column tags has id -1, outside \[0, 5\)"):
+        validate_files([path], SCHEMA)
+
+
+def test_nan_label_and_missing_column_and_corrupt_file(tmp_path):
+    y = np.ones(100)
+    y[[3, 60, 61]] = np.nan
+    path = _write(tmp_path, _table(y=pa.array(y)))
+    with pytest.raises(DataError) as info:
+        validate_files([path], SCHEMA)
+    assert str(info.value) == f"{path} (row group 0): label column y has 1 NaN value(s)"
+
+    path = _write(tmp_path, _table().drop_columns(["item"]), "missing.parquet")
+    with pytest.raises(DataError) as info:
+        validate_files([path], SCHEMA)
+    assert str(info.value).startswith(f"{path}: missing column(s) item; the file has user, tags, x, y, ts")
+
+    good = _write(tmp_path, _table(), "good.parquet")
+    corrupt = tmp_path / "corrupt.parquet"
+    corrupt.write_bytes(open(good, "rb").read()[: 700])
+    with pytest.raises(DataError, match=f"{corrupt}: not a readable parquet file"):
+        validate_files([str(corrupt)], SCHEMA)
+
+
+def test_worker_side_check_names_the_row():
+    t = _table(n=10, item=pa.array([0, 1, 2, 3, 4, 5, 6, 99, 8, 9]))
+    with pytest.raises(DataError) as info:
+        Columns.from_arrow(SCHEMA, t, "train shard of rank 1")
+    assert str(info.value) == (
+        "train shard of rank 1: column item has id 99 at row 7, outside [0, 20) (1 bad id(s) in all)"
+    )
+
+
+def test_batch_builds_feature_major_kjt_with_multi_valued_rows():
+    t = _table(n=6, tags=pa.array([[0], [1, 2], [3], [4, 4, 4], [0, 1], [2]], pa.list_(pa.int64())))
+    cols = Columns.from_arrow(SCHEMA, t, "t")
+    b = cols.batch(torch.tensor([3, 1]))
+    kjt = b.sparse
+    assert kjt.keys() == ["user", "item", "tags"]
+    d = kjt.to_dict()
+    assert d["tags"].lengths().tolist() == [3, 2]
+    assert d["tags"].values().tolist() == [4, 4, 4, 1, 2]
+    assert d["user"].values().tolist() == [t["user"][3].as_py(), t["user"][1].as_py()]
+    assert b.label.tolist() == [t["y"][3].as_py(), t["y"][1].as_py()]
+    assert b.dense.shape == (2, 1)
+
+
+def test_label_rule_applies_to_parquet_labels(tmp_path):
+    schema = FeatureSchema(SCHEMA.sparse, ("x",), "y", positive_if=">= 4")
+    t = _table(n=4, y=pa.array([5.0, 3.0, 4.0, 1.0]))
+    assert Columns.from_arrow(schema, t, "t").label.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_parquet_source_splits_one_dataset_deterministically(tmp_path):
+    src = _write(tmp_path, _table(n=4000), "all.parquet", row_group_size=700)
+    doc = {"name": "p", "data": {"source": "parquet", "path": src, "label": {"column": "y"},
+                                "columns": {"sparse": {"user": 10, "item": 20}, "multi_valued": {"tags": 5},
+                                            "dense": ["x"], "timestamp": "ts"},
+                                "split": {"fractions": [0.8, 0.1, 0.1], "seed": 5}}}
+    a = prepare(parse_spec(doc).data, str(tmp_path / "a"))
+    b = prepare(parse_spec(doc).data, str(tmp_path / "b"))
+    sizes = {s: pq.read_metadata(f[0]).num_rows for s, f in a.paths.items()}
+    assert sum(sizes.values()) == 4000
+    assert 3000 < sizes["train"] < 3400 and 250 < sizes["validation"] < 550
+    for s in a.paths:
+        assert pq.read_table(a.paths[s][0]).equals(pq.read_table(b.paths[s][0]))
+    doc["data"]["split"]["method"] = "time"
+    c = prepare(parse_spec(doc).data, str(tmp_path / "c"))
+    ts = {s: pq.read_table(c.paths[s][0]).column("ts").to_numpy() for s in c.paths}
+    assert ts["train"].max() < ts["validation"].min() <= ts["validation"].max() < ts["test"].min()
+
+
+def test_parquet_prepare_stops_on_bad_ids_before_training(tmp_path):
+    src = _write(tmp_path, _table(user=pa.array(np.full(100, 10))), "bad.parquet")
+    doc = {"name": "p", "data": {"source": "parquet", "paths": {"train": src, "validation": src, "test": src},
+                                "label": {"column": "y"},
+                                "columns": {"sparse": {"user": 10, "item": 20}, "multi_valued": {"tags": 5},
+                                            "dense": ["x"]}}}
+    with pytest.raises(DataError, match="column user has id 10, outside"):
+        prepare(parse_spec(doc).data)
+
+
+def _synthetic(**kw):
+    return parse_spec({"name": "s", "data": {"source": "synthetic", "synthetic": kw}}).data.synthetic
+
+
+def test_synthetic_is_deterministic_and_independent_of_how_rows_are_cut():
+    spec = _synthetic(num_sparse=3, cardinality=[1000, 10**9, 2**40], num_dense=2, seed=7)
+    whole = SyntheticRows(spec, "train").rows(0, 3 * CHUNK)
+    again = SyntheticRows(spec, "train")
+    parts = [again.rows(a, b) for a, b in [(0, 5000), (5000, CHUNK + 17), (CHUNK + 17, 3 * CHUNK)]]
+    for k in whole:
+        np.testing.assert_array_equal(whole[k], np.concatenate([p[k] for p in parts]))
+    assert whole["s2"].max() < 2**40 and whole["s1"].max() < 10**9 and whole["s0"].min() >= 0
+    other = generate_chunk(_synthetic(num_sparse=3, cardinality=[1000, 10**9, 2**40], num_dense=2, seed=8), "train", 0)
+    assert not np.array_equal(other["s0"], whole["s0"][:CHUNK])
+
+
+def test_synthetic_ids_follow_a_power_law_and_the_label_is_learnable():
+    spec = _synthetic(num_sparse=2, cardinality=100_000, num_dense=0, zipf_alpha=1.1)
+    rows = SyntheticRows(spec, "train").rows(0, 4 * CHUNK)
+    _, counts = np.unique(rows["s0"], return_counts=True)
+    counts = np.sort(counts)[::-1]
+    assert counts[:100].sum() > 0.3 * counts.sum()  # the 100 hottest of 100k ids take > 30% of traffic
+    z = sum(_hidden_weight(f, rows[f"s{f}"], spec.seed) for f in range(2))
+    hi, lo = rows["label"][z > 0.5].mean(), rows["label"][z < -0.5].mean()
+    assert hi - lo > 0.3
+
+
+def test_movielens_is_fetched_split_and_featurised():
+    spec = parse_spec({"name": "m", "data": {"source": "movielens-100k",
+                                             "label": {"column": "rating", "positive_if": ">= 4"},
+                                             "split": {"method": "random", "seed": 2020}}})
+    prepared = prepare(spec.data)
+    assert prepared.schema.sparse_names == ["user_id", "age", "gender", "occupation", "zip_prefix", "item_id",
+                                             "genres", "release_year"]
+    card = {f.name: f.cardinality for f in prepared.schema.sparse}
+    assert card["user_id"] == 944 and card["item_id"] == 1683 and card["gender"] == 3
+    assert prepared.schema.feature("genres").multi_valued
+    sizes = {s: pq.read_metadata(p[0]).num_rows for s, p in prepared.paths.items()}
+    assert sizes == {"train": 80000, "validation": 10000, "test": 10000}
+    t = pq.read_table(prepared.paths["train"][0])
+    assert 0.5 < np.mean(t.column("label").to_numpy()) < 0.6  # 55% of ratings are >= 4
+    validate_files(prepared.paths["test"], prepared.schema)
+    # a second call reuses the cache
+    assert prepare(spec.data).paths == prepared.paths
+
+
+def test_movielens_local_copy_must_hold_the_files(tmp_path):
+    spec = parse_spec({"name": "m", "data": {"source": "movielens-100k", "path": str(tmp_path),
+                                             "label": {"column": "rating", "positive_if": ">= 4"}}})
+    with pytest.raises(DataError) as info:
+        prepare(spec.data)
+    assert str(info.value) == f"data.path {tmp_path}: missing ml-100k.inter, ml-100k.user, ml-100k.item"

@@ -1,0 +1,60 @@
+"""`raytrain plan` prints a sharding plan for a cluster that does not exist, from this CPU machine."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BIG = "data.synthetic.cardinality=[4000000000,500000000,100000000,100000,50000,10000,10000,5000,1000,1000,100,10]"
+
+
+def _plan(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "raytrain.cli.main", "plan", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+def _rows(stdout: str) -> dict[str, list[str]]:
+    return {m.group(1): m.group(2).split() for m in re.finditer(r"^(t_\w+)\s+(.*)$", stdout, re.M)}
+
+
+def test_plan_for_64_gpus_with_billion_row_tables_and_row_wise_sharding():
+    proc = _plan("jobs/train_synthetic.yaml", "--world-size", "64", "--device", "cuda", "--hbm-gb", "80", BIG,
+                 "train.sharding.tables.s0=row_wise", "train.sharding.tables.s4=table_row_wise")
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(proc.stdout)
+    assert proc.stdout.startswith("plan for train-synthetic: 64 x cuda (hbm 80.0 GiB)")
+    assert rows["t_s0"] == ["4,000,000,000", "16", "row_wise", "fused", "0-63"]
+    assert rows["t_s1"][2] == "table_wise" and len(rows["t_s1"][4].split(",")) == 1
+    assert rows["t_s4"][2] == "table_row_wise"
+    assert rows["t_s9"][2:] == ["data_parallel", "dense", "0-63"]
+    assert len(rows) == 12
+    # 4e9 rows x 16 dims x 4 bytes + row-wise Adagrad state, spread over 64 ranks: ~3.7 GiB each for t_s0
+    assert "64 ranks: min" in proc.stdout
+    low = float(re.search(r"min ([\d.]+) GiB", proc.stdout).group(1))
+    assert 3.5 < low < 40
+
+
+def test_plan_that_cannot_fit_is_a_clear_error():
+    proc = _plan("jobs/train_synthetic.yaml", "--world-size", "64", "--device", "cuda", "--hbm-gb", "80", BIG)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: PlanError: no sharding plan fits 64 x cuda ranks (hbm 80 GiB")
+    assert "table t_s0" in proc.stderr
+
+
+def test_cpu_plan_honours_pinned_sharding_types():
+    proc = _plan("jobs/train_synthetic.yaml", "--world-size", "2", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(proc.stdout)
+    assert rows["t_s0"][2] == "column_wise"
+    assert rows["t_s2"][2] == "table_column_wise"
+    assert rows["t_s10"][2:] == ["data_parallel", "dense", "0,1"]
+    assert all(r[2] in {"table_wise", "column_wise", "table_column_wise", "data_parallel"} for r in rows.values())
+
+
+def test_row_wise_on_cpu_is_refused_before_planning():
+    proc = _plan("jobs/train_synthetic.yaml", "--world-size", "2", "--device", "cpu", "train.sharding.tables.s0=row_wise")
+    assert proc.returncode == 2
+    assert "train.sharding.tables.s0: 'row_wise' needs train.device: cuda" in proc.stderr

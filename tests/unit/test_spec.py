@@ -1,0 +1,157 @@
+"""Job spec validation: every problem at once, with path, bad value, allowed values, did-you-mean."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from raytrain.errors import SpecError
+from raytrain.spec import apply_overrides, load_spec, parse_spec, resolved_yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+JOBS = sorted((ROOT / "jobs").glob("*.yaml"))
+
+
+def _problems(doc: dict) -> list[str]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(doc)
+    return info.value.problems
+
+
+def test_every_job_file_validates():
+    assert JOBS, "jobs/ holds no spec"
+    for path in JOBS:
+        spec = load_spec(path)
+        assert spec.name
+
+
+def test_all_problems_reported_at_once_with_paths_values_and_suggestions():
+    doc = {
+        "name": "x",
+        "model": {"arch": "dcnv2", "embeding_dim": 8},
+        "train": {"epochs": 0, "optimizer": {"sparse": "rowwise_adagrd"}},
+        "dataa": {},
+    }
+    assert _problems(doc) == [
+        "dataa: unknown key (did you mean 'data'?); allowed keys: data, kind, model, name, ray, storage, train",
+        "model.arch: 'dcnv2' is not allowed (did you mean 'dcn_v2'?); allowed values: dlrm, dcn_v2, two_tower",
+        "model.embeding_dim: unknown key (did you mean 'embedding_dim'?); allowed keys: arch, dcn, dense_arch, "
+        "embedding_dim, over_arch, tower",
+        "train.epochs: 0: Input should be greater than or equal to 1",
+        "train.optimizer.sparse: 'rowwise_adagrd' is not allowed (did you mean 'rowwise_adagrad'?); "
+        "allowed values: rowwise_adagrad, adagrad, sgd, adam",
+    ]
+
+
+def test_missing_name_and_wrong_types():
+    problems = _problems({"train": {"workers": "two", "batch_size": 10.5}})
+    assert "name: required field is missing" in problems
+    assert "train.workers: 'two': Input should be a valid integer, unable to parse string as an integer" in problems
+    assert "train.batch_size: 10.5: Input should be a valid integer, got a number with a fractional part" in problems
+
+
+def test_cross_field_checks():
+    problems = _problems({
+        "name": "x",
+        "kind": "tune",
+        "train": {"sharding": {"default": "row_wise", "tables": {"item": "table_wise"}}},
+    })
+    assert problems == [
+        "kind: 'tune' is not available in this version; available: train",
+        "train.sharding.default: 'row_wise' needs train.device: cuda (TorchRec shards row-wise only on CUDA); "
+        "on CPU use table_wise, column_wise, table_column_wise or data_parallel",
+        "train.sharding.tables.item: no such sparse feature (did you mean 'item_id'?); features: user_id, age, "
+        "gender, occupation, zip_prefix, item_id, genres, release_year",
+    ]
+
+
+def test_row_wise_is_fine_on_cuda():
+    spec = parse_spec({"name": "x", "train": {"device": "cuda", "sharding": {"tables": {"item_id": "row_wise"}}}})
+    assert spec.train.sharding.tables["item_id"] == "row_wise"
+
+
+def test_batch_size_must_split_over_workers():
+    assert _problems({"name": "x", "train": {"workers": 3, "batch_size": 1024}}) == [
+        "train: batch_size 1024 is not divisible by workers 3"
+    ]
+
+
+def test_label_rule_and_split_fractions():
+    problems = _problems({"name": "x", "data": {"label": {"column": "rating", "positive_if": "=> 4"},
+                                                "split": {"fractions": [0.8, 0.3, 0.1]}}})
+    assert problems == [
+        "data.label.positive_if: '=> 4': not a rule like '>= 4' (operators: >=, <=, >, <, ==, !=)",
+        "data.split.fractions: [0.8, 0.3, 0.1]: fractions must be three positive numbers summing to 1, "
+        "got [0.8, 0.3, 0.1]",
+    ]
+
+
+def test_parquet_source_needs_columns_and_one_path_kind():
+    problems = _problems({"name": "x", "data": {"source": "parquet"}})
+    assert problems == [
+        "data: parquet needs exactly one of 'path' (one data set to split) or 'paths'; "
+        "parquet needs 'columns' (sparse, multi_valued, dense)"
+    ]
+
+
+def test_overrides_are_typed_and_applied():
+    doc = {"name": "x"}
+    apply_overrides(doc, ["train.optimizer.lr=0.02", "model.dense_arch=[8, 4]", "data.label.positive_if=>= 3"])
+    spec = parse_spec(doc)
+    assert spec.train.optimizer.lr == 0.02
+    assert spec.model.dense_arch == [8, 4]
+    assert spec.data.label.positive_if == ">= 3"
+    with pytest.raises(SpecError) as info:
+        parse_spec(apply_overrides({"name": "x"}, ["train.epochs=many"]))
+    assert info.value.problems == ["train.epochs: 'many': Input should be a valid integer, unable to parse string as an integer"]
+    with pytest.raises(SpecError) as info:
+        apply_overrides({"name": "x"}, ["train.epochs", "name.sub=1"])
+    assert info.value.problems == [
+        "override 'train.epochs': expected KEY.PATH=VALUE",
+        "override name.sub: 'name' holds a value, not a section",
+    ]
+
+
+def test_resolved_spec_round_trips():
+    spec = load_spec(ROOT / "jobs" / "train_ml100k.yaml")
+    again = parse_spec(yaml.safe_load(resolved_yaml(spec)))
+    assert again == spec
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SpecError) as info:
+        load_spec(bad)
+    assert str(bad) in str(info.value) and "not valid YAML" in str(info.value)
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(SpecError, match="the file is empty"):
+        load_spec(empty)
+
+
+def test_spec_error_pickles():
+    import pickle
+
+    err = SpecError(["a: bad", "b: worse"], "spec.yaml")
+    again = pickle.loads(pickle.dumps(err))
+    assert again.problems == err.problems and str(again) == str(err)
+
+
+def test_cli_validate_exits_2_on_bad_spec(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmodel: {arch: dcnv2}\ntrain: {epochz: 3}\n")
+    proc = subprocess.run([sys.executable, "-m", "raytrain.cli.main", "validate", str(bad)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "2 problems in the job spec" in proc.stderr
+    assert "model.arch: 'dcnv2' is not allowed (did you mean 'dcn_v2'?)" in proc.stderr
+    assert "train.epochz: unknown key (did you mean 'epochs'?)" in proc.stderr
+    good = subprocess.run([sys.executable, "-m", "raytrain.cli.main", "validate", str(ROOT / "jobs/train_ml100k.yaml"),
+                           "--print-resolved", "train.epochs=3"], capture_output=True, text=True)
+    assert good.returncode == 0, good.stderr
+    assert yaml.safe_load(good.stdout)["train"]["epochs"] == 3
