@@ -16,8 +16,9 @@ def ray_local():
     """One embedded Ray for every test that needs it (start-up costs ~10 s on 2 cores)."""
     import ray
 
+    from raytrain.train.runner import RUNTIME_ENV
+
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True,
-                 runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
     yield ray
     ray.shutdown()

@@ -103,6 +103,9 @@ def train_loop_per_worker(config: dict) -> None:
         start_epoch = info["epoch"] + 1
         if rank == 0:
             _log(f"resumed from checkpoint of epoch {info['epoch'] + 1} ({restored.path})")
+            with open(run_dir / "resumes.jsonl", "a") as f:
+                f.write(json.dumps({"from_epoch": info["epoch"] + 1, "checkpoint": restored.path,
+                                    "time": time.time()}) + "\n")
 
     train = TrainData(prepared, spec.train.batch_size, rank, world, spec.train.seed,
                       shard=None if prepared.synthetic else ray.train.get_dataset_shard("train"))

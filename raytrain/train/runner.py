@@ -18,6 +18,10 @@ def _log(msg: str) -> None:
     print(f"[raytrain] {msg}", flush=True)
 
 
+# Ray Train V2 re-logs every worker print through its logger, so each line reached the driver twice
+RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
+
+
 def new_run_dir(spec: JobSpec) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(spec.storage).expanduser().resolve() / spec.name
@@ -42,12 +46,11 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
         return
     address = address or spec.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, runtime_env=RUNTIME_ENV)
         return
     need = spec.train.workers * spec.train.resources_per_worker.cpu + 2
     num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True,
-             runtime_env={"env_vars": {"PYTHONWARNINGS": "ignore"}})
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
 
 
 def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = None) -> dict:
