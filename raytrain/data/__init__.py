@@ -28,9 +28,9 @@ class PreparedData:
 def declared_features(data_spec) -> list[str] | None:
     """Sparse feature names known from the spec alone (no data read)."""
     if data_spec.source == "movielens-100k":
-        from .movielens import FEATURES
+        from .movielens import FEATURES, HISTORY_LISTS
 
-        return [n for n, _, _ in FEATURES]
+        return [n for n, _, _ in FEATURES] + (HISTORY_LISTS if data_spec.history_features else [])
     if data_spec.source == "synthetic":
         return [f"s{i}" for i in range(data_spec.synthetic.num_sparse)]
     if data_spec.columns is not None:

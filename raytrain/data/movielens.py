@@ -45,6 +45,7 @@ FEATURES = [
 DENSE = ["age_scaled", "year_scaled"]
 # computed from the training split only (see history_features)
 HISTORY = ["user_mean_rating", "item_mean_rating", "user_log_count", "item_log_count"]
+HISTORY_LISTS = ["user_rated_items", "user_liked_items"]
 
 
 def history_features(frame: pd.DataFrame, rating: np.ndarray, train_idx: np.ndarray) -> pd.DataFrame:
@@ -72,6 +73,34 @@ def history_features(frame: pd.DataFrame, rating: np.ndarray, train_idx: np.ndar
         out[f"{name}_mean_rating"] = (mean - global_mean).astype("float32")
         out[f"{name}_log_count"] = (np.log1p(c) / 6.0).astype("float32")
     return out[HISTORY]
+
+
+def history_lists(frame: pd.DataFrame, label: np.ndarray, train_idx: np.ndarray) -> pd.DataFrame:
+    """Multi-valued features: the items a user rated (implicit feedback) and liked, in training.
+
+    Leave-one-out as above: a training row's lists omit its own item, so neither the rating nor
+    the fact of the row itself leaks; validation and test rows see the whole training history.
+    Empty lists hold the padding id 0.
+    """
+    users = frame["user_id"].to_numpy()
+    items = frame["item_id"].to_numpy()
+    rated: dict[int, list[int]] = {}
+    liked: dict[int, list[int]] = {}
+    for i in train_idx:
+        rated.setdefault(int(users[i]), []).append(int(items[i]))
+        if label[i] > 0.5:
+            liked.setdefault(int(users[i]), []).append(int(items[i]))
+    is_train = np.zeros(len(frame), dtype=bool)
+    is_train[train_idx] = True
+    out_rated, out_liked = [], []
+    for u, it, tr in zip(users, items, is_train):
+        r, lk = rated.get(int(u), []), liked.get(int(u), [])
+        if tr:
+            r = [x for x in r if x != it]
+            lk = [x for x in lk if x != it]
+        out_rated.append(r or [0])
+        out_liked.append(lk or [0])
+    return pd.DataFrame({"user_rated_items": out_rated, "user_liked_items": out_liked}, index=frame.index)
 
 
 def cache_root() -> Path:
@@ -173,7 +202,7 @@ def split_indices(n: int, method: str, fractions, seed: int, order_key: np.ndarr
 def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
     """Write (once, cached by split and label rule) train/validation/test parquet files."""
     key = json.dumps(
-        {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 2,
+        {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 3,
          "path": data_spec.path, "history": data_spec.history_features},
         sort_keys=True,
     )
@@ -190,12 +219,16 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
             frame["timestamp"].to_numpy(),
         )
         dense = list(DENSE)
+        features = list(FEATURES)
         if data_spec.history_features:
             hist = history_features(frame, rating.to_numpy(np.float64), parts[0])
-            frame = pd.concat([frame, hist], axis=1)
+            lists = history_lists(frame, frame["label"].to_numpy(), parts[0])
+            frame = pd.concat([frame, hist, lists], axis=1)
             dense += HISTORY
+            features += [(name, "user", True) for name in HISTORY_LISTS]
+            card["user_rated_items"] = card["user_liked_items"] = card["item_id"]
         schema = FeatureSchema(
-            sparse=tuple(SparseFeature(n, card[n], mv, g) for n, g, mv in FEATURES),
+            sparse=tuple(SparseFeature(n, card[n], mv, g) for n, g, mv in features),
             dense=tuple(dense),
             label="label",
             timestamp="timestamp",
