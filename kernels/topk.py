@@ -1,0 +1,151 @@
+"""Top-K retrieval scoring without the B x N score matrix.
+
+Result convention (every path): ``(scores [B, K], indices [B, K] int64)``, best first. When fewer
+than K items are eligible (K > N, or masks), the tail holds score ``-inf`` and index ``-1``.
+Ties between equal scores may come back in any order; the scores are what the tests compare exactly.
+
+Masks: ``item_mask`` (bool [N], True = eligible) applies to every query; ``exclude`` removes items
+per query, given as CSR ``(offsets [B+1], item_ids)``, e.g. the items a user has already seen.
+"""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def _exclusion_pairs(exclude, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """CSR exclusions -> (rows, items) sorted by item, so each block finds its pairs by bisection."""
+    if exclude is None:
+        return None
+    offsets, items = exclude
+    offsets = torch.as_tensor(offsets, dtype=torch.int64)
+    items = torch.as_tensor(items, dtype=torch.int64)
+    if offsets.numel() != batch + 1:
+        raise ValueError(f"exclude offsets must have B+1 = {batch + 1} entries, got {offsets.numel()}")
+    rows = torch.repeat_interleave(torch.arange(batch), offsets[1:] - offsets[:-1])
+    order = torch.argsort(items, stable=True)
+    return rows[order], items[order]
+
+
+def _finish(values: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    indices = torch.where(torch.isneginf(values), torch.full_like(indices, -1), indices)
+    return values, indices
+
+
+def _pad(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    missing = k - values.shape[1]
+    if missing <= 0:
+        return values, indices
+    b = values.shape[0]
+    return (torch.cat([values, values.new_full((b, missing), NEG_INF)], 1),
+            torch.cat([indices, indices.new_full((b, missing), -1)], 1))
+
+
+def topk_scores_reference(queries, items, k: int, item_mask=None, exclude=None):
+    """The obvious way: materialise queries @ items.T, mask, torch.topk."""
+    scores = (queries @ items.T).float()
+    if item_mask is not None:
+        scores.masked_fill_(~item_mask.to(torch.bool)[None, :], NEG_INF)
+    pairs = _exclusion_pairs(exclude, queries.shape[0])
+    if pairs is not None:
+        scores[pairs[0], pairs[1]] = NEG_INF
+    v, i = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+    return _finish(*_pad(v, i, k))
+
+
+def _stream_range(queries, items, kk, lo, hi, block, mask, pairs):
+    """Running top-K of queries against items[lo:hi].
+
+    A query's K-th best score so far is a threshold: a block can only change that query's top-K
+    if its best score in the block beats the threshold. So each block costs one small GEMM (in
+    cache) and one row-max; the top-K selection runs only for the few rows that improve, and after
+    the first blocks almost none do.
+    """
+    b = queries.shape[0]
+    best_v = torch.full((b, kk), NEG_INF)
+    best_i = torch.full((b, kk), -1, dtype=torch.int64)
+    thresh = torch.full((b,), NEG_INF)
+    for start in range(lo, hi, block):
+        stop = min(start + block, hi)
+        s = (queries @ items[start:stop].T).float()
+        if mask is not None:
+            s.masked_fill_(~mask[None, start:stop], NEG_INF)
+        if pairs is not None:
+            a, z = torch.searchsorted(pairs[1], torch.tensor([start, stop])).tolist()
+            if z > a:
+                s[pairs[0][a:z], pairs[1][a:z] - start] = NEG_INF
+        rows = (s.amax(dim=1) > thresh).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            continue
+        sub = s[rows]
+        hit_r, hit_c = (sub > thresh[rows, None]).nonzero(as_tuple=True)
+        counts = torch.bincount(hit_r, minlength=rows.numel())
+        width = int(counts.max())
+        if width >= kk:  # early blocks: plain selection
+            v, i = torch.topk(sub, min(kk, stop - start), dim=1)
+        else:  # later blocks: only the few scores above the threshold, padded to [rows, width]
+            pos = torch.arange(hit_r.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+            v = sub.new_full((rows.numel(), width), NEG_INF)
+            i = torch.full((rows.numel(), width), -1, dtype=torch.int64)
+            v[hit_r, pos] = sub[hit_r, hit_c]
+            i[hit_r, pos] = hit_c
+        i = torch.where(i >= 0, i + start, i)
+        mv, j = torch.topk(torch.cat([best_v[rows], v], 1), kk, dim=1)
+        best_i[rows] = torch.gather(torch.cat([best_i[rows], i], 1), 1, j)
+        best_v[rows] = mv
+        thresh[rows] = mv[:, -1]
+    return best_v, best_i
+
+
+@torch.no_grad()
+def topk_scores_cpu(queries, items, k: int, item_mask=None, exclude=None, block: int = 2048,
+                    threads: int | None = None):
+    """Split the item table into one contiguous range per thread, stream each, merge the partial top-Ks.
+
+    The small per-block GEMMs run best single-threaded side by side (each in its own core's cache),
+    so torch's intra-op pool is set to 1 thread for the duration of the call and restored after.
+    """
+    b, n = queries.shape[0], items.shape[0]
+    kk = min(k, n)
+    pairs = _exclusion_pairs(exclude, b)
+    mask = item_mask.to(torch.bool) if item_mask is not None else None
+    threads = max(1, min(threads or torch.get_num_threads(), -(-n // block)))
+    bounds = [n * t // threads for t in range(threads + 1)]
+    ranges = [(bounds[t], bounds[t + 1]) for t in range(threads)]
+    if threads == 1:
+        parts = [_stream_range(queries, items, kk, 0, n, block, mask, pairs)]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        saved = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with ThreadPoolExecutor(threads) as pool:
+                parts = list(pool.map(lambda r: _stream_range(queries, items, kk, r[0], r[1], block, mask, pairs),
+                                      ranges))
+        finally:
+            torch.set_num_threads(saved)
+    if len(parts) == 1:
+        v, i = parts[0]
+    else:
+        v, j = torch.topk(torch.cat([p[0] for p in parts], 1), kk, dim=1)
+        i = torch.gather(torch.cat([p[1] for p in parts], 1), 1, j)
+    return _finish(*_pad(v, i, k))
+
+
+def topk_scores(queries, items, k: int, item_mask=None, exclude=None, block: int | None = None):
+    """Top-K items per query by dot product; the fused path for the tensors' device."""
+    if queries.dim() != 2 or items.dim() != 2 or queries.shape[1] != items.shape[1]:
+        raise ValueError(f"queries [B, d] and items [N, d] must share d; got {tuple(queries.shape)} and "
+                         f"{tuple(items.shape)}")
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    if item_mask is not None and item_mask.shape != (items.shape[0],):
+        raise ValueError(f"item_mask must have shape [N] = [{items.shape[0]}], got {tuple(item_mask.shape)}")
+    if queries.is_cuda:
+        from .topk_triton import topk_scores_triton
+
+        return topk_scores_triton(queries, items, k, item_mask=item_mask, exclude=exclude)
+    return topk_scores_cpu(queries, items, k, item_mask=item_mask, exclude=exclude, block=block or 2048)
