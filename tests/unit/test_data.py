@@ -174,7 +174,7 @@ def test_movielens_is_fetched_split_and_featurised():
                                              "split": {"method": "random", "seed": 2020}}})
     prepared = prepare(spec.data)
     assert prepared.schema.sparse_names == ["user_id", "age", "gender", "occupation", "zip_prefix", "item_id",
-                                             "genres", "release_year"]
+                                             "genres", "release_year", "user_rated_items", "user_liked_items"]
     card = {f.name: f.cardinality for f in prepared.schema.sparse}
     assert card["user_id"] == 944 and card["item_id"] == 1683 and card["gender"] == 3
     assert prepared.schema.feature("genres").multi_valued
@@ -183,6 +183,18 @@ def test_movielens_is_fetched_split_and_featurised():
     t = pq.read_table(prepared.paths["train"][0])
     assert 0.5 < np.mean(t.column("label").to_numpy()) < 0.6  # 55% of ratings are >= 4
     validate_files(prepared.paths["test"], prepared.schema)
+    # history features come from the training split only, leaving a training row's own item out
+    train = t.to_pandas()
+    val = pq.read_table(prepared.paths["validation"][0]).to_pandas()
+    history = train.groupby("user_id")["item_id"].apply(set)
+    liked = train[train["label"] > 0.5].groupby("user_id")["item_id"].apply(set)
+    for row in train.head(200).itertuples():
+        assert set(row.user_rated_items) == (history[row.user_id] - {row.item_id} or {0})
+        assert row.item_id not in set(row.user_liked_items)
+    for row in val.head(200).itertuples():
+        assert set(row.user_rated_items) == history.get(row.user_id, {0})
+        assert set(row.user_liked_items) == liked.get(row.user_id, {0})
+    assert abs(float(val["user_mean_rating"].mean())) < 0.2  # centred on the training mean
     # a second call reuses the cache
     assert prepare(spec.data).paths == prepared.paths
 
