@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 NEG_INF = float("-inf")
+GROUP = 64  # columns per group in the two-level threshold search
 
 
 def _exclusion_pairs(exclude, batch: int) -> tuple[torch.Tensor, torch.Tensor] | None:
@@ -55,47 +56,78 @@ def topk_scores_reference(queries, items, k: int, item_mask=None, exclude=None):
     return _finish(*_pad(v, i, k))
 
 
+def _merge(best_v, best_i, rows, vals, idx):
+    """Merge flat candidates (row, score, item) into the running [B, K] top-K."""
+    b, kk = best_v.shape
+    order = torch.argsort(rows, stable=True)
+    rows, vals, idx = rows[order], vals[order], idx[order]
+    counts = torch.bincount(rows, minlength=b)
+    pos = torch.arange(rows.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    width = int(counts.max())
+    pad_v = best_v.new_full((b, width), NEG_INF)
+    pad_i = best_i.new_full((b, width), -1)
+    pad_v[rows, pos] = vals
+    pad_i[rows, pos] = idx
+    v, j = torch.topk(torch.cat([best_v, pad_v], 1), kk, dim=1)
+    return v, torch.gather(torch.cat([best_i, pad_i], 1), 1, j)
+
+
 def _stream_range(queries, items, kk, lo, hi, block, mask, pairs):
     """Running top-K of queries against items[lo:hi].
 
-    A query's K-th best score so far is a threshold: a block can only change that query's top-K
-    if its best score in the block beats the threshold. So each block costs one small GEMM (in
-    cache) and one row-max; the top-K selection runs only for the few rows that improve, and after
-    the first blocks almost none do.
+    A query's K-th best score so far is a threshold: only scores above it can enter its top-K.
+    Each block costs one small GEMM (in cache) and one comparison with the thresholds; the few
+    scores above them are buffered, and merged into the top-K (which raises the thresholds) only
+    once about K per query have piled up. A stale threshold is still a valid lower bound, so
+    buffering never loses an item; it only saves merges.
     """
     b = queries.shape[0]
     best_v = torch.full((b, kk), NEG_INF)
     best_i = torch.full((b, kk), -1, dtype=torch.int64)
-    thresh = torch.full((b,), NEG_INF)
+    thresh = torch.full((b, 1), NEG_INF)
+    buf: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
+    buffered = 0
+    merge_at = b * kk
+    # one score buffer per range, reused by every full block (allocation churn of multi-MB blocks
+    # makes the allocator hold on to far more memory than the kernel needs)
+    s_buf = torch.empty((b, block), dtype=queries.dtype)
     for start in range(lo, hi, block):
         stop = min(start + block, hi)
-        s = (queries @ items[start:stop].T).float()
+        if stop - start == block:
+            s = torch.matmul(queries, items[start:stop].T, out=s_buf).float()
+        else:
+            s = (queries @ items[start:stop].T).float()
         if mask is not None:
             s.masked_fill_(~mask[None, start:stop], NEG_INF)
         if pairs is not None:
             a, z = torch.searchsorted(pairs[1], torch.tensor([start, stop])).tolist()
             if z > a:
                 s[pairs[0][a:z], pairs[1][a:z] - start] = NEG_INF
-        rows = (s.amax(dim=1) > thresh).nonzero().squeeze(1)
-        if rows.numel() == 0:
+        if start == lo:  # the first block fills the top-K directly
+            v, i = torch.topk(s, min(kk, stop - start), dim=1)
+            best_v, best_i = _merge(best_v, best_i, torch.arange(b).repeat_interleave(v.shape[1]), v.reshape(-1),
+                                    (i + start).reshape(-1))
+            thresh = best_v[:, -1:]
             continue
-        sub = s[rows]
-        hit_r, hit_c = (sub > thresh[rows, None]).nonzero(as_tuple=True)
-        counts = torch.bincount(hit_r, minlength=rows.numel())
-        width = int(counts.max())
-        if width >= kk:  # early blocks: plain selection
-            v, i = torch.topk(sub, min(kk, stop - start), dim=1)
-        else:  # later blocks: only the few scores above the threshold, padded to [rows, width]
-            pos = torch.arange(hit_r.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-            v = sub.new_full((rows.numel(), width), NEG_INF)
-            i = torch.full((rows.numel(), width), -1, dtype=torch.int64)
-            v[hit_r, pos] = sub[hit_r, hit_c]
-            i[hit_r, pos] = hit_c
-        i = torch.where(i >= 0, i + start, i)
-        mv, j = torch.topk(torch.cat([best_v[rows], v], 1), kk, dim=1)
-        best_i[rows] = torch.gather(torch.cat([best_i[rows], i], 1), 1, j)
-        best_v[rows] = mv
-        thresh[rows] = mv[:, -1]
+        # two-level search: maxima of groups of GROUP columns first (one cheap reduction), then
+        # the columns of the few groups whose maximum beats the threshold
+        width = s.shape[1]
+        if width % GROUP:
+            s = torch.nn.functional.pad(s, (0, GROUP - width % GROUP), value=NEG_INF)
+        groups = s.view(b, -1, GROUP)
+        gr, gg = (groups.amax(dim=2) > thresh).nonzero(as_tuple=True)
+        if gr.numel() == 0:
+            continue
+        vals = groups[gr, gg]  # [hits, GROUP]
+        hr, hc = (vals > thresh[gr]).nonzero(as_tuple=True)
+        buf.append((gr[hr], vals[hr, hc], start + gg[hr] * GROUP + hc))
+        buffered += hr.numel()
+        if buffered >= merge_at:
+            best_v, best_i = _merge(best_v, best_i, *(torch.cat(x) for x in zip(*buf)))
+            thresh = best_v[:, -1:]
+            buf, buffered = [], 0
+    if buf:
+        best_v, best_i = _merge(best_v, best_i, *(torch.cat(x) for x in zip(*buf)))
     return best_v, best_i
 
 
