@@ -172,7 +172,10 @@ def main() -> None:
     print(f"{'arm':<12} {'examples/s (warm, median)':>26} {'start-up s (median)':>20}")
     for name, rate in (("raytrain", a), ("handwritten", b)):
         print(f"{name:<12} {rate:>26,.0f} {statistics.median(r['startup_s'] for r in results[name]):>20.1f}")
+    per_round = [statistics.median(a["rates"][1:] or a["rates"]) / statistics.median(b["rates"][1:] or b["rates"])
+                 for a, b in zip(results["raytrain"], results["handwritten"])]
     print(f"ray.init (once, not in start-up above): {ray_init_s:.1f}s")
+    print("ratio per round: " + ", ".join(f"{r:.3f}" for r in per_round))
     print(f"ratio raytrain / handwritten: {a / b:.3f}  (goal >= 0.95)")
 
 

@@ -97,6 +97,14 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     if result.error is not None:
         raise result.error
     summary = collect_metrics(run_dir)
+    if spec.model.arch == "two_tower" and prepared.paths:
+        from .export import load_model
+        from .retrieval import retrieval_metrics
+
+        retrieval = retrieval_metrics(load_model(run_dir), prepared.paths)
+        summary.update(retrieval)
+        _log("full-catalogue retrieval on test: " + ", ".join(
+            f"{k.removeprefix('test_')} {v:.4f}" for k, v in retrieval.items() if "@" in k))
     summary["wall_seconds"] = time.perf_counter() - t0
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     summary["run_dir"] = str(run_dir)

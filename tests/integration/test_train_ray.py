@@ -43,3 +43,14 @@ def test_synthetic_mixed_sharding_learns(ray_local, tmp_path):
     assert summary["test_auc"] > 0.6  # the hidden per-id weights are learnable
     ckpts = sorted((Path(summary["run_dir"]) / "ray").glob("epoch_*"))
     assert [c.name for c in ckpts] == ["epoch_0002"]
+
+
+def test_two_tower_reports_full_catalogue_retrieval(ray_local, tmp_path):
+    spec = load_spec(ROOT / "jobs/train_ml100k_two_tower.yaml", [f"storage={tmp_path}", "train.epochs=1"])
+    summary = run_train(spec)
+    assert summary["catalogue_items"] == 1682
+    assert 800 < summary["test_retrieval_users"] <= 943
+    # random ranking of ~1,600 unseen items would give recall@50 of about 0.03
+    assert summary["test_recall@50"] > 0.06
+    assert 0 < summary["test_ndcg@10"] <= 1 and summary["test_recall@10"] <= summary["test_recall@50"]
+    assert summary["test_auc"] > 0.65

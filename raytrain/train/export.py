@@ -1,0 +1,70 @@
+"""Load a trained model from a run directory into one process, unsharded, for scoring.
+
+torch.distributed.checkpoint reshards on load: the shards the workers wrote are read straight
+into the full tables of a plain (unsharded) model, so no training cluster is needed to use it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+
+from ..data.schema import FeatureSchema
+from ..errors import CheckpointError
+from ..models import build_model
+from ..spec import load_spec
+from ..spec.schema import JobSpec
+from .checkpoint import read_marker
+from .distributed import TrainModule
+
+
+@dataclass
+class LoadedModel:
+    spec: JobSpec
+    schema: FeatureSchema
+    module: TrainModule  # eval mode, on the CPU
+    checkpoint: Path
+    epoch: int
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a run that finished writing (marker present), oldest first."""
+    out = []
+    for d in sorted((Path(run_dir) / "ray").glob("epoch_*")):
+        try:
+            read_marker(d)
+            out.append(d)
+        except CheckpointError:
+            continue
+    return out
+
+
+def load_model(run_dir: str | Path, checkpoint: str | Path | None = None) -> LoadedModel:
+    run_dir = Path(run_dir)
+    if not (run_dir / "spec.yaml").exists():
+        raise CheckpointError(f"{run_dir}: not a run directory (no spec.yaml)")
+    spec = load_spec(run_dir / "spec.yaml")
+    schema = FeatureSchema.from_dict(json.loads((run_dir / "schema.json").read_text()))
+    if checkpoint is None:
+        found = complete_checkpoints(run_dir)
+        if not found:
+            raise CheckpointError(f"{run_dir}: no complete checkpoint under ray/")
+        checkpoint = found[-1]
+    checkpoint = Path(checkpoint)
+    info = read_marker(checkpoint)
+    module = TrainModule(build_model(spec.model, schema, device="cpu"))
+    state = {"model": module.state_dict()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP warns that it runs without a process group: intended
+        try:
+            dcp.load(state, checkpoint_id=str(checkpoint))
+        except Exception as e:
+            raise CheckpointError(f"{checkpoint}: cannot load into {spec.model.arch} ({type(e).__name__}: {e})") from None
+    module.load_state_dict(state["model"])
+    module.eval()
+    return LoadedModel(spec, schema, module, checkpoint, int(info["epoch"]))
