@@ -1,4 +1,4 @@
-"""``raytrain`` command line: validate | plan | run."""
+"""``raytrain`` command line: validate | plan | run | resume."""
 
 from __future__ import annotations
 
@@ -58,9 +58,21 @@ def cmd_run(args) -> int:
     from ..spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)  # a bad spec stops here, before Ray starts
-    from ..train.runner import run_train
+    if spec.kind == "tune":
+        from ..tune.runner import run_tune
 
-    run_train(spec, address=args.address)
+        run_tune(spec, address=args.address)
+    else:
+        from ..train.runner import run_train
+
+        run_train(spec, address=args.address)
+    return 0
+
+
+def cmd_resume(args) -> int:
+    from ..tune.runner import resume_tune
+
+    resume_tune(args.run_dir, address=args.address)
     return 0
 
 
@@ -86,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_spec(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("resume", help="resume an interrupted tune run from its run directory")
+    p.add_argument("run_dir", help="the run directory (runs/<name>/<timestamp>)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.set_defaults(func=cmd_resume)
     return parser
 
 

@@ -122,6 +122,15 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
         problems.append(
             f"kind: {spec.kind!r} is not available in this version; available: {', '.join(IMPLEMENTED_KINDS)}"
         )
+    if spec.kind == "tune":
+        if spec.tune is None:
+            problems.append("tune: a tune spec needs a 'tune' section (metric, search, scheduler, space)")
+        else:
+            from ..tune.space import check_space
+
+            problems += check_space(spec)
+    elif spec.tune is not None and spec.kind == "train":
+        problems.append("tune: only for kind tune or pipeline")
     sharding = spec.train.sharding
     if spec.train.device == "cpu":
         for where, st in [("default", sharding.default)] + [(f"tables.{k}", v) for k, v in sharding.tables.items()]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import operator
 import re
-from typing import Literal, Optional, Union
+from typing import Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -23,7 +23,7 @@ SHARDING_TYPES = (
 )
 CUDA_ONLY_SHARDING = ("row_wise", "table_row_wise")
 KINDS = ("train", "tune", "distill", "serve", "bandit", "pipeline")
-IMPLEMENTED_KINDS = ("train",)
+IMPLEMENTED_KINDS = ("train", "tune")
 
 
 class Section(BaseModel):
@@ -230,6 +230,42 @@ class TrainSpec(Section):
         return self
 
 
+class SearchSpec(Section):
+    """How trial configurations are chosen."""
+
+    algorithm: Literal["random", "grid", "optuna_tpe", "optuna_gp"] = "random"
+    seed: Optional[int] = 0
+    points_to_evaluate: list[dict[str, Any]] = Field(
+        default_factory=list, description="warm start: configs (space keys -> values) tried first"
+    )
+
+
+class SchedulerSpec(Section):
+    """When trials stop early. Times are in epochs."""
+
+    name: Literal["fifo", "asha", "hyperband", "median_stopping"] = "fifo"
+    grace_period: int = Field(1, ge=1, description="asha / median_stopping: epochs before a trial may stop")
+    reduction_factor: float = Field(3.0, gt=1.0, description="asha / hyperband")
+    max_t: Optional[int] = Field(None, ge=1, description="asha / hyperband: default train.epochs")
+    min_samples_required: int = Field(3, ge=1, description="median_stopping")
+
+
+class TrialResourcesSpec(Section):
+    cpu: float = Field(0.25, gt=0.0, description="the trial's driver (its training workers come on top)")
+
+
+class TuneSpec(Section):
+    metric: str = "val_auc"
+    mode: Literal["max", "min"] = "max"
+    search: SearchSpec = Field(default_factory=SearchSpec)
+    scheduler: SchedulerSpec = Field(default_factory=SchedulerSpec)
+    num_samples: int = Field(8, ge=1, description="trials (for grid: repetitions of the whole grid)")
+    max_concurrent_trials: int = Field(2, ge=1)
+    time_budget_s: Optional[float] = Field(None, gt=0)
+    resources_per_trial: TrialResourcesSpec = Field(default_factory=TrialResourcesSpec)
+    space: dict[str, Any] = Field(default_factory=dict, description="dotted spec path -> distribution")
+
+
 class RaySpec(Section):
     address: Optional[str] = Field(None, description="None: start an embedded local Ray")
     num_cpus: Optional[int] = Field(None, ge=1, description="logical CPUs of the embedded Ray")
@@ -242,4 +278,5 @@ class JobSpec(Section):
     data: DataSpec = Field(default_factory=DataSpec)
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
+    tune: Optional[TuneSpec] = None
     ray: RaySpec = Field(default_factory=RaySpec)

@@ -96,11 +96,13 @@ def train_loop_per_worker(config: dict) -> None:
         _log("sharding plan:\n" + text)
 
     start_epoch = 0
+    last_metrics: dict = {}
     restored = ray.train.get_checkpoint()
     if restored is not None:
         with restored.as_directory() as d:
             info = ckpt.load(sharded, d)
         start_epoch = info["epoch"] + 1
+        last_metrics = dict(info.get("metrics", {}))
         if rank == 0:
             _log(f"resumed from checkpoint of epoch {info['epoch'] + 1} ({restored.path})")
             with open(run_dir / "resumes.jsonl", "a") as f:
@@ -126,6 +128,7 @@ def train_loop_per_worker(config: dict) -> None:
                  f"val_logloss {m['logloss']:.4f} ({stats['train_seconds']:.1f}s, "
                  f"{stats['train_examples_per_s']:,.0f} examples/s)")
             _write_json(run_dir / "metrics" / f"epoch_{epoch + 1:04d}.json", metrics)
+        last_metrics = metrics
         last = epoch == epochs - 1
         if (epoch + 1) % spec.train.checkpoint.every_epochs == 0 or last:
             # written straight into the run's storage (no copy); Ray registers it once every rank reported
@@ -140,7 +143,9 @@ def train_loop_per_worker(config: dict) -> None:
     test = EvalData(prepared, "test", spec.train.eval_batch_size, rank, world,
                     dataset=None if prepared.synthetic else ray.train.get_dataset_shard("test"))
     t = evaluate(sharded.module, test, device)
-    final = {"epoch": epochs, "test_auc": t["auc"], "test_logloss": t["logloss"], "test_rows": t["rows"]}
+    # the last epoch's validation metrics ride along: schedulers and searchers read them in every report
+    final = {**last_metrics, "epoch": epochs, "test_auc": t["auc"], "test_logloss": t["logloss"],
+             "test_rows": t["rows"]}
     if rank == 0:
         _log(f"test: auc {t['auc']:.4f} logloss {t['logloss']:.4f} over {t['rows']:,} rows")
         _write_json(run_dir / "metrics" / "test.json", final)

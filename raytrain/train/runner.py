@@ -53,29 +53,20 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
 
 
-def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = None) -> dict:
+def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None = None):
+    """The TorchTrainer for one training run (also one Tune trial): workers, data, storage, retries."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from .loop import train_loop_per_worker
 
-    run_dir = run_dir or new_run_dir(spec)
-    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
-    _log(f"run directory: {run_dir}")
-    t0 = time.perf_counter()
-    prepared = prepare(spec.data, work_dir=str(run_dir))
-    (run_dir / "schema.json").write_text(prepared.schema.to_json())
-    _log(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
-         f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")
-    init_ray(spec, address)
-
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets = {}
     if prepared.paths:
         datasets = {split: ray.data.read_parquet(files) for split, files in prepared.paths.items()}
     res = spec.train.resources_per_worker
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "data": prepared.to_dict(), "run_dir": str(run_dir)},
         scaling_config=ScalingConfig(
@@ -89,10 +80,24 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
             storage_path=str(run_dir),
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoint.keep),
+            callbacks=callbacks or None,
         ),
         datasets=datasets or None,
         dataset_config=DataConfig(datasets_to_split=["train"]),
     )
+
+
+def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = None) -> dict:
+    run_dir = run_dir or new_run_dir(spec)
+    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
+    _log(f"run directory: {run_dir}")
+    t0 = time.perf_counter()
+    prepared = prepare(spec.data, work_dir=str(run_dir))
+    (run_dir / "schema.json").write_text(prepared.schema.to_json())
+    _log(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
+         f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")
+    init_ray(spec, address)
+    trainer = make_trainer(spec, prepared, run_dir)
     result = trainer.fit()
     if result.error is not None:
         raise result.error

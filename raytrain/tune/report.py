@@ -1,0 +1,123 @@
+"""After a tune run: leaderboard (parquet + printed table), best spec, best checkpoint, PNG plots."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+
+from ..spec.schema import JobSpec
+
+
+def _log(msg: str) -> None:
+    print(f"[raytrain] {msg}", flush=True)
+
+
+def _trial_rows(spec: JobSpec, results) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
+    metric, mode = spec.tune.metric, spec.tune.mode
+    rows, curves = [], {}
+    for r in results:
+        df = r.metrics_dataframe
+        trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
+        if df is None or df.empty or metric not in df:
+            rows.append({"trial": trial_id, "status": "error" if r.error else "no result", "config": json.dumps(r.config),
+                         metric: float("nan"), "epochs": 0, "wall_s": float("nan"), "node": None,
+                         "test_auc": float("nan"), "path": r.path})
+            continue
+        per_epoch = df[df[metric].notna()].drop_duplicates("epoch", keep="first")
+        curves[trial_id] = per_epoch
+        best = per_epoch[metric].max() if mode == "max" else per_epoch[metric].min()
+        epochs = int(per_epoch["epoch"].max())
+        status = "error" if r.error else ("completed" if epochs >= spec.train.epochs else "stopped early")
+        last = df.iloc[-1]
+        rows.append({
+            "trial": trial_id, "status": status, "config": json.dumps(r.config), metric: float(best),
+            "epochs": epochs, "wall_s": float(last.get("time_total_s", float("nan"))),
+            "node": last.get("node_ip"), "test_auc": float(df["test_auc"].dropna().iloc[-1]) if "test_auc" in df and
+            df["test_auc"].notna().any() else float("nan"), "path": r.path,
+            "finished_at": float(last.get("timestamp", 0)),
+        })
+    board = pd.DataFrame(rows).sort_values(metric, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
+    return board, curves
+
+
+def _plots(spec: JobSpec, board: pd.DataFrame, curves: dict[str, pd.DataFrame], run_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = spec.tune.metric
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for trial, df in curves.items():
+        line, = ax.plot(df["epoch"], df[metric], marker=".", alpha=0.8, linewidth=1)
+        status = board.loc[board["trial"] == trial, "status"]
+        if len(status) and status.iloc[0] == "stopped early":
+            ax.plot(df["epoch"].iloc[-1], df[metric].iloc[-1], "x", color=line.get_color(), markersize=9)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{metric} per epoch per trial (x: stopped by {spec.tune.scheduler.name})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    per_epoch = run_dir / "metric_per_epoch.png"
+    fig.savefig(per_epoch, dpi=110)
+    plt.close(fig)
+
+    done = board.dropna(subset=[metric]).sort_values("finished_at")
+    better = (lambda a, b: a > b) if spec.tune.mode == "max" else (lambda a, b: a < b)
+    best, series = None, []
+    for v in done[metric]:
+        best = v if best is None or better(v, best) else best
+        series.append(best)
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+    a1.step(range(1, len(series) + 1), series, where="post")
+    a1.set_xlabel("trials finished")
+    a1.set_ylabel(f"best {metric} so far")
+    t0 = done["finished_at"].min() - done["wall_s"].iloc[0] if len(done) else 0
+    a2.step(done["finished_at"] - t0, series, where="post")
+    a2.set_xlabel("wall time (s)")
+    for a in (a1, a2):
+        a.grid(alpha=0.3)
+    fig.suptitle(f"best so far ({spec.tune.search.algorithm} + {spec.tune.scheduler.name})")
+    fig.tight_layout()
+    best_so_far = run_dir / "best_so_far.png"
+    fig.savefig(best_so_far, dpi=110)
+    plt.close(fig)
+    return [str(per_epoch), str(best_so_far)]
+
+
+def write_report(spec: JobSpec, results, run_dir: Path) -> dict:
+    from ..train.export import complete_checkpoints
+    from .runner import best_spec_yaml
+
+    metric = spec.tune.metric
+    board, curves = _trial_rows(spec, results)
+    board.to_parquet(run_dir / "leaderboard.parquet", index=False)
+    shown = board[["trial", "status", metric, "epochs", "wall_s", "test_auc", "config"]].copy()
+    shown["config"] = shown["config"].str.slice(0, 90)
+    _log("leaderboard:\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    summary: dict = {
+        "trials": int(len(board)),
+        "completed": int((board["status"] == "completed").sum()),
+        "stopped_early": int((board["status"] == "stopped early").sum()),
+        "errored": int((board["status"] == "error").sum()),
+        "trial_epochs": int(board["epochs"].sum()),
+    }
+    if board[metric].notna().any():
+        top = board.iloc[0]
+        config = json.loads(top["config"])
+        (run_dir / "best_spec.yaml").write_text(best_spec_yaml(spec, config))
+        ckpts = complete_checkpoints(Path(top["path"]) / "run")
+        link = run_dir / "best_checkpoint"
+        if ckpts:
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            os.symlink(os.path.relpath(ckpts[-1], run_dir), link)
+        summary.update({"best_trial": top["trial"], f"best_{metric}": float(top[metric]), "best_config": config,
+                        "best_test_auc": float(top["test_auc"]), "best_checkpoint": str(ckpts[-1]) if ckpts else None})
+        _log(f"best trial {top['trial']}: {metric} {top[metric]:.4f}, test_auc {top['test_auc']:.4f}, "
+             f"config {config}; ready-to-run spec: {run_dir / 'best_spec.yaml'}")
+    summary["plots"] = _plots(spec, board, curves, run_dir)
+    return summary

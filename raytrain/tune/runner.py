@@ -1,0 +1,242 @@
+"""A tune run: Ray Tune drives trials, each trial a TorchTrainer with its own sharded workers.
+
+Ray Train V2 pattern: the trial is a small function that builds a ``TorchTrainer`` and calls
+``fit()``; ``TuneReportCallback`` forwards each epoch's metrics to Tune, where the scheduler reads
+``epoch`` as its clock. A trial keeps its own run directory (spec, metrics, checkpoints), so an
+interrupted trial resumes from its last checkpoint when the experiment is restored.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import yaml
+
+from ..data import PreparedData, prepare
+from ..errors import RaytrainError, SpecError
+from ..spec import parse_spec, resolved_yaml
+from ..spec.schema import JobSpec
+from .space import apply_config, parse_dist, to_param_space
+
+
+def _log(msg: str) -> None:
+    print(f"[raytrain] {msg}", flush=True)
+
+
+class ResourceError(RaytrainError):
+    """A trial cannot fit the cluster."""
+
+
+def _trial(config: dict, base: dict, data: dict) -> None:
+    """One trial: the base spec with this trial's values, trained by a TorchTrainer."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ..train.runner import make_trainer
+
+    spec = parse_spec(apply_config(base, config))
+    run_dir = Path(ray.tune.get_context().get_trial_dir()) / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
+    prepared = PreparedData.from_dict(data)
+    (run_dir / "schema.json").write_text(prepared.schema.to_json())
+    # same storage path and name as an interrupted attempt of this trial: Ray Train restores its
+    # checkpoint manager from there, so the trial resumes from its last checkpoint
+    make_trainer(spec, prepared, run_dir, callbacks=[TuneReportCallback()]).fit()
+
+
+def _searcher(spec: JobSpec):
+    from ray.tune.search import BasicVariantGenerator
+
+    s = spec.tune.search
+    points = [dict(p) for p in s.points_to_evaluate] or None
+    if s.algorithm in ("random", "grid"):
+        return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=points)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    sampler = (optuna.samplers.TPESampler(seed=s.seed) if s.algorithm == "optuna_tpe"
+               else optuna.samplers.GPSampler(seed=s.seed))
+    return OptunaSearch(sampler=sampler, points_to_evaluate=points)
+
+
+def _scheduler(spec: JobSpec):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+
+    sc = spec.tune.scheduler
+    max_t = sc.max_t or spec.train.epochs
+    if sc.name == "asha":
+        return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=sc.grace_period,
+                             reduction_factor=sc.reduction_factor)
+    if sc.name == "hyperband":
+        return HyperBandScheduler(time_attr="epoch", max_t=max_t, reduction_factor=sc.reduction_factor)
+    if sc.name == "median_stopping":
+        return MedianStoppingRule(time_attr="epoch", grace_period=sc.grace_period,
+                                  min_samples_required=sc.min_samples_required)
+    return FIFOScheduler()
+
+
+def _largest(spec: JobSpec, key: str, default):
+    text = spec.tune.space.get(key)
+    if text is None:
+        return default
+    return max(parse_dist(text).extremes())
+
+
+def preflight(spec: JobSpec, prepared: PreparedData) -> None:
+    """Refuse before launching when one trial cannot fit: CPUs, and the planner's memory estimate."""
+    import ray
+
+    from ..sharding import describe_plan, make_plan, make_topology
+    from ..sharding.planner import build_constraints, memory_per_rank
+    from ..models import build_model
+    import torch
+
+    total = ray.cluster_resources()
+    workers = int(_largest(spec, "train.workers", spec.train.workers))
+    cpu = spec.train.resources_per_worker.cpu
+    need = spec.tune.resources_per_trial.cpu + workers * cpu
+    if need > total.get("CPU", 0) + 1e-9:
+        raise ResourceError(
+            f"one trial needs {need:g} CPUs (trial driver {spec.tune.resources_per_trial.cpu:g} + {workers} workers x "
+            f"{cpu:g}) but the cluster has {total.get('CPU', 0):g}; lower train.workers or resources_per_worker.cpu, "
+            "or start Ray with more logical CPUs (ray.num_cpus)"
+        )
+    dim = int(_largest(spec, "model.embedding_dim", spec.model.embedding_dim))
+    model_spec = spec.model.model_copy(update={"embedding_dim": dim})
+    model = build_model(model_spec, prepared.schema, device="cpu", ebc_device=torch.device("meta"))
+    min_workers = int(min(parse_dist(spec.tune.space["train.workers"]).extremes())) if "train.workers" in spec.tune.space else workers
+    plan = make_plan(model, make_topology(min_workers, spec.train.device), build_constraints(prepared.schema, spec.train.sharding))
+    per_rank = memory_per_rank(describe_plan(plan, min_workers), prepared.schema, dim, spec.train.optimizer.sparse,
+                               min_workers)
+    memory = total.get("memory", 0)
+    concurrent = spec.tune.max_concurrent_trials
+    if memory and max(per_rank) * min_workers * concurrent > memory:
+        raise ResourceError(
+            f"the largest configuration (embedding_dim {dim}, {min_workers} workers) needs "
+            f"{max(per_rank) / 2**30:.2f} GiB of tables and optimizer state per worker; {concurrent} concurrent "
+            f"trials need {max(per_rank) * min_workers * concurrent / 2**30:.2f} GiB but Ray has "
+            f"{memory / 2**30:.2f} GiB"
+        )
+    _log(f"preflight: a trial needs {need:g} of {total.get('CPU', 0):g} CPUs; largest tables "
+         f"{max(per_rank) / 2**20:.1f} MiB per worker")
+
+
+class _Progress:
+    """Live progress: trials running / done / stopped, and the best so far."""
+
+    def __new__(cls, metric: str, mode: str, epochs: int):
+        from ray.tune import Callback
+
+        class Progress(Callback):
+            def __init__(self):
+                self.best = None
+                self.t0 = time.time()
+
+            def _better(self, v):
+                return self.best is None or (v > self.best[0] if mode == "max" else v < self.best[0])
+
+            def on_trial_result(self, iteration, trials, trial, result, **info):
+                v = result.get(metric)
+                if v is None or "test_auc" in result:
+                    return
+                if self._better(v):
+                    self.best = (v, trial.trial_id)
+                states = [t.status for t in trials]
+                _log(f"trial {trial.trial_id} epoch {result.get('epoch')}/{epochs} {metric} {v:.4f} | "
+                     f"running {states.count('RUNNING')} done {states.count('TERMINATED')} "
+                     f"pending {states.count('PENDING')} | best {self.best[0]:.4f} ({self.best[1]}) "
+                     f"| {time.time() - self.t0:.0f}s")
+
+        return Progress()
+
+
+def _cleanup_placement_groups() -> int:
+    """Remove placement groups left behind by trials the scheduler stopped (ray issue 54305)."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    removed = 0
+    for pg_id, info in ray.util.placement_group_table().items():
+        if info.get("state") == "CREATED":
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
+            removed += 1
+    deadline = time.time() + 60
+    total = ray.cluster_resources().get("CPU", 0)
+    while time.time() < deadline and ray.available_resources().get("CPU", 0) < total - 1e-6:
+        time.sleep(0.5)
+    return removed
+
+
+def _tuner(spec: JobSpec, prepared: PreparedData, run_dir: Path, restore: bool = False):
+    from ray import tune
+
+    base = spec.model_dump(mode="json")
+    trainable = tune.with_resources(
+        tune.with_parameters(_trial, base=base, data=prepared.to_dict()),
+        {"cpu": spec.tune.resources_per_trial.cpu},
+    )
+    if restore:
+        return tune.Tuner.restore(str(run_dir / "tune"), trainable=trainable, resume_unfinished=True,
+                                  resume_errored=True)
+    t = spec.tune
+    return tune.Tuner(
+        trainable,
+        param_space=to_param_space(spec),
+        tune_config=tune.TuneConfig(
+            metric=t.metric, mode=t.mode, search_alg=_searcher(spec), scheduler=_scheduler(spec),
+            num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials, time_budget_s=t.time_budget_s,
+        ),
+        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir),
+                                  callbacks=[_Progress(t.metric, t.mode, spec.train.epochs)], verbose=0),
+    )
+
+
+def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = None, restore: bool = False) -> dict:
+    from ..train.runner import init_ray, new_run_dir
+
+    if spec.tune is None:
+        raise SpecError("tune: missing")
+    run_dir = run_dir or new_run_dir(spec)
+    if not restore:
+        (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
+    _log(f"run directory: {run_dir}")
+    t0 = time.time()
+    prepared = prepare(spec.data, work_dir=str(run_dir))
+    (run_dir / "schema.json").write_text(prepared.schema.to_json())
+    init_ray(spec, address)
+    preflight(spec, prepared)
+    t = spec.tune
+    _log(f"tuning {len(t.space)} parameter(s) with {t.search.algorithm} + {t.scheduler.name}: "
+         f"{t.num_samples} trials, {t.max_concurrent_trials} at a time, {spec.train.workers} workers each")
+    results = _tuner(spec, prepared, run_dir, restore=restore).fit()
+    removed = _cleanup_placement_groups()
+    if removed:
+        _log(f"removed {removed} placement group(s) left by stopped trials")
+    from .report import write_report
+
+    summary = write_report(spec, results, run_dir)
+    summary["wall_seconds"] = time.time() - t0
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def resume_tune(run_dir: str | Path, address: str | None = None) -> dict:
+    from ..spec import load_spec
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "tune").is_dir():
+        raise RaytrainError(f"{run_dir}: no tune experiment to resume (no tune/ folder)")
+    spec = load_spec(run_dir / "spec.yaml")
+    return run_tune(spec, run_dir=run_dir, address=address, restore=True)
+
+
+def best_spec_yaml(spec: JobSpec, config: dict) -> str:
+    doc = apply_config(spec.model_dump(mode="json"), config)
+    doc["name"] = f"{spec.name}-best"
+    return yaml.safe_dump(doc, sort_keys=False)
+
+
+__all__ = ["run_tune", "resume_tune", "best_spec_yaml", "preflight", "ResourceError"]

@@ -1,0 +1,80 @@
+"""Tune on a real local Ray: each trial a sharded training run, ASHA stopping trials, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from raytrain.spec import load_spec, parse_spec
+from raytrain.tune.runner import run_tune
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+SMALL = ["train.workers=1", "train.batch_size=1024", "train.epochs=3", "tune.num_samples=4",
+         "tune.max_concurrent_trials=2", "tune.scheduler={name: asha, grace_period: 1, reduction_factor: 2, max_t: 3}",
+         "tune.space={train.optimizer.sparse_lr: 'loguniform(0.0005, 0.2)', model.embedding_dim: 'choice([8, 32])'}"]
+
+
+def test_asha_tune_stops_trials_and_writes_the_report(ray_local, tmp_path):
+    import ray
+
+    cpus_before = ray.available_resources().get("CPU")
+    spec = load_spec(ROOT / "jobs/tune_ml100k_asha.yaml", [f"storage={tmp_path}", *SMALL, "model.arch=dcn_v2"])
+    summary = run_tune(spec)
+    run_dir = Path(spec.storage) / spec.name
+    run_dir = next(run_dir.iterdir())
+    board = pd.read_parquet(run_dir / "leaderboard.parquet")
+    assert len(board) == 4 and summary["trials"] == 4
+    assert summary["stopped_early"] >= 1  # ASHA cut at least one trial after 1 or 2 epochs
+    assert (board["status"] == "stopped early").sum() == summary["stopped_early"]
+    assert board["val_auc"].is_monotonic_decreasing
+    assert summary["trial_epochs"] < 4 * 3
+    best = parse_spec(__import__("yaml").safe_load((run_dir / "best_spec.yaml").read_text()))
+    assert best.kind == "train" and best.model.embedding_dim in (8, 32)
+    assert json.loads(board.loc[0, "config"])["model.embedding_dim"] == best.model.embedding_dim
+    assert (run_dir / "best_checkpoint" / "raytrain.json").exists()
+    for png in ("metric_per_epoch.png", "best_so_far.png"):
+        assert (run_dir / png).read_bytes()[:4] == b"\x89PNG"
+    # every worker and placement group of every trial was released
+    deadline = time.time() + 30
+    while ray.available_resources().get("CPU") != cpus_before and time.time() < deadline:
+        time.sleep(0.5)
+    assert ray.available_resources().get("CPU") == cpus_before
+
+
+def test_interrupted_tune_resumes_without_rerunning_finished_trials(ray_local, tmp_path):
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    cmd = [sys.executable, "-m", "raytrain.cli.main", "run", str(ROOT / "jobs/tune_ml100k_asha.yaml"),
+           f"storage={tmp_path}", *SMALL, "tune.scheduler={name: fifo}", "tune.num_samples=3",
+           "tune.max_concurrent_trials=1", "--address", address]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    finished = []
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        finished = list(tmp_path.glob("*/*/tune/*/run/metrics/test.json"))
+        if finished:
+            break
+        time.sleep(1)
+    assert finished, "no trial finished"
+    proc.send_signal(signal.SIGINT)  # as a user's Ctrl+C, or a preempted driver
+    proc.wait(timeout=120)
+    run_dir = finished[0].parents[4]
+    first = finished[0].stat().st_mtime
+    out = subprocess.run([sys.executable, "-m", "raytrain.cli.main", "resume", str(run_dir), "--address", address],
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    board = pd.read_parquet(run_dir / "leaderboard.parquet")
+    assert len(board) == 3 and (board["status"] == "completed").all()
+    assert finished[0].stat().st_mtime == first  # the trial that had finished was not run again
