@@ -48,6 +48,7 @@ def _plots(spec: JobSpec, board: pd.DataFrame, curves: dict[str, pd.DataFrame], 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     metric = spec.tune.metric
     fig, ax = plt.subplots(figsize=(8, 5))
@@ -57,6 +58,7 @@ def _plots(spec: JobSpec, board: pd.DataFrame, curves: dict[str, pd.DataFrame], 
         if len(status) and status.iloc[0] == "stopped early":
             ax.plot(df["epoch"].iloc[-1], df[metric].iloc[-1], "x", color=line.get_color(), markersize=9)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per epoch per trial (x: stopped by {spec.tune.scheduler.name})")
     ax.grid(alpha=0.3)
