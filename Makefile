@@ -17,17 +17,17 @@ $(STAMP): pyproject.toml scripts/install.sh
 demo: $(STAMP)
 	$(VENV)/bin/raytrain run jobs/train_ml100k.yaml
 
-test: $(STAMP)
+test: $(STAMP) lint typecheck
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check raytrain tests benchmarks
+	$(VENV)/bin/ruff check raytrain kernels tests benchmarks
 
 typecheck: $(STAMP)
-	$(VENV)/bin/mypy raytrain --ignore-missing-imports
+	$(VENV)/bin/mypy raytrain kernels
 
 clean:
 	rm -rf runs .pytest_cache

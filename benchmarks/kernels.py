@@ -5,7 +5,8 @@
 Each measurement runs in a fresh subprocess (so peak memory is that arm's alone), arms alternate
 round by round, and each subprocess times several calls after one warm-up. Peak memory is the
 growth of the process's peak RSS over its RSS once the inputs exist and a small warm-up call has
-set up the libraries (ru_maxrss, so it counts every allocator, not just torch's). On a CUDA machine ``--device cuda`` compares the Triton kernel with
+set up the libraries (ru_maxrss, so it counts every allocator, not just torch's).
+On a CUDA machine ``--device cuda`` compares the Triton kernel with
 torch's matmul + topk and reports bandwidth (see benchmarks/kernels_gpu.sh).
 """
 

@@ -41,13 +41,13 @@ def declared_features(data_spec) -> list[str] | None:
 def schema_of(data_spec) -> FeatureSchema:
     """The schema without preparing data (for planning). MovieLens needs its files for cardinalities."""
     if data_spec.source == "synthetic":
-        from .synthetic import schema_for
+        from .synthetic import schema_for as synthetic_schema
 
-        return schema_for(data_spec.synthetic)
+        return synthetic_schema(data_spec.synthetic)
     if data_spec.source == "parquet":
-        from .parquet import schema_for
+        from .parquet import schema_for as parquet_schema
 
-        return schema_for(data_spec)
+        return parquet_schema(data_spec)
     return prepare(data_spec).schema
 
 
@@ -59,9 +59,9 @@ def prepare(data_spec, work_dir: str | None = None) -> PreparedData:
         schema, paths = prepare_ml(data_spec)
         return PreparedData(schema, paths)
     if data_spec.source == "synthetic":
-        from .synthetic import schema_for
+        from .synthetic import schema_for as synthetic_schema
 
-        return PreparedData(schema_for(data_spec.synthetic), synthetic=data_spec.synthetic.model_dump(mode="json"))
+        return PreparedData(synthetic_schema(data_spec.synthetic), synthetic=data_spec.synthetic.model_dump(mode="json"))
     from .parquet import expand, schema_for, validate_files
 
     schema = schema_for(data_spec)

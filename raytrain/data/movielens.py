@@ -18,6 +18,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -25,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import DataError, FetchError
-from .schema import FeatureSchema, SparseFeature
+from .schema import FeatureSchema, Group, SparseFeature
 
 WHEEL = "recbole==1.2.1"
 INNER = "recbole/dataset_example/ml-100k/"
@@ -228,7 +229,7 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
             features += [(name, "user", True) for name in HISTORY_LISTS]
             card["user_rated_items"] = card["user_liked_items"] = card["item_id"]
         schema = FeatureSchema(
-            sparse=tuple(SparseFeature(n, card[n], mv, g) for n, g, mv in features),
+            sparse=tuple(SparseFeature(n, card[n], mv, cast(Group, g)) for n, g, mv in features),
             dense=tuple(dense),
             label="label",
             timestamp="timestamp",

@@ -17,7 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from .schema import FeatureSchema, SparseFeature
+from .schema import FeatureSchema, Group, SparseFeature
 
 
 def schema_for(data_spec) -> FeatureSchema:
@@ -25,7 +25,7 @@ def schema_for(data_spec) -> FeatureSchema:
     user = set(cols.user_features)
     item = set(cols.item_features)
 
-    def group(name: str) -> str:
+    def group(name: str) -> Group:
         return "item" if name in item else ("user" if name in user else "context")
 
     sparse = [SparseFeature(n, int(c), False, group(n)) for n, c in cols.sparse.items()]

@@ -51,7 +51,7 @@ def _path(loc: tuple) -> str:
     return ".".join(parts) or "<root>"
 
 
-def _format(err: dict) -> str:
+def _format(err: Any) -> str:
     loc = tuple(err["loc"])
     path = _path(loc)
     kind = err["type"]

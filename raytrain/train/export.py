@@ -11,7 +11,6 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 import torch.distributed.checkpoint as dcp
 
 from ..data.schema import FeatureSchema

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import ray.data
 import ray.train
-from ray.train import CheckpointUploadMode
 import torch
 import torch.distributed as dist
+from ray.train import CheckpointUploadMode
 
 from ..data import PreparedData
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank

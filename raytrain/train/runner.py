@@ -6,6 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -62,7 +63,7 @@ def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None 
     from .loop import train_loop_per_worker
 
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets = {}
+    datasets: dict[str, Any] = {}
     if prepared.paths:
         datasets = {split: ray.data.read_parquet(files) for split, files in prepared.paths.items()}
     res = spec.train.resources_per_worker

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..spec.schema import JobSpec
+from .space import tune_of
 
 
 def _log(msg: str) -> None:
@@ -16,7 +17,7 @@ def _log(msg: str) -> None:
 
 
 def _trial_rows(spec: JobSpec, results) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
-    metric, mode = spec.tune.metric, spec.tune.mode
+    metric, mode = tune_of(spec).metric, tune_of(spec).mode
     rows, curves = [], {}
     for r in results:
         df = r.metrics_dataframe
@@ -50,7 +51,7 @@ def _plots(spec: JobSpec, board: pd.DataFrame, curves: dict[str, pd.DataFrame], 
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    metric = spec.tune.metric
+    metric = tune_of(spec).metric
     fig, ax = plt.subplots(figsize=(8, 5))
     for trial, df in curves.items():
         line, = ax.plot(df["epoch"], df[metric], marker=".", alpha=0.8, linewidth=1)
@@ -60,7 +61,7 @@ def _plots(spec: JobSpec, board: pd.DataFrame, curves: dict[str, pd.DataFrame], 
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.set_ylabel(metric)
-    ax.set_title(f"{metric} per epoch per trial (x: stopped by {spec.tune.scheduler.name})")
+    ax.set_title(f"{metric} per epoch per trial (x: stopped by {tune_of(spec).scheduler.name})")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     per_epoch = run_dir / "metric_per_epoch.png"
@@ -68,7 +69,7 @@ def _plots(spec: JobSpec, board: pd.DataFrame, curves: dict[str, pd.DataFrame], 
     plt.close(fig)
 
     done = board.dropna(subset=[metric]).sort_values("finished_at")
-    better = (lambda a, b: a > b) if spec.tune.mode == "max" else (lambda a, b: a < b)
+    better = (lambda a, b: a > b) if tune_of(spec).mode == "max" else (lambda a, b: a < b)
     best, series = None, []
     for v in done[metric]:
         best = v if best is None or better(v, best) else best
@@ -82,7 +83,7 @@ def _plots(spec: JobSpec, board: pd.DataFrame, curves: dict[str, pd.DataFrame], 
     a2.set_xlabel("wall time (s)")
     for a in (a1, a2):
         a.grid(alpha=0.3)
-    fig.suptitle(f"best so far ({spec.tune.search.algorithm} + {spec.tune.scheduler.name})")
+    fig.suptitle(f"best so far ({tune_of(spec).search.algorithm} + {tune_of(spec).scheduler.name})")
     fig.tight_layout()
     best_so_far = run_dir / "best_so_far.png"
     fig.savefig(best_so_far, dpi=110)
@@ -94,7 +95,7 @@ def write_report(spec: JobSpec, results, run_dir: Path) -> dict:
     from ..train.export import complete_checkpoints
     from .runner import best_spec_yaml
 
-    metric = spec.tune.metric
+    metric = tune_of(spec).metric
     board, curves = _trial_rows(spec, results)
     board.to_parquet(run_dir / "leaderboard.parquet", index=False)
     shown = board[["trial", "status", metric, "epochs", "wall_s", "test_auc", "config"]].copy()

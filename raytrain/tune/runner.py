@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -18,7 +19,7 @@ from ..data import PreparedData, prepare
 from ..errors import RaytrainError, SpecError
 from ..spec import parse_spec, resolved_yaml
 from ..spec.schema import JobSpec
-from .space import apply_config, parse_dist, to_param_space
+from .space import apply_config, parse_dist, to_param_space, tune_of
 
 
 def _log(msg: str) -> None:
@@ -50,7 +51,7 @@ def _trial(config: dict, base: dict, data: dict) -> None:
 def _searcher(spec: JobSpec):
     from ray.tune.search import BasicVariantGenerator
 
-    s = spec.tune.search
+    s = tune_of(spec).search
     points = [dict(p) for p in s.points_to_evaluate] or None
     if s.algorithm in ("random", "grid"):
         return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=points)
@@ -65,7 +66,7 @@ def _searcher(spec: JobSpec):
 def _scheduler(spec: JobSpec):
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
 
-    sc = spec.tune.scheduler
+    sc = tune_of(spec).scheduler
     max_t = sc.max_t or spec.train.epochs
     if sc.name == "asha":
         return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=sc.grace_period,
@@ -79,7 +80,7 @@ def _scheduler(spec: JobSpec):
 
 
 def _largest(spec: JobSpec, key: str, default):
-    text = spec.tune.space.get(key)
+    text = tune_of(spec).space.get(key)
     if text is None:
         return default
     return max(parse_dist(text).extremes())
@@ -88,31 +89,34 @@ def _largest(spec: JobSpec, key: str, default):
 def preflight(spec: JobSpec, prepared: PreparedData) -> None:
     """Refuse before launching when one trial cannot fit: CPUs, and the planner's memory estimate."""
     import ray
+    import torch
 
+    from ..models import build_model
     from ..sharding import describe_plan, make_plan, make_topology
     from ..sharding.planner import build_constraints, memory_per_rank
-    from ..models import build_model
-    import torch
 
     total = ray.cluster_resources()
     workers = int(_largest(spec, "train.workers", spec.train.workers))
     cpu = spec.train.resources_per_worker.cpu
-    need = spec.tune.resources_per_trial.cpu + workers * cpu
+    need = tune_of(spec).resources_per_trial.cpu + workers * cpu
     if need > total.get("CPU", 0) + 1e-9:
         raise ResourceError(
-            f"one trial needs {need:g} CPUs (trial driver {spec.tune.resources_per_trial.cpu:g} + {workers} workers x "
+            f"one trial needs {need:g} CPUs (trial driver {tune_of(spec).resources_per_trial.cpu:g} + {workers} workers x "
             f"{cpu:g}) but the cluster has {total.get('CPU', 0):g}; lower train.workers or resources_per_worker.cpu, "
             "or start Ray with more logical CPUs (ray.num_cpus)"
         )
     dim = int(_largest(spec, "model.embedding_dim", spec.model.embedding_dim))
     model_spec = spec.model.model_copy(update={"embedding_dim": dim})
     model = build_model(model_spec, prepared.schema, device="cpu", ebc_device=torch.device("meta"))
-    min_workers = int(min(parse_dist(spec.tune.space["train.workers"]).extremes())) if "train.workers" in spec.tune.space else workers
-    plan = make_plan(model, make_topology(min_workers, spec.train.device), build_constraints(prepared.schema, spec.train.sharding))
+    min_workers = workers
+    if "train.workers" in tune_of(spec).space:
+        min_workers = int(min(parse_dist(tune_of(spec).space["train.workers"]).extremes()))
+    constraints = build_constraints(prepared.schema, spec.train.sharding)
+    plan = make_plan(model, make_topology(min_workers, spec.train.device), constraints)
     per_rank = memory_per_rank(describe_plan(plan, min_workers), prepared.schema, dim, spec.train.optimizer.sparse,
                                min_workers)
     memory = total.get("memory", 0)
-    concurrent = spec.tune.max_concurrent_trials
+    concurrent = tune_of(spec).max_concurrent_trials
     if memory and max(per_rank) * min_workers * concurrent > memory:
         raise ResourceError(
             f"the largest configuration (embedding_dim {dim}, {min_workers} workers) needs "
@@ -124,33 +128,31 @@ def preflight(spec: JobSpec, prepared: PreparedData) -> None:
          f"{max(per_rank) / 2**20:.1f} MiB per worker")
 
 
-class _Progress:
-    """Live progress: trials running / done / stopped, and the best so far."""
+def _progress(metric: str, mode: str, epochs: int) -> Any:
+    """A Tune callback printing live progress: trials running / done / pending, and the best so far."""
+    from ray.tune import Callback
 
-    def __new__(cls, metric: str, mode: str, epochs: int):
-        from ray.tune import Callback
+    class Progress(Callback):
+        def __init__(self):
+            self.best = None
+            self.t0 = time.time()
 
-        class Progress(Callback):
-            def __init__(self):
-                self.best = None
-                self.t0 = time.time()
+        def _better(self, v):
+            return self.best is None or (v > self.best[0] if mode == "max" else v < self.best[0])
 
-            def _better(self, v):
-                return self.best is None or (v > self.best[0] if mode == "max" else v < self.best[0])
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            v = result.get(metric)
+            if v is None or "test_auc" in result:
+                return
+            if self._better(v):
+                self.best = (v, trial.trial_id)
+            states = [t.status for t in trials]
+            _log(f"trial {trial.trial_id} epoch {result.get('epoch')}/{epochs} {metric} {v:.4f} | "
+                 f"running {states.count('RUNNING')} done {states.count('TERMINATED')} "
+                 f"pending {states.count('PENDING')} | best {self.best[0]:.4f} ({self.best[1]}) "
+                 f"| {time.time() - self.t0:.0f}s")
 
-            def on_trial_result(self, iteration, trials, trial, result, **info):
-                v = result.get(metric)
-                if v is None or "test_auc" in result:
-                    return
-                if self._better(v):
-                    self.best = (v, trial.trial_id)
-                states = [t.status for t in trials]
-                _log(f"trial {trial.trial_id} epoch {result.get('epoch')}/{epochs} {metric} {v:.4f} | "
-                     f"running {states.count('RUNNING')} done {states.count('TERMINATED')} "
-                     f"pending {states.count('PENDING')} | best {self.best[0]:.4f} ({self.best[1]}) "
-                     f"| {time.time() - self.t0:.0f}s")
-
-        return Progress()
+    return Progress()
 
 
 def _cleanup_placement_groups() -> int:
@@ -176,12 +178,12 @@ def _tuner(spec: JobSpec, prepared: PreparedData, run_dir: Path, restore: bool =
     base = spec.model_dump(mode="json")
     trainable = tune.with_resources(
         tune.with_parameters(_trial, base=base, data=prepared.to_dict()),
-        {"cpu": spec.tune.resources_per_trial.cpu},
+        {"cpu": tune_of(spec).resources_per_trial.cpu},
     )
     if restore:
         return tune.Tuner.restore(str(run_dir / "tune"), trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
-    t = spec.tune
+    t = tune_of(spec)
     return tune.Tuner(
         trainable,
         param_space=to_param_space(spec),
@@ -190,7 +192,7 @@ def _tuner(spec: JobSpec, prepared: PreparedData, run_dir: Path, restore: bool =
             num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials, time_budget_s=t.time_budget_s,
         ),
         run_config=tune.RunConfig(name="tune", storage_path=str(run_dir),
-                                  callbacks=[_Progress(t.metric, t.mode, spec.train.epochs)], verbose=0),
+                                  callbacks=[_progress(t.metric, t.mode, spec.train.epochs)], verbose=0),
     )
 
 
@@ -208,7 +210,7 @@ def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = N
     (run_dir / "schema.json").write_text(prepared.schema.to_json())
     init_ray(spec, address)
     preflight(spec, prepared)
-    t = spec.tune
+    t = tune_of(spec)
     _log(f"tuning {len(t.space)} parameter(s) with {t.search.algorithm} + {t.scheduler.name}: "
          f"{t.num_samples} trials, {t.max_concurrent_trials} at a time, {spec.train.workers} workers each")
     results = _tuner(spec, prepared, run_dir, restore=restore).fit()

@@ -46,6 +46,15 @@ class Dist:
         }[self.kind]()
 
 
+def tune_of(spec) -> Any:
+    """``spec.tune``, which a tune spec always has (validation makes sure)."""
+    if spec.tune is None:
+        from ..errors import SpecError
+
+        raise SpecError("tune: a tune spec needs a 'tune' section (metric, search, scheduler, space)")
+    return spec.tune
+
+
 def parse_dist(text: Any) -> Dist:
     if not isinstance(text, str):
         raise ValueError(f"expected a distribution like 'loguniform(1e-4, 1e-1)', got {text!r}")
@@ -100,7 +109,7 @@ def check_space(spec) -> list[str]:
     from ..spec.loader import parse_spec
 
     problems: list[str] = []
-    tune = spec.tune
+    tune = tune_of(spec)
     if not tune.space:
         return ["tune.space: empty; name at least one spec path to search, e.g. train.optimizer.lr"]
     base = spec.model_dump(mode="json")
@@ -130,4 +139,4 @@ def check_space(spec) -> list[str]:
 
 
 def to_param_space(spec) -> dict:
-    return {key: parse_dist(text).to_tune() for key, text in spec.tune.space.items()}
+    return {key: parse_dist(text).to_tune() for key, text in tune_of(spec).space.items()}

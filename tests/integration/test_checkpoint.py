@@ -7,13 +7,12 @@ import json
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_distributed
+from test_sharded_equivalence import SCHEMA, SHARDING, _columns  # noqa: E402  (same small model)
+
 from raytrain.errors import CheckpointError
 from raytrain.spec.schema import JobSpec
 from raytrain.train import checkpoint as ckpt
-
-from test_sharded_equivalence import SCHEMA, SHARDING, _columns  # noqa: E402  (same small model)
 
 
 def _spec(seed: int) -> dict:

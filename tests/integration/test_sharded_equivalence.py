@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers import run_distributed
+
 from raytrain.data.batches import Columns
 from raytrain.data.schema import FeatureSchema, SparseFeature
 from raytrain.spec.schema import JobSpec

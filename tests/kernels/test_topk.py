@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from raytrain.kernels import topk_scores, topk_scores_reference
 
 

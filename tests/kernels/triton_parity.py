@@ -6,7 +6,6 @@ import sys
 
 assert os.environ.get("TRITON_INTERPRET") == "1"
 import torch  # noqa: E402
-
 from raytrain.kernels.distill import distill_loss_reference  # noqa: E402
 from raytrain.kernels.distill_triton import distill_forward_triton  # noqa: E402
 from raytrain.kernels.topk import topk_scores_reference  # noqa: E402
