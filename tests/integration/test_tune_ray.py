@@ -19,8 +19,8 @@ from raytrain.tune.runner import run_tune
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
-SMALL = ["train.workers=1", "train.batch_size=1024", "train.epochs=3", "tune.num_samples=4",
-         "tune.max_concurrent_trials=2", "tune.scheduler={name: asha, grace_period: 1, reduction_factor: 2, max_t: 3}",
+SMALL = ["train.workers=1", "train.batch_size=1024", "train.epochs=2", "tune.num_samples=4",
+         "tune.max_concurrent_trials=2", "tune.scheduler={name: asha, grace_period: 1, reduction_factor: 2, max_t: 2}",
          "tune.space={train.optimizer.sparse_lr: 'loguniform(0.0005, 0.2)', model.embedding_dim: 'choice([8, 32])'}"]
 
 
@@ -34,10 +34,10 @@ def test_asha_tune_stops_trials_and_writes_the_report(ray_local, tmp_path):
     run_dir = next(run_dir.iterdir())
     board = pd.read_parquet(run_dir / "leaderboard.parquet")
     assert len(board) == 4 and summary["trials"] == 4
-    assert summary["stopped_early"] >= 1  # ASHA cut at least one trial after 1 or 2 epochs
+    assert summary["stopped_early"] >= 1  # ASHA cut at least one trial after its first epoch
     assert (board["status"] == "stopped early").sum() == summary["stopped_early"]
     assert board["val_auc"].is_monotonic_decreasing
-    assert summary["trial_epochs"] < 4 * 3
+    assert summary["trial_epochs"] < 4 * 2
     best = parse_spec(__import__("yaml").safe_load((run_dir / "best_spec.yaml").read_text()))
     assert best.kind == "train" and best.model.embedding_dim in (8, 32)
     assert json.loads(board.loc[0, "config"])["model.embedding_dim"] == best.model.embedding_dim
@@ -62,7 +62,8 @@ def test_interrupted_tune_resumes_without_rerunning_finished_trials(tmp_path):
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
         finished = list(tmp_path.glob("*/*/tune/*/run/metrics/test.json"))
-        if finished:
+        # one trial at a time: once the second trial exists, Tune has recorded the first as finished
+        if finished and len(list(tmp_path.glob("*/*/tune/_trial_*"))) >= 2:
             break
         time.sleep(1)
     assert finished, f"no trial finished: {proc.poll()} {proc.stdout.read()[-3000:] if proc.poll() is not None else ''}"
