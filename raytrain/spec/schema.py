@@ -243,11 +243,14 @@ class SearchSpec(Section):
 class SchedulerSpec(Section):
     """When trials stop early. Times are in epochs."""
 
-    name: Literal["fifo", "asha", "hyperband", "median_stopping"] = "fifo"
+    name: Literal["fifo", "asha", "hyperband", "median_stopping", "pbt"] = "fifo"
     grace_period: int = Field(1, ge=1, description="asha / median_stopping: epochs before a trial may stop")
     reduction_factor: float = Field(3.0, gt=1.0, description="asha / hyperband")
     max_t: Optional[int] = Field(None, ge=1, description="asha / hyperband: default train.epochs")
     min_samples_required: int = Field(3, ge=1, description="median_stopping")
+    perturbation_interval: int = Field(1, ge=1, description="pbt: epochs between exploit/explore steps")
+    quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="pbt: bottom fraction that copies the top")
+    resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="pbt: chance to resample, else perturb")
 
 
 class TrialResourcesSpec(Section):

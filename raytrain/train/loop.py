@@ -98,6 +98,9 @@ def train_loop_per_worker(config: dict) -> None:
     start_epoch = 0
     last_metrics: dict = {}
     restored = ray.train.get_checkpoint()
+    init = config.get("init_checkpoint")
+    if restored is None and init:  # a run that starts from another run's weights (PBT exploit)
+        restored = ray.train.Checkpoint(init)
     if restored is not None:
         with restored.as_directory() as d:
             info = ckpt.load(sharded, d)

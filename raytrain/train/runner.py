@@ -54,7 +54,8 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
 
 
-def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None = None):
+def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None = None, name: str = "ray",
+                 init_checkpoint: str | None = None):
     """The TorchTrainer for one training run (also one Tune trial): workers, data, storage, retries."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
@@ -69,7 +70,8 @@ def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None 
     res = spec.train.resources_per_worker
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "data": prepared.to_dict(), "run_dir": str(run_dir)},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "data": prepared.to_dict(), "run_dir": str(run_dir),
+                           "init_checkpoint": init_checkpoint},
         scaling_config=ScalingConfig(
             num_workers=spec.train.workers,
             use_gpu=spec.train.device == "cuda",
@@ -77,7 +79,7 @@ def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None 
         ),
         torch_config=TorchConfig(backend="nccl" if spec.train.device == "cuda" else "gloo"),
         run_config=RunConfig(
-            name="ray",
+            name=name,
             storage_path=str(run_dir),
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoint.keep),

@@ -25,7 +25,7 @@ def _trial_rows(spec: JobSpec, results) -> tuple[pd.DataFrame, dict[str, pd.Data
         if df is None or df.empty or metric not in df:
             rows.append({"trial": trial_id, "status": "error" if r.error else "no result", "config": json.dumps(r.config),
                          metric: float("nan"), "epochs": 0, "wall_s": float("nan"), "node": None,
-                         "test_auc": float("nan"), "path": r.path})
+                         "test_auc": float("nan"), "path": r.path, "finished_at": float("nan")})
             continue
         per_epoch = df[df[metric].notna()].drop_duplicates("epoch", keep="first")
         curves[trial_id] = per_epoch

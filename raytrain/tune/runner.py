@@ -48,6 +48,47 @@ def _trial(config: dict, base: dict, data: dict) -> None:
     make_trainer(spec, prepared, run_dir, callbacks=[TuneReportCallback()]).fit()
 
 
+def _pbt_trial(config: dict, base: dict, data: dict) -> None:
+    """A PBT trial: train in segments of ``perturbation_interval`` epochs, each a TorchTrainer run
+    starting from the previous segment's checkpoint, and report a checkpoint to Tune after each, so
+    PBT can copy a better trial's weights into this one (exploit) with perturbed values (explore).
+
+    The Tune checkpoint is a pointer (a small JSON naming the DCP checkpoint directory): the shards
+    stay where their workers wrote them.
+    """
+    import tempfile
+
+    import ray.tune
+
+    from ..train.checkpoint import read_marker
+    from ..train.runner import make_trainer
+
+    spec = parse_spec(apply_config(base, config))
+    run_dir = Path(ray.tune.get_context().get_trial_dir()) / "run"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
+    prepared = PreparedData.from_dict(data)
+    (run_dir / "schema.json").write_text(prepared.schema.to_json())
+    interval = int(base["tune"]["scheduler"]["perturbation_interval"])  # the trial spec is a train spec
+    start, init = 0, None
+    given = ray.tune.get_checkpoint()
+    if given is not None:
+        with given.as_directory() as d:
+            init = json.loads((Path(d) / "pointer.json").read_text())["path"]
+        start = read_marker(init)["epoch"] + 1
+    while start < spec.train.epochs:
+        stop = min(start + interval, spec.train.epochs)
+        seg = spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": stop})})
+        result = make_trainer(seg, prepared, run_dir, name=f"segment_{stop:04d}_{time.time_ns()}",
+                              init_checkpoint=init).fit()
+        init = result.checkpoint.path
+        with tempfile.TemporaryDirectory() as d:
+            (Path(d) / "pointer.json").write_text(json.dumps({"path": init}))
+            ray.tune.report({k: v for k, v in result.metrics.items() if not k.startswith("test_")},
+                            checkpoint=ray.tune.Checkpoint.from_directory(d))
+        start = stop
+
+
 def _searcher(spec: JobSpec):
     from ray.tune.search import BasicVariantGenerator
 
@@ -64,9 +105,20 @@ def _searcher(spec: JobSpec):
 
 
 def _scheduler(spec: JobSpec):
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler, MedianStoppingRule
+    from ray.tune.schedulers import (
+        ASHAScheduler,
+        FIFOScheduler,
+        HyperBandScheduler,
+        MedianStoppingRule,
+        PopulationBasedTraining,
+    )
 
     sc = tune_of(spec).scheduler
+    if sc.name == "pbt":
+        mutations = {key: parse_dist(text).to_tune() for key, text in tune_of(spec).space.items()}
+        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=sc.perturbation_interval,
+                                       hyperparam_mutations=mutations, quantile_fraction=sc.quantile_fraction,
+                                       resample_probability=sc.resample_probability)
     max_t = sc.max_t or spec.train.epochs
     if sc.name == "asha":
         return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=sc.grace_period,
@@ -176,8 +228,9 @@ def _tuner(spec: JobSpec, prepared: PreparedData, run_dir: Path, restore: bool =
     from ray import tune
 
     base = spec.model_dump(mode="json")
+    trial_fn = _pbt_trial if tune_of(spec).scheduler.name == "pbt" else _trial
     trainable = tune.with_resources(
-        tune.with_parameters(_trial, base=base, data=prepared.to_dict()),
+        tune.with_parameters(trial_fn, base=base, data=prepared.to_dict()),
         {"cpu": tune_of(spec).resources_per_trial.cpu},
     )
     if restore:

@@ -131,6 +131,9 @@ def check_space(spec) -> list[str]:
             except SpecError as e:
                 problems.extend(f"{where}: value {value!r} gives an invalid spec: {p}" for p in e.problems)
                 break
+    if tune.scheduler.name == "pbt" and tune.search.algorithm not in ("random", "grid"):
+        problems.append(f"tune.search.algorithm: pbt explores by itself; use random (or grid) with it, "
+                        f"not {tune.search.algorithm}")
     for i, point in enumerate(tune.search.points_to_evaluate):
         unknown = sorted(set(point) - set(tune.space))
         if unknown:
