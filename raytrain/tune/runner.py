@@ -30,12 +30,9 @@ class ResourceError(RaytrainError):
     """A trial cannot fit the cluster."""
 
 
-def _trial(config: dict, base: dict, data: dict) -> None:
-    """One trial: the base spec with this trial's values, trained by a TorchTrainer."""
+def _trial_setup(config: dict, base: dict, data: dict) -> tuple[JobSpec, Path, PreparedData]:
+    """The trial's train spec, and its own run directory inside the Tune trial directory."""
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from ..train.runner import make_trainer
 
     spec = parse_spec(apply_config(base, config))
     run_dir = Path(ray.tune.get_context().get_trial_dir()) / "run"
@@ -43,6 +40,16 @@ def _trial(config: dict, base: dict, data: dict) -> None:
     (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
     prepared = PreparedData.from_dict(data)
     (run_dir / "schema.json").write_text(prepared.schema.to_json())
+    return spec, run_dir, prepared
+
+
+def _trial(config: dict, base: dict, data: dict) -> None:
+    """One trial: the base spec with this trial's values, trained by a TorchTrainer."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from ..train.runner import make_trainer
+
+    spec, run_dir, prepared = _trial_setup(config, base, data)
     # same storage path and name as an interrupted attempt of this trial: Ray Train restores its
     # checkpoint manager from there, so the trial resumes from its last checkpoint
     make_trainer(spec, prepared, run_dir, callbacks=[TuneReportCallback()]).fit()
@@ -63,12 +70,7 @@ def _pbt_trial(config: dict, base: dict, data: dict) -> None:
     from ..train.checkpoint import read_marker
     from ..train.runner import make_trainer
 
-    spec = parse_spec(apply_config(base, config))
-    run_dir = Path(ray.tune.get_context().get_trial_dir()) / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
-    prepared = PreparedData.from_dict(data)
-    (run_dir / "schema.json").write_text(prepared.schema.to_json())
+    spec, run_dir, prepared = _trial_setup(config, base, data)
     interval = int(base["tune"]["scheduler"]["perturbation_interval"])  # the trial spec is a train spec
     start, init = 0, None
     given = ray.tune.get_checkpoint()

@@ -53,7 +53,11 @@ def test_search_and_scheduler_fields_and_warm_start_keys():
     ]
     assert _problems({"train.optimizer.lr": "uniform(0.1, 0.2)"}, scheduler={"name": "ashaa"}) == [
         "tune.scheduler.name: 'ashaa' is not allowed (did you mean 'asha'?); allowed values: fifo, asha, hyperband, "
-        "median_stopping"
+        "median_stopping, pbt"
+    ]
+    assert _problems({"train.optimizer.lr": "uniform(0.1, 0.2)"},
+                     search={"algorithm": "optuna_tpe"}, scheduler={"name": "pbt"}) == [
+        "tune.search.algorithm: pbt explores by itself; use random (or grid) with it, not optuna_tpe"
     ]
     assert _problems({}) == ["tune.space: empty; name at least one spec path to search, e.g. train.optimizer.lr"]
     with pytest.raises(SpecError, match="tune: a tune spec needs a 'tune' section"):
