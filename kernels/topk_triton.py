@@ -18,7 +18,17 @@ import torch
 import triton
 import triton.language as tl
 
-EMPTY = -(2**63)  # the smallest int64: no item
+EMPTY_KEY = -(2**63)  # the smallest int64: no item
+EMPTY = tl.constexpr(EMPTY_KEY)  # the same, readable inside @triton.jit (compiled kernels reject plain globals)
+# A program sorts BLOCK_B x K_PAD int64 keys in shared memory (~32 bytes per key on an H200): K_PAD = 1024
+# with BLOCK_B = 16 asked for 520 KiB against 227 KiB there. tl.dot needs BLOCK_B >= 16, so the Triton path
+# stops at K_PAD = 256 (~130 KiB) and larger K go through the streaming torch path (kernels.topk).
+MAX_K_PAD = 256
+
+
+def fits(k: int, n: int, extra: int = 0) -> bool:
+    """Whether top-``k`` (plus ``extra`` excluded items per query) over ``n`` items fits the Triton kernel."""
+    return max(16, _next_pow2(min(min(k, n) + extra, n))) <= MAX_K_PAD
 
 
 @triton.jit
@@ -61,7 +71,7 @@ def _topk_kernel(q_ptr, it_ptr, mask_ptr, out_ptr, B, N, D, per_split,
 
 
 def _decode(keys: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    empty = keys == EMPTY
+    empty = keys == EMPTY_KEY
     ordered = (keys >> 32).to(torch.int32)
     bits = torch.where(ordered >= 0, ordered, ordered ^ 0x7FFFFFFF)
     scores = bits.view(torch.float32).clone()
@@ -84,8 +94,8 @@ def topk_scores_triton(queries, items, k: int, item_mask=None, exclude=None, blo
         offsets = torch.as_tensor(exclude[0], dtype=torch.int64)
         extra = int((offsets[1:] - offsets[:-1]).max()) if offsets.numel() > 1 else 0
     k_pad = max(16, _next_pow2(min(kk + extra, n)))
-    if k_pad > 1024:
-        raise ValueError(f"the Triton path handles K + exclusions <= 1024, got {kk + extra}")
+    if k_pad > MAX_K_PAD:
+        raise ValueError(f"the Triton path handles K + exclusions <= {MAX_K_PAD}, got {kk + extra}")
     block_d = max(16, min(64, _next_pow2(d)))
     device = queries.device
     sms = torch.cuda.get_device_properties(device).multi_processor_count if queries.is_cuda else 4
