@@ -35,6 +35,10 @@ echo "[install] torchrec $TORCHREC_VERSION (--no-deps: keeps the $VARIANT fbgemm
 "${PIP[@]}" --no-deps "torchrec==$TORCHREC_VERSION" 2>&1 | quiet
 echo "[install] raytrain and the rest (ray, optuna, pyarrow, ...)"
 "${PIP[@]}" -e ".[test]" 2>&1 | quiet
+# obp: the peer the off-policy estimators are tested against. --no-deps: its declared dependencies pull a
+# CUDA torch and an old obp that overwrites the same folder; what it imports is installed above (+ seaborn)
+echo "[install] sb-obp 0.5.10 (--no-deps; test peer for off-policy evaluation)"
+"${PIP[@]}" --no-deps "sb-obp==0.5.10" 2>&1 | quiet
 # check the trap did not spring: the fbgemm build must still load
 "$VENV/bin/python" - <<PYEOF
 import importlib.metadata as md, sys

@@ -57,6 +57,11 @@ def cmd_run(args) -> int:
     from ..spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)  # a bad spec stops here, before Ray starts
+    if spec.kind == "bandit":
+        from ..bandit.runner import run_bandit
+
+        run_bandit(spec)
+        return 0
     if spec.kind == "tune":
         from ..tune.runner import run_tune
 

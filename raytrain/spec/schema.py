@@ -23,7 +23,9 @@ SHARDING_TYPES = (
 )
 CUDA_ONLY_SHARDING = ("row_wise", "table_row_wise")
 KINDS = ("train", "tune", "distill", "serve", "bandit", "pipeline")
-IMPLEMENTED_KINDS = ("train", "tune")
+IMPLEMENTED_KINDS = ("train", "tune", "bandit")
+POLICIES = ("bernoulli_ts", "epsilon_greedy", "softmax", "linucb", "linear_ts")
+ESTIMATORS = ("ips", "snips", "dm", "dr", "switch_dr", "dr_os")
 
 
 class Section(BaseModel):
@@ -130,14 +132,22 @@ class PathsSpec(Section):
     test: str
 
 
+class OpenBanditSpec(Section):
+    """Which Open Bandit Dataset sample: the behaviour policy that logged it and the campaign."""
+
+    behavior_policy: Literal["random", "bts"] = "random"
+    campaign: Literal["all", "men", "women"] = "all"
+
+
 class DataSpec(Section):
-    source: Literal["movielens-100k", "synthetic", "parquet"] = "movielens-100k"
+    source: Literal["movielens-100k", "synthetic", "parquet", "open-bandit"] = "movielens-100k"
     path: Optional[str] = Field(None, description="movielens-100k: a local copy; parquet: one data set to split")
     paths: Optional[PathsSpec] = Field(None, description="parquet: explicit train/validation/test paths")
     columns: Optional[ColumnsSpec] = None
     label: LabelSpec = Field(default_factory=LabelSpec)
     split: SplitSpec = Field(default_factory=SplitSpec)
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+    open_bandit: OpenBanditSpec = Field(default_factory=OpenBanditSpec)
     history_features: bool = Field(
         True, description="movielens-100k: add per-user / per-item rating history from the training split"
     )
@@ -269,6 +279,50 @@ class TuneSpec(Section):
     space: dict[str, Any] = Field(default_factory=dict, description="dotted spec path -> distribution")
 
 
+class PolicySpec(Section):
+    """The evaluation policy; parameters of other policies are ignored."""
+
+    name: Literal[POLICIES] = "bernoulli_ts"  # type: ignore[valid-type]
+    prior: Literal["uniform", "zozotown"] = Field("zozotown", description="bernoulli_ts: Beta prior per item")
+    learn: bool = Field(False, description="bernoulli_ts: update the prior with the learning rounds")
+    n_sim: int = Field(100_000, ge=1, description="bernoulli_ts, linear_ts: simulated draws for the marginals")
+    seed: int = 12345
+    epsilon: float = Field(0.1, ge=0.0, le=1.0, description="epsilon_greedy: share of uniformly random slates")
+    temperature: float = Field(0.01, gt=0.0, description="softmax: scores (click probabilities) / temperature")
+    alpha: float = Field(1.0, ge=0.0, description="linucb: width of the confidence bonus")
+    v: float = Field(0.1, gt=0.0, description="linear_ts: posterior scale")
+    reg: float = Field(1.0, gt=0.0, description="linucb, linear_ts: ridge regulariser")
+
+    @property
+    def learns(self) -> bool:
+        return self.name != "bernoulli_ts" or self.learn
+
+
+class RewardModelSpec(Section):
+    folds: int = Field(3, ge=1, description="cross-fitting folds (1: fit and predict on the same rounds)")
+    seed: int = 12345
+
+
+class BootstrapSpec(Section):
+    samples: int = Field(1000, ge=0, description="bootstrap resamples for the intervals (0: none)")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="1 - confidence level")
+    seed: int = 12345
+
+
+class BanditSpec(Section):
+    policy: PolicySpec = Field(default_factory=PolicySpec)
+    learn_fraction: float = Field(0.0, ge=0.0, lt=1.0,
+                                  description="first share of rounds (by time) the policy learns from; "
+                                              "the estimators use the rest")
+    estimators: list[Literal[ESTIMATORS]] = Field(default_factory=lambda: list(ESTIMATORS))  # type: ignore[valid-type]
+    reward_model: RewardModelSpec = Field(default_factory=RewardModelSpec)
+    bootstrap: BootstrapSpec = Field(default_factory=BootstrapSpec)
+    switch_tau: float = Field(100.0, gt=0.0, description="switch_dr: importance weights above tau use DM alone")
+    dr_os_lambda: float = Field(100.0, ge=0.0, description="dr_os: shrinkage of the importance weights")
+    on_policy_reference: Optional[Literal["random", "bts"]] = Field(
+        "bts", description="logs whose mean reward is the ground truth the estimates are compared with")
+
+
 class RaySpec(Section):
     address: Optional[str] = Field(None, description="None: start an embedded local Ray")
     num_cpus: Optional[int] = Field(None, ge=1, description="logical CPUs of the embedded Ray")
@@ -282,4 +336,5 @@ class JobSpec(Section):
     model: ModelSpec = Field(default_factory=ModelSpec)
     train: TrainSpec = Field(default_factory=TrainSpec)
     tune: Optional[TuneSpec] = None
+    bandit: Optional[BanditSpec] = None
     ray: RaySpec = Field(default_factory=RaySpec)
