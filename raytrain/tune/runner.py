@@ -97,7 +97,10 @@ def _searcher(spec: JobSpec):
     s = tune_of(spec).search
     points = [dict(p) for p in s.points_to_evaluate] or None
     if s.algorithm in ("random", "grid"):
-        return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=points)
+        # Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator (it warns and starts every
+        # trial the CPUs allow), so the limit goes to the generator itself
+        return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=points,
+                                     max_concurrent=tune_of(spec).max_concurrent_trials)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -239,12 +242,14 @@ def _tuner(spec: JobSpec, prepared: PreparedData, run_dir: Path, restore: bool =
         return tune.Tuner.restore(str(run_dir / "tune"), trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
     t = tune_of(spec)
+    basic = t.search.algorithm in ("random", "grid")
     return tune.Tuner(
         trainable,
         param_space=to_param_space(spec),
         tune_config=tune.TuneConfig(
             metric=t.metric, mode=t.mode, search_alg=_searcher(spec), scheduler=_scheduler(spec),
-            num_samples=t.num_samples, max_concurrent_trials=t.max_concurrent_trials, time_budget_s=t.time_budget_s,
+            num_samples=t.num_samples, max_concurrent_trials=None if basic else t.max_concurrent_trials,
+            time_budget_s=t.time_budget_s,
         ),
         run_config=tune.RunConfig(name="tune", storage_path=str(run_dir),
                                   callbacks=[_progress(t.metric, t.mode, spec.train.epochs)], verbose=0),

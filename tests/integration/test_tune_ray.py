@@ -28,7 +28,9 @@ def test_asha_tune_stops_trials_and_writes_the_report(ray_local, tmp_path):
     import ray
 
     cpus_before = ray.available_resources().get("CPU")
-    spec = load_spec(ROOT / "jobs/tune_ml100k_asha.yaml", [f"storage={tmp_path}", *SMALL, "model.arch=dcn_v2"])
+    # random search: Tune ignores TuneConfig.max_concurrent_trials for its generator (raytrain passes the limit on)
+    spec = load_spec(ROOT / "jobs/tune_ml100k_asha.yaml", [f"storage={tmp_path}", *SMALL, "model.arch=dcn_v2",
+                                                          "tune.search={algorithm: random, seed: 0}"])
     summary = run_tune(spec)
     run_dir = Path(spec.storage) / spec.name
     run_dir = next(run_dir.iterdir())
@@ -38,6 +40,10 @@ def test_asha_tune_stops_trials_and_writes_the_report(ray_local, tmp_path):
     assert (board["status"] == "stopped early").sum() == summary["stopped_early"]
     assert board["val_auc"].is_monotonic_decreasing
     assert summary["trial_epochs"] < 4 * 2
+    # never more than max_concurrent_trials (2) trials at once: count the trials alive just after each start
+    start, end = board["finished_at"] - board["wall_s"], board["finished_at"]
+    alive = [int(((start <= t) & (t < end - 1)).sum()) for t in start + 1.5]
+    assert max(alive) <= 2, list(zip(start, end))
     best = parse_spec(__import__("yaml").safe_load((run_dir / "best_spec.yaml").read_text()))
     assert best.kind == "train" and best.model.embedding_dim in (8, 32)
     assert json.loads(board.loc[0, "config"])["model.embedding_dim"] == best.model.embedding_dim
