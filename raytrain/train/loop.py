@@ -121,11 +121,12 @@ def train_loop_per_worker(config: dict) -> None:
              f"{val.num_rows * world:,}~ validation rows")
 
     epochs = spec.train.epochs
+    node_id = ray.get_runtime_context().get_node_id()  # rank 0's node: where a tune trial ran, in its leaderboard
     for epoch in range(start_epoch, epochs):
         stats = _train_epoch(sharded, train, epoch, device, rank, epochs)
         m = evaluate(sharded.module, val, device)
         metrics = {"epoch": epoch + 1, **stats, "val_auc": m["auc"], "val_logloss": m["logloss"],
-                   "epoch_end_time": time.time()}
+                   "epoch_end_time": time.time(), "node_id": node_id}
         if rank == 0:
             _log(f"epoch {epoch + 1}/{epochs}: train_loss {stats['train_loss']:.4f} val_auc {m['auc']:.4f} "
                  f"val_logloss {m['logloss']:.4f} ({stats['train_seconds']:.1f}s, "

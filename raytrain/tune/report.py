@@ -24,7 +24,7 @@ def _trial_rows(spec: JobSpec, results) -> tuple[pd.DataFrame, dict[str, pd.Data
         trial_id = (r.metrics or {}).get("trial_id") or Path(r.path).name
         if df is None or df.empty or metric not in df:
             rows.append({"trial": trial_id, "status": "error" if r.error else "no result", "config": json.dumps(r.config),
-                         metric: float("nan"), "epochs": 0, "wall_s": float("nan"), "node": None,
+                         metric: float("nan"), "epochs": 0, "wall_s": float("nan"), "node": None, "node_id": None,
                          "test_auc": float("nan"), "path": r.path, "finished_at": float("nan")})
             continue
         per_epoch = df[df[metric].notna()].drop_duplicates("epoch", keep="first")
@@ -36,8 +36,9 @@ def _trial_rows(spec: JobSpec, results) -> tuple[pd.DataFrame, dict[str, pd.Data
         rows.append({
             "trial": trial_id, "status": status, "config": json.dumps(r.config), metric: float(best),
             "epochs": epochs, "wall_s": float(last.get("time_total_s", float("nan"))),
-            "node": last.get("node_ip"), "test_auc": float(df["test_auc"].dropna().iloc[-1]) if "test_auc" in df and
-            df["test_auc"].notna().any() else float("nan"), "path": r.path,
+            "node": last.get("node_ip"), "node_id": last.get("node_id"),
+            "test_auc": float(df["test_auc"].dropna().iloc[-1]) if "test_auc" in df and df["test_auc"].notna().any()
+            else float("nan"), "path": r.path,
             "finished_at": float(last.get("timestamp", 0)),
         })
     board = pd.DataFrame(rows).sort_values(metric, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
@@ -100,6 +101,8 @@ def write_report(spec: JobSpec, results, run_dir: Path) -> dict:
     board.to_parquet(run_dir / "leaderboard.parquet", index=False)
     shown = board[["trial", "status", metric, "epochs", "wall_s", "test_auc", "config"]].copy()
     shown["config"] = shown["config"].str.slice(0, 90)
+    if board["node_id"].nunique() > 1:  # trials spread over several nodes: say which ran where
+        shown.insert(2, "node", board["node_id"].str.slice(0, 8))
     _log("leaderboard:\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     summary: dict = {
         "trials": int(len(board)),

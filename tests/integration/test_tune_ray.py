@@ -57,14 +57,13 @@ def test_asha_tune_stops_trials_and_writes_the_report(ray_local, tmp_path):
     assert ray.available_resources().get("CPU") == cpus_before
 
 
-@pytest.mark.skipif(not os.environ.get("RAYTRAIN_LONG_TESTS"),
-                    reason="starts a second Ray cluster; once seen to hang in its first trial on 2 cores "
-                           "(under investigation); set RAYTRAIN_LONG_TESTS=1")
-def test_interrupted_tune_resumes_without_rerunning_finished_trials(tmp_path):
-    # the driver runs in its own process with its own embedded Ray, as `raytrain run` does for a user
+def test_interrupted_tune_resumes_without_rerunning_finished_trials(ray_local, tmp_path):
+    # the driver runs in its own process, as `raytrain run --address` does for a user, on the suite's one Ray
+    # cluster (a second embedded cluster beside it on 2 cores once left the first trial waiting forever)
+    address = ray_local.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "raytrain.cli.main", "run", str(ROOT / "jobs/tune_ml100k_asha.yaml"),
-           f"storage={tmp_path}", *SMALL, "tune.scheduler={name: fifo}", "tune.num_samples=3",
-           "tune.max_concurrent_trials=1", "ray.num_cpus=4"]
+           "--address", address, f"storage={tmp_path}", *SMALL, "tune.scheduler={name: fifo}", "tune.num_samples=3",
+           "tune.max_concurrent_trials=1"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"))
     finished = []
@@ -81,7 +80,7 @@ def test_interrupted_tune_resumes_without_rerunning_finished_trials(tmp_path):
     run_dir = finished[0].parents[4]
     first = finished[0].stat().st_mtime
     assert len(list(run_dir.glob("tune/*/run/metrics/test.json"))) < 3  # interrupted before the end
-    out = subprocess.run([sys.executable, "-m", "raytrain.cli.main", "resume", str(run_dir)],
+    out = subprocess.run([sys.executable, "-m", "raytrain.cli.main", "resume", str(run_dir), "--address", address],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     board = pd.read_parquet(run_dir / "leaderboard.parquet")
