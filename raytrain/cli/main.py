@@ -61,6 +61,10 @@ def run_spec(spec, address: str | None) -> None:
         from ..bandit.runner import run_bandit
 
         run_bandit(spec)
+    elif spec.kind == "ensemble":
+        from ..ensemble.runner import run_ensemble
+
+        run_ensemble(spec)
     elif spec.kind == "tune":
         from ..tune.runner import run_tune
 

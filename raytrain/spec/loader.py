@@ -144,6 +144,10 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
         return problems
     if spec.bandit is not None:
         problems.append("bandit: only for kind bandit or pipeline")
+    if spec.kind == "ensemble" and spec.ensemble is None:
+        problems.append("ensemble: an ensemble spec needs an 'ensemble' section (tune_run and top_k, or runs)")
+    elif spec.ensemble is not None and spec.kind not in ("ensemble", "pipeline"):
+        problems.append("ensemble: only for kind ensemble or pipeline")
     if spec.data.source == "open-bandit":
         problems.append(f"data.source: open-bandit holds logged bandit feedback for kind bandit, not {spec.kind}")
         return problems

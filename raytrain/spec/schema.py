@@ -22,8 +22,8 @@ SHARDING_TYPES = (
     "table_row_wise",
 )
 CUDA_ONLY_SHARDING = ("row_wise", "table_row_wise")
-KINDS = ("train", "tune", "distill", "serve", "bandit", "pipeline")
-IMPLEMENTED_KINDS = ("train", "tune", "bandit")
+KINDS = ("train", "tune", "ensemble", "distill", "serve", "bandit", "pipeline")
+IMPLEMENTED_KINDS = ("train", "tune", "bandit", "ensemble")
 POLICIES = ("bernoulli_ts", "epsilon_greedy", "softmax", "linucb", "linear_ts")
 ESTIMATORS = ("ips", "snips", "dm", "dr", "switch_dr", "dr_os")
 
@@ -323,6 +323,29 @@ class BanditSpec(Section):
         "bts", description="logs whose mean reward is the ground truth the estimates are compared with")
 
 
+Combine = Literal["mean", "weighted", "stacked"]
+COMBINES: tuple[Combine, ...] = ("mean", "weighted", "stacked")
+
+
+class EnsembleSpec(Section):
+    """Members: the top_k trials of a finished tune run, or listed train run directories."""
+
+    tune_run: Optional[str] = Field(None, description="a tune run directory, or <storage>/<name> for its newest")
+    top_k: int = Field(3, ge=1, description="with tune_run: how many of its best trials")
+    runs: list[str] = Field(default_factory=list, description="train run directories (instead of tune_run)")
+    combine: list[Combine] = Field(
+        default_factory=lambda: list(COMBINES), min_length=1,
+        description="combiners to fit (on validation) and report")
+
+    @model_validator(mode="after")
+    def _one_source(self):
+        if (self.tune_run is None) == (not self.runs):
+            raise ValueError("give exactly one of 'tune_run' (with top_k) or 'runs'")
+        if self.runs and len(self.runs) < 2:
+            raise ValueError("'runs' needs at least 2 run directories")
+        return self
+
+
 class RaySpec(Section):
     address: Optional[str] = Field(None, description="None: start an embedded local Ray")
     num_cpus: Optional[int] = Field(None, ge=1, description="logical CPUs of the embedded Ray")
@@ -337,4 +360,5 @@ class JobSpec(Section):
     train: TrainSpec = Field(default_factory=TrainSpec)
     tune: Optional[TuneSpec] = None
     bandit: Optional[BanditSpec] = None
+    ensemble: Optional[EnsembleSpec] = None
     ray: RaySpec = Field(default_factory=RaySpec)

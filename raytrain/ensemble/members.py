@@ -1,0 +1,92 @@
+"""Ensemble members: trained runs, loaded unsharded on one process, scored split by split."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from ..data import prepare
+from ..data.batches import Columns
+from ..errors import CheckpointError
+from ..train.checkpoint import read_marker
+from ..train.export import LoadedModel, complete_checkpoints, load_model
+
+
+@dataclass
+class Member:
+    name: str
+    run_dir: Path
+    checkpoint: Path
+    model: LoadedModel
+
+
+def best_checkpoint(run_dir: Path, metric: str = "val_auc", mode: str = "max") -> Path:
+    """The complete checkpoint of a run with the best validation metric (its last one if none recorded it)."""
+    found = complete_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"{run_dir}: no complete checkpoint under ray/")
+    scored = [(read_marker(c).get("metrics", {}).get(metric), c) for c in found]
+    scored = [(v, c) for v, c in scored if v is not None and np.isfinite(v)]
+    if not scored:
+        return found[-1]
+    return (max if mode == "max" else min)(scored, key=lambda vc: vc[0])[1]
+
+
+def top_trials(tune_run_dir: str | Path, k: int) -> list[Path]:
+    """Run directories of the k best trials of a tune run (by its leaderboard), best first."""
+    tune_run_dir = Path(tune_run_dir).expanduser()
+    if not (tune_run_dir / "leaderboard.parquet").exists():  # <storage>/<name>: its newest finished run
+        runs = sorted(p.parent for p in tune_run_dir.glob("*/leaderboard.parquet"))
+        if runs:
+            tune_run_dir = runs[-1]
+    board_path = tune_run_dir / "leaderboard.parquet"
+    if not board_path.exists():
+        raise CheckpointError(f"{tune_run_dir}: no leaderboard.parquet (not a finished tune run)")
+    board = pd.read_parquet(board_path)
+    board = board[board["status"].isin(["completed", "stopped early"]) & board["path"].notna()]
+    if len(board) < k:
+        raise CheckpointError(f"{tune_run_dir}: {len(board)} usable trials, fewer than the {k} asked for")
+    return [Path(p) / "run" for p in board["path"].iloc[:k]]
+
+
+def load_member(run_dir: str | Path, name: str | None = None) -> Member:
+    run_dir = Path(run_dir)
+    ckpt = best_checkpoint(run_dir)
+    default = run_dir.parent.name if run_dir.name == "run" else run_dir.name  # a tune trial's dir, or a run's
+    return Member(name or default, run_dir, ckpt, load_model(run_dir, ckpt))
+
+
+def split_table(member: Member, split: str) -> pa.Table:
+    prepared = prepare(member.model.spec.data)
+    if prepared.synthetic is not None:
+        raise CheckpointError("ensembles of synthetic-data runs are not supported (no fixed rows to align)")
+    return pa.concat_tables([pq.read_table(p) for p in prepared.paths[split]])
+
+
+@torch.no_grad()
+def score(member: Member, split: str, batch_size: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, labels) of one split, in the prepared file's row order."""
+    table = split_table(member, split)
+    cols = Columns.from_arrow(member.model.schema, table, f"{split} split")
+    logits, labels = [], []
+    for lo in range(0, len(cols), batch_size):
+        batch = cols.batch(torch.arange(lo, min(lo + batch_size, len(cols))))
+        _, out = member.model.module(batch)
+        logits.append(out.double().numpy())
+        labels.append(batch.label.double().numpy())
+    return np.concatenate(logits), np.concatenate(labels)
+
+
+def member_info(m: Member) -> dict:
+    info = read_marker(m.checkpoint)
+    return {"name": m.name, "run_dir": str(m.run_dir), "checkpoint": str(m.checkpoint), "epoch": info["epoch"],
+            "arch": m.model.spec.model.arch, "embedding_dim": m.model.spec.model.embedding_dim,
+            "parameters": int(sum(p.numel() for p in m.model.module.parameters())),
+            "config": json.dumps({"over_arch": m.model.spec.model.over_arch})}
