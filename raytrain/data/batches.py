@@ -23,20 +23,25 @@ class Batch:
     sparse: KeyedJaggedTensor
     label: torch.Tensor  # [B] float32
     size: int
+    teacher: torch.Tensor | None = None  # [B] float32 teacher logits (distillation), when the data has them
 
     # the Pipelineable protocol TorchRec's TrainPipelineSparseDist uses to move batches to a GPU
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         return Batch(self.dense.to(device, non_blocking=non_blocking),
                      self.sparse.to(device, non_blocking=non_blocking),
-                     self.label.to(device, non_blocking=non_blocking), self.size)
+                     self.label.to(device, non_blocking=non_blocking), self.size,
+                     None if self.teacher is None else self.teacher.to(device, non_blocking=non_blocking))
 
     def record_stream(self, stream) -> None:
         self.dense.record_stream(stream)
         self.sparse.record_stream(stream)
         self.label.record_stream(stream)
+        if self.teacher is not None:
+            self.teacher.record_stream(stream)
 
     def pin_memory(self) -> "Batch":
-        return Batch(self.dense.pin_memory(), self.sparse.pin_memory(), self.label.pin_memory(), self.size)
+        return Batch(self.dense.pin_memory(), self.sparse.pin_memory(), self.label.pin_memory(), self.size,
+                     None if self.teacher is None else self.teacher.pin_memory())
 
 
 def binarise(label: np.ndarray, rule: str | None) -> np.ndarray:
@@ -47,15 +52,20 @@ def binarise(label: np.ndarray, rule: str | None) -> np.ndarray:
     return LabelSpec(positive_if=rule).binarise(label)
 
 
+TEACHER_COLUMN = "teacher_logit"  # written by a distillation run next to the training split's features
+
+
 class Columns:
     """One shard of a split held as tensors, sliced into batches by row index."""
 
-    def __init__(self, schema: FeatureSchema, ids: dict, lists: dict, dense: torch.Tensor, label: torch.Tensor):
+    def __init__(self, schema: FeatureSchema, ids: dict, lists: dict, dense: torch.Tensor, label: torch.Tensor,
+                 teacher: torch.Tensor | None = None):
         self.schema = schema
         self.ids = ids  # name -> int64 [N]
         self.lists = lists  # name -> (values int64 [M], offsets int64 [N+1])
         self.dense = dense
         self.label = label
+        self.teacher = teacher  # float32 [N] teacher logits, present in a distillation's training split
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -108,7 +118,13 @@ class Columns:
             rows = np.flatnonzero(np.isnan(raw))
             raise DataError(f"{source}: label column {schema.label} has {len(rows)} NaN value(s), first at row {rows[0]}")
         label = torch.from_numpy(binarise(raw, schema.positive_if))
-        out = cls(schema, ids, lists, dense, label)
+        teacher = None
+        if TEACHER_COLUMN in table.column_names:
+            t = np.asarray(table.column(TEACHER_COLUMN).to_numpy(zero_copy_only=False), dtype=np.float32)
+            if not np.isfinite(t).all():
+                raise DataError(f"{source}: column {TEACHER_COLUMN} has {int((~np.isfinite(t)).sum())} NaN/inf value(s)")
+            teacher = torch.from_numpy(t)
+        out = cls(schema, ids, lists, dense, label, teacher)
         out.check(source)
         return out
 
@@ -129,7 +145,10 @@ class Columns:
                 offs.append(o[1:] + base)
                 base += int(o[-1])
             lists[k] = (torch.cat(vals), torch.cat(offs))
-        return cls(schema, ids, lists, torch.cat([p.dense for p in parts]), torch.cat([p.label for p in parts]))
+        teachers = [p.teacher for p in parts if p.teacher is not None]
+        teacher = torch.cat(teachers) if len(teachers) == len(parts) else None
+        return cls(schema, ids, lists, torch.cat([p.dense for p in parts]), torch.cat([p.label for p in parts]),
+                   teacher)
 
     def check(self, source: str) -> None:
         """Every id inside its table: an error names the feature, the bad id and its row."""
@@ -170,4 +189,4 @@ class Columns:
             values=torch.cat(values),
             lengths=torch.cat(lengths).to(torch.int32),
         )
-        return Batch(self.dense[idx], kjt, self.label[idx], b)
+        return Batch(self.dense[idx], kjt, self.label[idx], b, None if self.teacher is None else self.teacher[idx])

@@ -144,6 +144,10 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
         return problems
     if spec.bandit is not None:
         problems.append("bandit: only for kind bandit or pipeline")
+    if spec.kind == "distill" and spec.distill is None:
+        problems.append("distill: a distill spec needs a 'distill' section (teacher, student, alpha, temperature)")
+    elif spec.distill is not None and spec.kind not in ("distill", "pipeline"):
+        problems.append("distill: only for kind distill or pipeline")
     if spec.kind == "ensemble" and spec.ensemble is None:
         problems.append("ensemble: an ensemble spec needs an 'ensemble' section (tune_run and top_k, or runs)")
     elif spec.ensemble is not None and spec.kind not in ("ensemble", "pipeline"):

@@ -23,7 +23,7 @@ SHARDING_TYPES = (
 )
 CUDA_ONLY_SHARDING = ("row_wise", "table_row_wise")
 KINDS = ("train", "tune", "ensemble", "distill", "serve", "bandit", "pipeline")
-IMPLEMENTED_KINDS = ("train", "tune", "bandit", "ensemble")
+IMPLEMENTED_KINDS = ("train", "tune", "bandit", "ensemble", "distill")
 POLICIES = ("bernoulli_ts", "epsilon_greedy", "softmax", "linucb", "linear_ts")
 ESTIMATORS = ("ips", "snips", "dm", "dr", "switch_dr", "dr_os")
 
@@ -346,6 +346,32 @@ class EnsembleSpec(Section):
         return self
 
 
+class TeacherSpec(Section):
+    """The teacher: exactly one of an ensemble run, a train run, or a tune run (its best trial)."""
+
+    ensemble: Optional[str] = Field(None, description="an ensemble run directory, or <storage>/<name> for its newest")
+    combine: Combine = Field("stacked", description="with ensemble: which of its fitted combiners")
+    run: Optional[str] = Field(None, description="a train run directory")
+    tune_run: Optional[str] = Field(None, description="a tune run directory: its best trial")
+
+    @model_validator(mode="after")
+    def _one(self):
+        given = [k for k in ("ensemble", "run", "tune_run") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of 'ensemble', 'run' or 'tune_run' (got {', '.join(given) or 'none'})")
+        return self
+
+
+class DistillSpec(Section):
+    teacher: TeacherSpec
+    student: dict[str, Any] = Field(
+        default_factory=dict, description="dotted spec path -> value, applied to the teacher's spec")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the label loss (1: plain training)")
+    temperature: float = Field(2.0, gt=0.0)
+    teacher_scores: Literal["precomputed"] = Field(
+        "precomputed", description="teacher logits computed once into the training split's parquet")
+
+
 class RaySpec(Section):
     address: Optional[str] = Field(None, description="None: start an embedded local Ray")
     num_cpus: Optional[int] = Field(None, ge=1, description="logical CPUs of the embedded Ray")
@@ -361,4 +387,5 @@ class JobSpec(Section):
     tune: Optional[TuneSpec] = None
     bandit: Optional[BanditSpec] = None
     ensemble: Optional[EnsembleSpec] = None
+    distill: Optional[DistillSpec] = None
     ray: RaySpec = Field(default_factory=RaySpec)

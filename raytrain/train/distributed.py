@@ -41,13 +41,19 @@ DENSE_OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "s
 class TrainModule(nn.Module):
     """Batch -> (loss, logits): the shape TorchRec's TrainPipelineSparseDist expects on CUDA."""
 
-    def __init__(self, model: RecModel) -> None:
+    def __init__(self, model: RecModel, distill: tuple[float, float] | None = None) -> None:
         super().__init__()
         self.model = model
+        self.distill = distill  # (alpha, temperature): batches that carry teacher logits train on the KD loss
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(batch.dense, batch.sparse)
-        loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.label)
+        if self.distill is not None and batch.teacher is not None and self.training:
+            from ..kernels.distill import distill_loss
+
+            loss = distill_loss(logits, batch.teacher, batch.label, *self.distill)
+        else:
+            loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.label)
         return loss, logits.detach()
 
 
@@ -83,7 +89,8 @@ def build_train_module(spec, schema: FeatureSchema, device: torch.device, meta_t
     """
     torch.manual_seed(spec.train.seed)  # same dense init on every rank
     model = build_model(spec.model, schema, device=device, ebc_device=torch.device("meta") if meta_tables else device)
-    module = TrainModule(model)
+    d = getattr(spec, "distill", None)
+    module = TrainModule(model, (d.alpha, d.temperature) if d is not None else None)
     opt = spec.train.optimizer
     apply_optimizer_in_backward(SPARSE_OPTIMIZERS[opt.sparse], embedding_collection(module).parameters(), _sparse_kwargs(opt))
     return module

@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..data import prepare
+from ..data import PreparedData, prepare
 from ..spec import resolved_yaml
 from ..spec.schema import JobSpec
 
@@ -90,12 +90,14 @@ def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None 
     )
 
 
-def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = None) -> dict:
+def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = None,
+              prepared: PreparedData | None = None) -> dict:
+    """A training run; ``prepared``: data already laid out (a distillation's teacher-scored split)."""
     run_dir = run_dir or new_run_dir(spec)
     (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
     _log(f"run directory: {run_dir}")
     t0 = time.perf_counter()
-    prepared = prepare(spec.data, work_dir=str(run_dir))
+    prepared = prepared or prepare(spec.data, work_dir=str(run_dir))
     (run_dir / "schema.json").write_text(prepared.schema.to_json())
     _log(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
          f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")
