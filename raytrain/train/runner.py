@@ -82,7 +82,10 @@ def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None 
             name=name,
             storage_path=str(run_dir),
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoint.keep),
+            # the best `keep` checkpoints by validation AUC survive (Ray also keeps the latest, for resuming), so
+            # ensembles and distillation load each run at its best epoch, not an overfitted last one
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoint.keep,
+                                               checkpoint_score_attribute="val_auc", checkpoint_score_order="max"),
             callbacks=callbacks or None,
         ),
         datasets=datasets or None,
