@@ -61,6 +61,10 @@ def run_spec(spec, address: str | None) -> None:
         from ..bandit.runner import run_bandit
 
         run_bandit(spec)
+    elif spec.kind == "pipeline":
+        from ..pipeline import run_pipeline
+
+        run_pipeline(spec, address=address)
     elif spec.kind == "distill":
         from ..distill.runner import run_distill
 

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError
-from .schema import CUDA_ONLY_SHARDING, ESTIMATORS, IMPLEMENTED_KINDS, BanditSpec, JobSpec
+from .schema import CUDA_ONLY_SHARDING, ESTIMATORS, IMPLEMENTED_KINDS, STEPS, BanditSpec, JobSpec
 
 
 def _suggest(word: str, choices: list[str]) -> str:
@@ -122,15 +122,46 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
         problems.append(
             f"kind: {spec.kind!r} is not available in this version; available: {', '.join(IMPLEMENTED_KINDS)}"
         )
-    if spec.kind == "tune":
+    steps = (spec.pipeline.steps if spec.pipeline is not None else ["tune", "ensemble", "distill"]) \
+        if spec.kind == "pipeline" else [spec.kind]
+    if spec.pipeline is not None and spec.kind != "pipeline":
+        problems.append("pipeline: only for kind pipeline")
+    if spec.kind == "pipeline":
+        if len(set(steps)) != len(steps) or steps != sorted(steps, key=STEPS.index):
+            problems.append(f"pipeline.steps: {steps}: each step once, in the order {', '.join(STEPS)}")
+        for name in ("tune", "ensemble", "distill"):
+            if getattr(spec, name) is not None and name not in steps:
+                problems.append(f"{name}: the pipeline has no {name} step (steps: {', '.join(steps)})")
+    what = "step" if spec.kind == "pipeline" else "spec"
+    if "tune" in steps:
         if spec.tune is None:
-            problems.append("tune: a tune spec needs a 'tune' section (metric, search, scheduler, space)")
+            problems.append(f"tune: a tune {what} needs a 'tune' section (metric, search, scheduler, space)")
         else:
             from ..tune.space import check_space
 
             problems += check_space(spec)
     elif spec.tune is not None and spec.kind == "train":
         problems.append("tune: only for kind tune or pipeline")
+    if "ensemble" in steps:
+        if spec.ensemble is None:
+            problems.append(f"ensemble: an ensemble {what} needs an 'ensemble' section (tune_run and top_k, or runs)")
+        elif spec.kind == "pipeline" and "tune" in steps:
+            if spec.ensemble.tune_run is not None or spec.ensemble.runs:
+                problems.append("ensemble: in a pipeline with a tune step the members are its top trials; "
+                                "remove tune_run / runs")
+        else:
+            problems += spec.ensemble.source_problems()
+    if "distill" in steps:
+        if spec.distill is None:
+            problems.append(f"distill: a distill {what} needs a 'distill' section (teacher, student, alpha, temperature)")
+        else:
+            given = spec.distill.teacher.given()
+            fed = spec.kind == "pipeline" and any(s in steps for s in ("train", "tune", "ensemble"))
+            if fed and given:
+                problems.append(f"distill.teacher: the pipeline's earlier step is the teacher; remove {', '.join(given)}")
+            elif not fed and len(given) != 1:
+                problems.append("distill.teacher: give exactly one of 'ensemble', 'run' or 'tune_run' "
+                                f"(got {', '.join(given) or 'none'})")
     if spec.kind == "bandit":
         if spec.data.source != "open-bandit":
             problems.append(f"data.source: kind bandit evaluates logged bandit feedback; use open-bandit, "
@@ -144,13 +175,9 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
         return problems
     if spec.bandit is not None:
         problems.append("bandit: only for kind bandit or pipeline")
-    if spec.kind == "distill" and spec.distill is None:
-        problems.append("distill: a distill spec needs a 'distill' section (teacher, student, alpha, temperature)")
-    elif spec.distill is not None and spec.kind not in ("distill", "pipeline"):
+    if spec.distill is not None and spec.kind not in ("distill", "pipeline"):
         problems.append("distill: only for kind distill or pipeline")
-    if spec.kind == "ensemble" and spec.ensemble is None:
-        problems.append("ensemble: an ensemble spec needs an 'ensemble' section (tune_run and top_k, or runs)")
-    elif spec.ensemble is not None and spec.kind not in ("ensemble", "pipeline"):
+    if spec.ensemble is not None and spec.kind not in ("ensemble", "pipeline"):
         problems.append("ensemble: only for kind ensemble or pipeline")
     if spec.data.source == "open-bandit":
         problems.append(f"data.source: open-bandit holds logged bandit feedback for kind bandit, not {spec.kind}")

@@ -23,7 +23,7 @@ SHARDING_TYPES = (
 )
 CUDA_ONLY_SHARDING = ("row_wise", "table_row_wise")
 KINDS = ("train", "tune", "ensemble", "distill", "serve", "bandit", "pipeline")
-IMPLEMENTED_KINDS = ("train", "tune", "bandit", "ensemble", "distill")
+IMPLEMENTED_KINDS = ("train", "tune", "bandit", "ensemble", "distill", "pipeline")
 POLICIES = ("bernoulli_ts", "epsilon_greedy", "softmax", "linucb", "linear_ts")
 ESTIMATORS = ("ips", "snips", "dm", "dr", "switch_dr", "dr_os")
 
@@ -337,13 +337,13 @@ class EnsembleSpec(Section):
         default_factory=lambda: list(COMBINES), min_length=1,
         description="combiners to fit (on validation) and report")
 
-    @model_validator(mode="after")
-    def _one_source(self):
+    def source_problems(self) -> list[str]:
+        """For kind ensemble (in a pipeline, the tune step gives the members)."""
         if (self.tune_run is None) == (not self.runs):
-            raise ValueError("give exactly one of 'tune_run' (with top_k) or 'runs'")
+            return ["ensemble: give exactly one of 'tune_run' (with top_k) or 'runs'"]
         if self.runs and len(self.runs) < 2:
-            raise ValueError("'runs' needs at least 2 run directories")
-        return self
+            return ["ensemble.runs: needs at least 2 run directories"]
+        return []
 
 
 class TeacherSpec(Section):
@@ -354,22 +354,32 @@ class TeacherSpec(Section):
     run: Optional[str] = Field(None, description="a train run directory")
     tune_run: Optional[str] = Field(None, description="a tune run directory: its best trial")
 
-    @model_validator(mode="after")
-    def _one(self):
-        given = [k for k in ("ensemble", "run", "tune_run") if getattr(self, k) is not None]
-        if len(given) != 1:
-            raise ValueError(f"give exactly one of 'ensemble', 'run' or 'tune_run' (got {', '.join(given) or 'none'})")
-        return self
+    def given(self) -> list[str]:
+        return [k for k in ("ensemble", "run", "tune_run") if getattr(self, k) is not None]
 
 
 class DistillSpec(Section):
-    teacher: TeacherSpec
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec)
     student: dict[str, Any] = Field(
         default_factory=dict, description="dotted spec path -> value, applied to the teacher's spec")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the label loss (1: plain training)")
     temperature: float = Field(2.0, gt=0.0)
     teacher_scores: Literal["precomputed"] = Field(
         "precomputed", description="teacher logits computed once into the training split's parquet")
+
+
+Step = Literal["train", "tune", "ensemble", "distill"]
+STEPS: tuple[Step, ...] = ("train", "tune", "ensemble", "distill")
+
+
+def _default_steps() -> list[Step]:
+    return ["tune", "ensemble", "distill"]
+
+
+class PipelineSpec(Section):
+    """Steps run in this order, each reading the previous step's artifacts from the pipeline's run directory."""
+
+    steps: list[Step] = Field(default_factory=_default_steps, min_length=1)
 
 
 class RaySpec(Section):
@@ -388,4 +398,5 @@ class JobSpec(Section):
     bandit: Optional[BanditSpec] = None
     ensemble: Optional[EnsembleSpec] = None
     distill: Optional[DistillSpec] = None
+    pipeline: Optional[PipelineSpec] = None
     ray: RaySpec = Field(default_factory=RaySpec)

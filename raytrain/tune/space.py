@@ -97,7 +97,8 @@ def apply_config(base: dict, config: dict[str, Any]) -> dict:
     """The base spec (as a dict) with one trial's sampled values; kind becomes train."""
     doc = copy.deepcopy(base)
     doc["kind"] = "train"
-    doc.pop("tune", None)
+    for section in ("tune", "ensemble", "distill", "pipeline", "bandit"):  # a trial is a train run (in a pipeline too)
+        doc.pop(section, None)
     for key, value in config.items():
         set_path(doc, key, value)
     return doc

@@ -92,7 +92,23 @@ def test_student_spec_is_the_teacher_spec_with_overrides(tmp_path):
 
 
 def test_distill_spec_errors():
-    with pytest.raises(SpecError, match="give exactly one of 'ensemble', 'run' or 'tune_run' \\(got run, tune_run\\)"):
+    one_of = "distill.teacher: give exactly one of 'ensemble', 'run' or 'tune_run' \\(got run, tune_run\\)"
+    with pytest.raises(SpecError, match=one_of):
         parse_spec({"name": "s", "kind": "distill", "distill": {"teacher": {"run": "a", "tune_run": "b"}}})
     with pytest.raises(SpecError, match="a distill spec needs a 'distill' section"):
         parse_spec({"name": "s", "kind": "distill"})
+
+
+def test_pipeline_spec_checks_step_order_and_what_feeds_what():
+    base = {"name": "p", "kind": "pipeline", "tune": {"space": {"train.optimizer.lr": "loguniform(0.001, 0.01)"}},
+            "ensemble": {"top_k": 2}, "distill": {"student": {"model.embedding_dim": 8}}}
+    spec = parse_spec(base)
+    assert spec.pipeline is None and spec.distill.teacher.given() == []
+    with pytest.raises(SpecError) as e:
+        parse_spec({**base, "pipeline": {"steps": ["distill", "tune"]}, "ensemble": {"tune_run": "x"},
+                    "distill": {"teacher": {"run": "r"}}})
+    assert sorted(str(e.value).splitlines()[1:]) == [
+        "  - distill.teacher: the pipeline's earlier step is the teacher; remove run",
+        "  - ensemble: the pipeline has no ensemble step (steps: distill, tune)",
+        "  - pipeline.steps: ['distill', 'tune']: each step once, in the order train, tune, ensemble, distill",
+    ]
