@@ -182,3 +182,23 @@ def test_bandit_spec_errors():
         parse_spec({"name": "t", "data": {"source": "open-bandit"}})
     spec = parse_spec(_bandit(policy={"name": "softmax", "temperature": 0.05}, learn_fraction=0.5))
     assert spec.bandit.policy.learns and spec.bandit.learn_fraction == 0.5
+
+
+def test_bandit_job_writes_its_report(tmp_path):
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from raytrain.bandit.runner import run_bandit
+    from raytrain.spec import load_spec
+
+    job = Path(__file__).resolve().parents[2] / "jobs/bandit_obd_bts.yaml"
+    spec = load_spec(job, [f"storage={tmp_path}", "bandit.bootstrap.samples=50", "bandit.policy.n_sim=2000"])
+    out = run_bandit(spec)
+    run_dir = Path(out["run_dir"])
+    table = pd.read_parquet(run_dir / "estimates.parquet")
+    assert list(table["estimator"]) == list(ESTIMATORS)
+    assert (table["ci_low"] <= table["value"]).all() and (table["value"] <= table["ci_high"]).all()
+    assert json.loads((run_dir / "report.json").read_text())["on_policy"]["value"] == pytest.approx(0.0042)
+    assert (run_dir / "estimates.png").read_bytes()[:4] == b"\x89PNG"
