@@ -9,6 +9,7 @@ from pathlib import Path
 
 import ray.data
 import ray.train
+import ray.util
 import torch
 import torch.distributed as dist
 from ray.train import CheckpointUploadMode
@@ -85,6 +86,12 @@ def train_loop_per_worker(config: dict) -> None:
     # the pid lets operators (and the chaos test) find and kill a worker
     (run_dir / "workers").mkdir(parents=True, exist_ok=True)
     (run_dir / "workers" / f"rank{rank}.pid").write_text(str(os.getpid()))
+    pg = ray.util.get_current_placement_group()
+    if rank == 0 and pg is not None:
+        # the worker group's placement group: a Tune trial that a scheduler stops leaves it behind (ray issue
+        # 54305), and raytrain's tune callback removes it from this record when the trial ends
+        with open(run_dir / "workers" / "placement_groups.txt", "a") as f:
+            f.write(pg.id.hex() + "\n")
 
     device = _device(spec, ctx.get_local_rank())
     sharded = shard_model(spec, prepared.schema, device, local_world_size=ctx.get_local_world_size())

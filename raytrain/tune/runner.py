@@ -212,6 +212,48 @@ def _progress(metric: str, mode: str, epochs: int) -> Any:
     return Progress()
 
 
+def remove_trial_placement_groups(trial_dir: str | Path) -> int:
+    """Remove the worker-group placement groups a trial's training runs recorded, if still there."""
+    import ray
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    record = Path(trial_dir) / "run" / "workers" / "placement_groups.txt"
+    if not record.exists():
+        return 0
+    table = ray.util.placement_group_table()
+    removed = 0
+    for pg_hex in set(record.read_text().split()):
+        if table.get(pg_hex, {}).get("state") == "CREATED":
+            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_hex))))
+            removed += 1
+    return removed
+
+
+def _release() -> Any:
+    """A Tune callback that frees a finished or stopped trial's worker placement group at once (ray issue 54305:
+    a trial stopped by ASHA left it reserved, and after a few stops new trials waited forever for CPUs)."""
+    from ray.tune import Callback
+
+    class Release(Callback):
+        def _free(self, trial) -> None:
+            paths = {p for p in (getattr(trial, "path", None), getattr(trial, "local_path", None)) if p}
+            try:
+                n = sum(remove_trial_placement_groups(p) for p in paths)
+            except Exception as e:  # noqa: BLE001 - cleanup must never break the experiment
+                _log(f"could not release trial {trial.trial_id}'s placement group: {e}")
+                return
+            if n:
+                _log(f"released {n} placement group(s) of trial {trial.trial_id}")
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._free(trial)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._free(trial)
+
+    return Release()
+
+
 def _cleanup_placement_groups() -> int:
     """Remove placement groups left behind by trials the scheduler stopped (ray issue 54305)."""
     import ray
@@ -252,7 +294,7 @@ def _tuner(spec: JobSpec, prepared: PreparedData, run_dir: Path, restore: bool =
             time_budget_s=t.time_budget_s,
         ),
         run_config=tune.RunConfig(name="tune", storage_path=str(run_dir),
-                                  callbacks=[_progress(t.metric, t.mode, spec.train.epochs)], verbose=0),
+                                  callbacks=[_progress(t.metric, t.mode, spec.train.epochs), _release()], verbose=0),
     )
 
 
