@@ -60,6 +60,8 @@ def load_member(run_dir: str | Path, name: str | None = None) -> Member:
     run_dir = Path(run_dir)
     ckpt = best_checkpoint(run_dir)
     default = run_dir.parent.name if run_dir.name == "run" else run_dir.name  # a tune trial's dir, or a run's
+    if default.startswith("_trial_"):  # _trial_<experiment>_<index>_<params...>: the trial id
+        default = "_".join(default.split("_")[2:4])
     return Member(name or default, run_dir, ckpt, load_model(run_dir, ckpt))
 
 
