@@ -47,7 +47,10 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
         return
     address = address or spec.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True, runtime_env=RUNTIME_ENV)
+        # a submitted job (raytrain submit) already runs in a runtime env holding these variables, and Ray
+        # refuses a driver runtime env that repeats a job's keys
+        in_job = "RAYTRAIN_SPEC" in os.environ
+        ray.init(address=address, log_to_driver=True, runtime_env=None if in_job else RUNTIME_ENV)
         return
     need = spec.train.workers * spec.train.resources_per_worker.cpu + 2
     num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
