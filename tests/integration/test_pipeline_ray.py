@@ -21,7 +21,7 @@ def test_pipeline_tune_ensemble_distill(ray_local, tmp_path):
     from raytrain.pipeline import run_pipeline
 
     spec = load_spec(ROOT / "jobs/pipeline_ml100k.yaml", [
-        f"storage={tmp_path}", "train.workers=1", "train.batch_size=2048", "train.epochs=1", "tune.num_samples=3",
+        f"storage={tmp_path}", "train.workers=1", "train.batch_size=2048", "train.epochs=1", "tune.num_samples=2",
         "tune.max_concurrent_trials=2", "tune.scheduler={name: fifo}", "tune.search={algorithm: random, seed: 0}",
         "tune.space={model.embedding_dim: 'choice([8, 16, 32])'}", "ensemble.top_k=2", "distill.alpha=0.5"])
     out = run_pipeline(spec)
