@@ -262,8 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(rest)
     if hasattr(args, "overrides"):
         args.overrides = overrides
+    return run_reporting_errors(lambda: args.func(args))
+
+
+def run_reporting_errors(fn) -> int:
+    """fn's exit code; a raytrain error becomes one line on stderr and its exit code (also for submitted jobs)."""
     try:
-        return args.func(args)
+        return fn()
     except SpecError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

@@ -19,7 +19,7 @@ import torch
 
 from ..data import prepare
 from ..data.batches import TEACHER_COLUMN, Columns
-from ..ensemble.members import load_member, split_table
+from ..ensemble.members import load_member, score, split_table
 from ..spec.loader import parse_spec
 from ..spec.schema import JobSpec
 from ..train.metrics import binary_metrics
@@ -90,7 +90,7 @@ def run_distill(spec: JobSpec, address: str | None = None) -> dict:
     # side by side on the test split: quality, size, latency
     s_member = load_member(run_dir, "student")
     t_test, labels = teacher.logits("test")
-    s_test = np.concatenate([s_member.model.module(b)[1].double().numpy() for b in _batches(s_member, "test")])
+    s_test, _ = score(s_member, "test")
     tm, sm = binary_metrics(labels, 1 / (1 + np.exp(-t_test))), binary_metrics(labels, 1 / (1 + np.exp(-s_test)))
     s_params, s_bytes = _params(s_member.model.module)
     cols = Columns.from_arrow(s_member.model.schema, split_table(s_member, "test"), "test split")
@@ -116,11 +116,3 @@ def run_distill(spec: JobSpec, address: str | None = None) -> dict:
          f"({report['auc_retained_pct']:.2f}% retained), {lat[1]['student']:.2f} / {lat[512]['student']:.2f} ms "
          f"({report['latency_ratio_batch1']:.2f}x / {report['latency_ratio_batch512']:.2f}x)")
     return report
-
-
-def _batches(member, split: str, size: int = 8192):
-    cols = Columns.from_arrow(member.model.schema, split_table(member, split), f"{split} split")
-    for lo in range(0, len(cols), size):
-        yield cols.batch(torch.arange(lo, min(lo + size, len(cols))))
-
-

@@ -7,7 +7,6 @@ import sys
 
 import yaml
 
-from ..errors import RaytrainError, SpecError
 from ..spec.loader import parse_spec
 from .jobs import SPEC_ENV
 
@@ -17,18 +16,13 @@ def main() -> int:
     if not text:
         print(f"error: {SPEC_ENV} is not set: this entrypoint runs specs sent by `raytrain submit`", file=sys.stderr)
         return 2
-    try:
-        spec = parse_spec(yaml.safe_load(text), f"${SPEC_ENV}")
-        from ..cli.main import run_spec
+    from ..cli.main import run_reporting_errors, run_spec
 
-        run_spec(spec, address=None)  # inside a job, RAY_ADDRESS points at the cluster
-    except SpecError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return e.exit_code
-    except RaytrainError as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr)
-        return e.exit_code
-    return 0
+    def run() -> int:
+        run_spec(parse_spec(yaml.safe_load(text), f"${SPEC_ENV}"), address=None)  # RAY_ADDRESS: the cluster
+        return 0
+
+    return run_reporting_errors(run)
 
 
 if __name__ == "__main__":

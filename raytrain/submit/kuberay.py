@@ -11,6 +11,7 @@ the submitter read the token from the Secret ``raytrain-ray-token`` (create it f
 from __future__ import annotations
 
 import re
+import sys
 
 import yaml
 
@@ -76,7 +77,7 @@ def rayjob(spec: JobSpec, image: str = "raytrain:latest", gpus_per_worker: int |
     if gpus and not spec.train.resources_per_worker.gpu:
         print(f"[raytrain] note: train.resources_per_worker.gpu is 0 while each worker pod has {gpus} GPU(s); "
               "set train.device: cuda and resources_per_worker.gpu: 1 so Ray Train places one worker per GPU",
-              file=__import__("sys").stderr)
+              file=sys.stderr)
     workers = spec.train.workers
     cpu = str(max(1, int(round(spec.train.resources_per_worker.cpu))) + 3)  # the worker + its data loading
     head_ports = [{"containerPort": 6379, "name": "gcs"}, {"containerPort": 8265, "name": "dashboard"},
