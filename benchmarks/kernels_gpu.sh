@@ -12,7 +12,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 $PY - <<'PYEOF'
 import torch, triton, time, sys
 from kernels.topk import topk_scores, topk_scores_reference
-from kernels.topk_triton import topk_scores_triton
+from kernels.topk_triton import fits, topk_scores_triton
 from kernels.distill import distill_loss_reference
 from kernels.distill_triton import distill_forward_triton
 print("torch", torch.__version__, "triton", triton.__version__, torch.cuda.get_device_name())
@@ -22,8 +22,9 @@ for b, d, n, k in [(7, 16, 1000, 10), (256, 64, 100_000, 100), (5, 8, 20, 64), (
                    (64, 64, 50_000, 1000)]:  # the last goes through the streaming torch path (K > 256)
     q = torch.randn(b, d, device="cuda"); it = torch.randn(n, d, device="cuda")
     mask = torch.rand(n, device="cuda") > 0.3
-    for name, kw in (("plain", {}), ("mask", {"item_mask": mask})):
-        fn = topk_scores_triton if k <= 256 else topk_scores
+    ex_off = torch.arange(b + 1) * 3; ex_items = torch.randint(0, n, (3 * b,))
+    for name, kw in (("plain", {}), ("mask", {"item_mask": mask}), ("exclude", {"exclude": (ex_off, ex_items)})):
+        fn = topk_scores_triton if fits(k, n, 3 if name == "exclude" else 0) else topk_scores
         want = topk_scores_reference(q, it, k, **kw); got = fn(q, it, k, **kw)
         err = (torch.nan_to_num(got[0], neginf=0) - torch.nan_to_num(want[0], neginf=0)).abs().max().item()
         ok = err < 1e-3 and torch.equal(got[1] == -1, want[1] == -1)

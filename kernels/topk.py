@@ -51,7 +51,7 @@ def topk_scores_reference(queries, items, k: int, item_mask=None, exclude=None):
         scores.masked_fill_(~item_mask.to(torch.bool)[None, :], NEG_INF)
     pairs = _exclusion_pairs(exclude, queries.shape[0])
     if pairs is not None:
-        scores[pairs[0], pairs[1]] = NEG_INF
+        scores[pairs[0].to(scores.device), pairs[1].to(scores.device)] = NEG_INF
     v, i = torch.topk(scores, min(k, scores.shape[1]), dim=1)
     return _finish(*_pad(v, i, k))
 
@@ -62,7 +62,7 @@ def _merge(best_v, best_i, rows, vals, idx):
     order = torch.argsort(rows, stable=True)
     rows, vals, idx = rows[order], vals[order], idx[order]
     counts = torch.bincount(rows, minlength=b)
-    pos = torch.arange(rows.numel()) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+    pos = torch.arange(rows.numel(), device=rows.device) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
     width = int(counts.max())
     pad_v = best_v.new_full((b, width), NEG_INF)
     pad_i = best_i.new_full((b, width), -1)
@@ -82,15 +82,16 @@ def _stream_range(queries, items, kk, lo, hi, block, mask, pairs):
     buffering never loses an item; it only saves merges.
     """
     b = queries.shape[0]
-    best_v = torch.full((b, kk), NEG_INF)
-    best_i = torch.full((b, kk), -1, dtype=torch.int64)
-    thresh = torch.full((b, 1), NEG_INF)
+    dev = queries.device
+    best_v = torch.full((b, kk), NEG_INF, device=dev)
+    best_i = torch.full((b, kk), -1, dtype=torch.int64, device=dev)
+    thresh = torch.full((b, 1), NEG_INF, device=dev)
     buf: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
     buffered = 0
     merge_at = b * kk
     # one score buffer per range, reused by every full block (allocation churn of multi-MB blocks
     # makes the allocator hold on to far more memory than the kernel needs)
-    s_buf = torch.empty((b, block), dtype=queries.dtype)
+    s_buf = torch.empty((b, block), dtype=queries.dtype, device=dev)
     for start in range(lo, hi, block):
         stop = min(start + block, hi)
         if stop - start == block:
@@ -100,12 +101,12 @@ def _stream_range(queries, items, kk, lo, hi, block, mask, pairs):
         if mask is not None:
             s.masked_fill_(~mask[None, start:stop], NEG_INF)
         if pairs is not None:
-            a, z = torch.searchsorted(pairs[1], torch.tensor([start, stop])).tolist()
+            a, z = torch.searchsorted(pairs[1], torch.tensor([start, stop], device=pairs[1].device)).tolist()
             if z > a:
                 s[pairs[0][a:z], pairs[1][a:z] - start] = NEG_INF
         if start == lo:  # the first block fills the top-K directly
             v, i = torch.topk(s, min(kk, stop - start), dim=1)
-            best_v, best_i = _merge(best_v, best_i, torch.arange(b).repeat_interleave(v.shape[1]), v.reshape(-1),
+            best_v, best_i = _merge(best_v, best_i, torch.arange(b, device=dev).repeat_interleave(v.shape[1]), v.reshape(-1),
                                     (i + start).reshape(-1))
             thresh = best_v[:, -1:]
             continue
@@ -142,6 +143,8 @@ def topk_scores_cpu(queries, items, k: int, item_mask=None, exclude=None, block:
     b, n = queries.shape[0], items.shape[0]
     kk = min(k, n)
     pairs = _exclusion_pairs(exclude, b)
+    if pairs is not None:
+        pairs = (pairs[0].to(queries.device), pairs[1].to(queries.device))
     mask = item_mask.to(torch.bool) if item_mask is not None else None
     threads = max(1, min(threads or torch.get_num_threads(), -(-n // block)))
     bounds = [n * t // threads for t in range(threads + 1)]

@@ -24,10 +24,18 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, tmp_path):
     run_dir = new_run_dir(spec)
     killed: dict = {}
 
+    def registered() -> bool:
+        # the checkpoint files reach storage before the Train controller registers the report; a kill in
+        # between loses it (on a busy machine that took seconds), so wait for the controller's own record
+        snapshot = run_dir / "ray" / "checkpoint_manager_snapshot.json"
+        try:
+            return "epoch_0001" in snapshot.read_text()
+        except OSError:
+            return False
+
     def kill_after_first_checkpoint():
-        marker = run_dir / "ray" / "epoch_0001" / "raytrain.json"
         deadline = time.time() + 600
-        while not marker.exists() and time.time() < deadline:
+        while not registered() and time.time() < deadline:
             time.sleep(0.2)
         time.sleep(1.0)  # inside epoch 2 now
         pid = int((run_dir / "workers" / "rank1.pid").read_text())
