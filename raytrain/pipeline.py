@@ -24,14 +24,15 @@ def _log(msg: str) -> None:
 
 def _step_spec(spec: JobSpec, kind: str, run_dir: Path, **sections) -> JobSpec:
     doc = spec.model_dump(mode="json")
-    for key in ("tune", "ensemble", "distill", "pipeline", "bandit"):
+    for key in ("tune", "ensemble", "distill", "pipeline", "bandit", "serve"):
         doc.pop(key, None)
     doc.update(kind=kind, name=kind, storage=str(run_dir))
     doc.update({k: v for k, v in sections.items() if v is not None})
     return parse_spec(doc, f"pipeline step {kind}")
 
 
-def run_pipeline(spec: JobSpec, address: str | None = None) -> dict:
+def run_pipeline(spec: JobSpec, address: str | None = None, serve_block: bool = True) -> dict:
+    """Run the steps in order; a serve step (last) deploys and, with ``serve_block``, serves until Ctrl-C."""
     from .train.runner import new_run_dir
 
     assert spec.pipeline is not None or spec.kind == "pipeline"
@@ -81,6 +82,23 @@ def run_pipeline(spec: JobSpec, address: str | None = None) -> dict:
                                               "latency_ratio_batch512")}
             done[step].update(teacher_test_auc=out["teacher"]["test_auc"], student_test_auc=out["student"]["test_auc"],
                               run_dir=out["student"]["run_dir"])
+        elif step == "serve":
+            from .serve.runner import run_serve
+            from .serve.sources import resolve
+
+            assert spec.serve is not None
+            serve_spec = _step_spec(spec, "serve", run_dir, serve=spec.serve.model_dump(mode="json"))
+            variants = []
+            for name, v in spec.serve.variants.items():
+                if v.step is not None:
+                    path = done[v.step]["run_dir"]
+                    key = {"train": "run", "tune": "tune_run", "ensemble": "ensemble", "distill": "distill"}[v.step]
+                    v = v.model_copy(update={"step": None, key: path})
+                variants.append(resolve(name, v))
+            done[step] = {"wall_s": 0.0}
+            (run_dir / "pipeline.json").write_text(json.dumps(done, indent=2, default=str))
+            out = run_serve(serve_spec, address=address, block=serve_block, variants=variants)
+            done[step] = {"run_dir": out["run_dir"], "url": out["url"]}
         done[step]["wall_s"] = time.time() - t0
         _log(f"step {step} done in {done[step]['wall_s']:.0f}s")
         (run_dir / "pipeline.json").write_text(json.dumps(done, indent=2, default=str))

@@ -1,4 +1,4 @@
-"""``raytrain`` command line: validate | plan | run | resume."""
+"""``raytrain`` command line: validate | plan | run | serve | submit | resume."""
 
 from __future__ import annotations
 
@@ -57,7 +57,11 @@ def cmd_plan(args) -> int:
 
 def run_spec(spec, address: str | None) -> None:
     """Run a validated spec here (also the entrypoint of a submitted job)."""
-    if spec.kind == "bandit":
+    if spec.kind == "serve":
+        from ..serve.runner import run_serve
+
+        run_serve(spec, address=address)
+    elif spec.kind == "bandit":
         from ..bandit.runner import run_bandit
 
         run_bandit(spec)
@@ -168,6 +172,44 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    import json
+
+    from ..serve.runner import run_serve, status, url_of
+    from ..spec import load_spec
+
+    if args.status or args.stop:
+        if args.spec and args.spec.endswith((".yaml", ".yml")):
+            spec = load_spec(args.spec, args.overrides)
+            if spec.serve is None:
+                raise SpecError([f"{args.spec}: no serve section"])
+            url = args.url or url_of(spec)
+        else:
+            spec, url = None, args.url or "http://127.0.0.1:8000"
+        if args.stop:
+            import ray
+            from ray import serve
+
+            if spec is None:
+                raise SpecError(["--stop needs the SPEC (its name is the application's)"])
+            ray.init(address=args.address or "auto", log_to_driver=False)
+            serve.delete(spec.name)
+            print(f"[raytrain] deleted application {spec.name}")
+            return 0
+        info = status(url)
+        print(json.dumps(info, indent=2))
+        return 0 if "error" not in info else 1
+    if not args.spec:
+        raise SpecError(["serve: give a SPEC (or --status)"])
+    spec = load_spec(args.spec, args.overrides)
+    if spec.serve is None:
+        raise SpecError([f"{args.spec}: serve needs a 'serve' section (variants, traffic, replicas, batching)"])
+    if spec.kind != "serve":
+        spec = spec.model_copy(update={"kind": "serve"})
+    run_serve(spec, address=args.address)
+    return 0
+
+
 def cmd_resume(args) -> int:
     from ..tune.runner import resume_tune
 
@@ -228,6 +270,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", "-o", default=None, help="write here instead of stdout")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("serve", help="serve a spec's variants on Ray Serve until Ctrl-C; --status asks a running one")
+    p.add_argument("spec", nargs="?", default=None, help="job spec with a serve section")
+    p.add_argument("overrides", nargs="*", metavar="KEY.PATH=VALUE", help="override spec fields")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--status", action="store_true", help="print a running application's health and metadata")
+    p.add_argument("--stop", action="store_true", help="delete the spec's application from a running cluster")
+    p.add_argument("--url", default=None, help="with --status: the application's URL (default: from the spec)")
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("resume", help="resume an interrupted tune run from its run directory")
     p.add_argument("run_dir", help="the run directory (runs/<name>/<timestamp>)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
@@ -241,7 +292,7 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
 
 
 # options that take a value: their value is never a KEY.PATH=VALUE override (a token may hold '=')
-VALUE_OPTIONS = {"--address", "--token", "--storage", "--submission-id", "--image", "--namespace", "--output", "-o",
+VALUE_OPTIONS = {"--url", "--address", "--token", "--storage", "--submission-id", "--image", "--namespace", "--output", "-o",
                  "--world-size", "--device", "--hbm-gb", "--ddr-gb", "--local-world-size", "--gpus-per-worker"}
 
 

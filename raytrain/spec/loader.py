@@ -129,7 +129,7 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
     if spec.kind == "pipeline":
         if len(set(steps)) != len(steps) or steps != sorted(steps, key=STEPS.index):
             problems.append(f"pipeline.steps: {steps}: each step once, in the order {', '.join(STEPS)}")
-        for name in ("tune", "ensemble", "distill"):
+        for name in ("tune", "ensemble", "distill", "serve"):
             if getattr(spec, name) is not None and name not in steps:
                 problems.append(f"{name}: the pipeline has no {name} step (steps: {', '.join(steps)})")
     what = "step" if spec.kind == "pipeline" else "spec"
@@ -162,6 +162,18 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
             elif not fed and len(given) != 1:
                 problems.append("distill.teacher: give exactly one of 'ensemble', 'run' or 'tune_run' "
                                 f"(got {', '.join(given) or 'none'})")
+    if "serve" in steps:
+        if spec.serve is None:
+            problems.append(f"serve: a serve {what} needs a 'serve' section (variants, traffic, replicas, batching)")
+        else:
+            for name, v in spec.serve.variants.items():
+                if v.step is not None and spec.kind != "pipeline":
+                    problems.append(f"serve.variants.{name}.step: only in a pipeline; give a run path instead")
+                elif v.step is not None and v.step not in steps[:steps.index("serve")]:
+                    problems.append(f"serve.variants.{name}.step: {v.step!r} is not an earlier step of this pipeline "
+                                    f"({', '.join(steps)})")
+    elif spec.serve is not None:
+        problems.append("serve: only for kind serve or pipeline")
     if spec.kind == "bandit":
         if spec.data.source != "open-bandit":
             problems.append(f"data.source: kind bandit evaluates logged bandit feedback; use open-bandit, "

@@ -23,7 +23,7 @@ SHARDING_TYPES = (
 )
 CUDA_ONLY_SHARDING = ("row_wise", "table_row_wise")
 KINDS = ("train", "tune", "ensemble", "distill", "serve", "bandit", "pipeline")
-IMPLEMENTED_KINDS = ("train", "tune", "bandit", "ensemble", "distill", "pipeline")
+IMPLEMENTED_KINDS = ("train", "tune", "bandit", "ensemble", "distill", "serve", "pipeline")
 POLICIES = ("bernoulli_ts", "epsilon_greedy", "softmax", "linucb", "linear_ts")
 ESTIMATORS = ("ips", "snips", "dm", "dr", "switch_dr", "dr_os")
 
@@ -368,8 +368,88 @@ class DistillSpec(Section):
         "precomputed", description="teacher logits computed once into the training split's parquet")
 
 
-Step = Literal["train", "tune", "ensemble", "distill"]
-STEPS: tuple[Step, ...] = ("train", "tune", "ensemble", "distill")
+class VariantSpec(Section):
+    """One served model: exactly one source. Paths may be a run directory or a directory above it (the newest
+    matching run under it is used). In a pipeline, ``step`` names an earlier step's output instead."""
+
+    ensemble: Optional[str] = Field(None, description="an ensemble run (ensemble.json): its members and combiner")
+    combine: Combine = Field("stacked", description="with ensemble: which fitted combiner; with tune_run: mean only")
+    tune_run: Optional[str] = Field(None, description="a tune run: its top_k trials, averaged")
+    top_k: int = Field(1, ge=1, description="with tune_run")
+    run: Optional[str] = Field(None, description="a train run directory (a distilled student's run is one too)")
+    distill: Optional[str] = Field(None, description="a distill run (distill.json): its student")
+    step: Optional[Literal["train", "tune", "ensemble", "distill"]] = Field(
+        None, description="pipeline only: the output of this earlier step")
+
+    def given(self) -> list[str]:
+        return [k for k in ("ensemble", "tune_run", "run", "distill", "step") if getattr(self, k) is not None]
+
+
+class AutoscalingSpec(Section):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0.0, description="per replica; more adds replicas")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
+
+
+class ServeSpec(Section):
+    """A Ray Serve application: one deployment per member model, an ingress that validates, routes and combines."""
+
+    variants: dict[str, VariantSpec] = Field(min_length=1, description="name -> model source")
+    traffic: dict[str, float] = Field(
+        default_factory=dict, description="variant -> share of users (sums to 1); empty: all on the only variant")
+    sticky_key: str = Field("user_id", description="the request field that pins a user to a variant")
+    replicas: int = Field(1, ge=1, description="replicas per member deployment (without autoscaling)")
+    autoscaling: Optional[AutoscalingSpec] = Field(None, description="replica range per member deployment")
+    num_cpus: float = Field(0.25, gt=0.0, description="per member replica (fractional: 2-core machines)")
+    num_gpus: float = Field(0.0, ge=0.0, description="per member replica")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per member replica")
+    ingress_replicas: int = Field(1, ge=1)
+    ingress_num_cpus: float = Field(0.25, gt=0.0)
+    max_batch_size: int = Field(16, ge=1, description="requests merged into one forward pass (1: no batching)")
+    batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="how long a batch waits to fill")
+    max_request_rows: int = Field(1024, ge=1, description="rows per /predict request (more: HTTP 413)")
+    max_recommend_k: int = Field(100, ge=1)
+    oov: Literal["unknown", "reject"] = Field(
+        "unknown", description="ids never seen or out of range: 'unknown' maps them to the reserved id 0 (and the "
+                               "feature store's unknown row) and counts them in the reply; 'reject' answers 422")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = Field("/", pattern=r"^/")
+
+    @property
+    def shares(self) -> dict[str, float]:
+        return dict(self.traffic) or {next(iter(self.variants)): 1.0}
+
+    @model_validator(mode="after")
+    def _traffic(self):
+        names = set(self.variants)
+        for name, v in self.variants.items():
+            if len(v.given()) != 1:
+                raise ValueError(f"variants.{name}: give exactly one of ensemble, tune_run, run, distill or step "
+                                 f"(got {', '.join(v.given()) or 'none'})")
+            if v.tune_run is not None and v.combine != "mean" and v.top_k > 1:
+                raise ValueError(f"variants.{name}: top_k trials of a tune run are averaged (combine: mean); "
+                                 "for weighted or stacked, run kind ensemble and serve its run")
+        if not self.traffic:
+            if len(names) > 1:
+                raise ValueError(f"traffic: {len(names)} variants need a split, e.g. "
+                                 + ", ".join(f"{n}: {1 / len(names):.2f}" for n in sorted(names)))
+            return self
+        if set(self.traffic) != names:
+            raise ValueError(f"traffic: keys {sorted(self.traffic)} must be the variants {sorted(names)}")
+        if any(w < 0 for w in self.traffic.values()) or abs(sum(self.traffic.values()) - 1.0) > 1e-6:
+            raise ValueError(f"traffic: shares must be >= 0 and sum to 1, got {sum(self.traffic.values()):g}")
+        return self
+
+
+Step = Literal["train", "tune", "ensemble", "distill", "serve"]
+STEPS: tuple[Step, ...] = ("train", "tune", "ensemble", "distill", "serve")
 
 
 def _default_steps() -> list[Step]:
@@ -399,4 +479,5 @@ class JobSpec(Section):
     ensemble: Optional[EnsembleSpec] = None
     distill: Optional[DistillSpec] = None
     pipeline: Optional[PipelineSpec] = None
+    serve: Optional[ServeSpec] = None
     ray: RaySpec = Field(default_factory=RaySpec)

@@ -1,0 +1,300 @@
+"""The Ray Serve application: one deployment per member model, one ingress that validates, routes and combines.
+
+Members of a variant are scored concurrently (one handle call each, awaited together); each member
+deployment merges concurrent calls into one forward pass with ``@serve.batch``. The ingress assigns
+every row to a variant by a hash of its sticky key (the user id), so a user always sees the same variant
+and the shares over many users follow ``serve.traffic``: Ray Serve has no traffic split between model
+versions of its own.
+"""
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+
+from ..data.batches import Columns
+from .features import FeatureStore, RequestError
+from .sources import MemberRef, ResolvedVariant
+
+log = logging.getLogger("ray.serve")
+
+
+def bucket(salt: str, key) -> float:
+    """A stable point in [0, 1) for a sticky key: the same user, the same variant, on every replica and restart."""
+    digest = hashlib.sha256(f"{salt}\x00{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def assign(shares: dict[str, float], salt: str, key) -> str:
+    point, acc = bucket(salt, key), 0.0
+    names = list(shares)
+    for name in names:
+        acc += shares[name]
+        if point < acc:
+            return name
+    return names[-1]
+
+
+@serve.deployment
+class MemberModel:
+    """One trained model, loaded unsharded from its run directory; concurrent calls share a forward pass."""
+
+    def __init__(self, ref: MemberRef, max_batch_size: int, batch_wait_timeout_s: float, threads: int):
+        from ..train.export import load_model
+
+        torch.set_num_threads(threads)
+        self.ref = ref
+        self.model = load_model(ref.run_dir, ref.checkpoint)
+        self.batching = max_batch_size > 1
+        self._score_batched.set_max_batch_size(max_batch_size)
+        self._score_batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self.forward_passes = 0
+
+    @torch.inference_mode()
+    def _forward(self, cols: Columns) -> np.ndarray:
+        self.forward_passes += 1
+        _, logits = self.model.module(cols.batch(torch.arange(len(cols))))
+        return logits.double().numpy()
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
+    async def _score_batched(self, parts: list[Columns]) -> list[np.ndarray]:
+        out = self._forward(Columns.concat(parts, self.model.schema))
+        bounds = np.cumsum([0] + [len(p) for p in parts])
+        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    async def score(self, cols: Columns) -> np.ndarray:
+        if self.batching:
+            return await self._score_batched(cols)
+        return self._forward(cols)
+
+    def info(self) -> dict:
+        m = self.model
+        return {**asdict(self.ref), "epoch": m.epoch, "arch": m.spec.model.arch,
+                "embedding_dim": m.spec.model.embedding_dim,
+                "parameters": int(sum(p.numel() for p in m.module.parameters())),
+                "forward_passes": self.forward_passes}
+
+
+api = FastAPI(title="raytrain serving")
+
+
+@serve.deployment
+@serve.ingress(api)
+class Ingress:
+    def __init__(self, config: dict, variants: list[dict], handles: dict):
+        from ..data import prepare
+        from ..ensemble.combine import Combiner
+        from ..spec.schema import DataSpec, ServeSpec
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self.cfg = ServeSpec.model_validate(config["serve"])
+        self.name = config["name"]
+        self.variants = [ResolvedVariant(v["name"], [MemberRef(**m) for m in v["members"]], v["combiner"],
+                                         v["source"]) for v in variants]
+        self.combiners = {v.name: (Combiner.from_dict(v.combiner) if v.combiner else None) for v in self.variants}
+        self.handles = handles  # checkpoint path -> DeploymentHandle of its MemberModel
+        prepared = prepare(DataSpec.model_validate(config["data"]))
+        splits = {s: pa.concat_tables([pq.read_table(p) for p in prepared.paths[s]]) for s in prepared.paths}
+        recent = pa.concat_tables([splits["validation"], splits["test"]])
+        table = pa.concat_tables([splits["train"], recent])
+        self.store = FeatureStore(prepared.schema, table, recent, user_key=self.cfg.sticky_key)
+        self.started = time.time()
+        self.requests = {"predict": 0, "recommend": 0, "rejected": 0}
+
+    # ---- helpers ----------------------------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> dict:
+        try:
+            body = await request.json()
+        except Exception:
+            raise RequestError("body: not valid JSON", 400) from None
+        if not isinstance(body, dict):
+            raise RequestError(f"body: expected a JSON object, got {type(body).__name__}")
+        return body
+
+    def _variant(self, body: dict) -> str | None:
+        forced = body.get("variant")
+        if forced is None:
+            return None
+        if forced not in self.cfg.variants:
+            raise RequestError(f"variant: {forced!r} is not served; variants: {', '.join(self.cfg.variants)}")
+        return forced
+
+    async def _scores(self, variant: str, cols: Columns) -> np.ndarray:
+        """Probabilities of one variant for parsed rows: members scored concurrently, then combined."""
+        v = next(x for x in self.variants if x.name == variant)
+
+        async def call(ref: MemberRef) -> np.ndarray:
+            handle = self.handles[ref.checkpoint]
+            try:
+                return await handle.score.remote(cols)
+            except Exception as e:  # a replica died under us: one retry goes to a live (or restarted) replica
+                log.warning("member %s failed (%s: %s); retrying once", ref.name, type(e).__name__, e)
+                return await handle.score.remote(cols)
+
+        logits = await asyncio.gather(*(call(m) for m in v.members))
+        combiner = self.combiners[variant]
+        if combiner is None:
+            return 1.0 / (1.0 + np.exp(-logits[0]))
+        return combiner.predict(np.stack(logits, axis=1))
+
+    @staticmethod
+    def _error(e: Exception) -> JSONResponse:
+        if isinstance(e, RequestError):
+            return JSONResponse({"error": str(e)}, status_code=e.status)
+        log.exception("request failed")
+        return JSONResponse({"error": f"a model was unavailable ({type(e).__name__}); retry"}, status_code=503)
+
+    # ---- endpoints --------------------------------------------------------------------------------------
+
+    @api.post("/predict")
+    async def predict(self, request: Request):
+        try:
+            body = await self._body(request)
+            rows = body.get("rows")
+            forced = self._variant(body)
+            extra = sorted(set(body) - {"rows", "variant"})
+            if extra:
+                raise RequestError(f"body: unknown field(s) {', '.join(map(repr, extra))}; fields: rows, variant")
+            if not isinstance(rows, list) or not rows:
+                raise RequestError("rows: expected a non-empty list of objects")
+            if len(rows) > self.cfg.max_request_rows:
+                raise RequestError(f"rows: {len(rows)} rows, more than the {self.cfg.max_request_rows} allowed "
+                                   "per request (serve.max_request_rows)", 413)
+            key = self.store.user_key
+            names = [forced or assign(self.cfg.shares, self.name, r.get(key) if isinstance(r, dict) else None)
+                     for r in rows]
+            groups: dict[str, list[int]] = {}
+            for i, n in enumerate(names):
+                groups.setdefault(n, []).append(i)
+            parsed = {n: self.store.parse([rows[i] for i in idx], self.cfg.oov, where="rows")
+                      for n, idx in groups.items()}
+            probs = np.empty(len(rows))
+            unknown: dict[str, int] = {}
+            results = await asyncio.gather(*(self._scores(n, parsed[n].columns) for n in groups))
+            for (n, idx), p in zip(groups.items(), results):
+                probs[idx] = p
+                for k, c in parsed[n].unknown.items():
+                    unknown[k] = unknown.get(k, 0) + c
+        except Exception as e:
+            self.requests["rejected"] += 1
+            return self._error(e)
+        self.requests["predict"] += 1
+        out = {"probabilities": probs.tolist(), "variants": names, "unknown_ids": unknown}
+        if len(groups) == 1:
+            out["variant"] = names[0]
+        return out
+
+    @api.post("/recommend")
+    async def recommend(self, request: Request):
+        try:
+            body = await self._body(request)
+            key, item_key = self.store.user_key, self.store.item_key
+            allowed = {key, "k", "candidates", "exclude_rated", "variant"}
+            extra = sorted(set(body) - allowed)
+            if extra:
+                raise RequestError(f"body: unknown field(s) {', '.join(map(repr, extra))}; fields: "
+                                   f"{', '.join(sorted(allowed))}")
+            if key not in body:
+                raise RequestError(f"body: missing field {key!r}")
+            user = body[key]
+            k = body.get("k", 10)
+            if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.cfg.max_recommend_k:
+                raise RequestError(f"k: expected an integer in [1, {self.cfg.max_recommend_k}], got {k!r}")
+            candidates = body.get("candidates")
+            if candidates is None:
+                candidates = self.store.known_items.tolist()
+            elif not isinstance(candidates, list) or not candidates:
+                raise RequestError("candidates: expected a non-empty list of item ids")
+            elif len(candidates) > 10 * self.cfg.max_request_rows:
+                raise RequestError(f"candidates: {len(candidates)} ids, more than {10 * self.cfg.max_request_rows}",
+                                   413)
+            exclude = body.get("exclude_rated", False)
+            if not isinstance(exclude, bool):
+                raise RequestError(f"exclude_rated: expected true or false, got {exclude!r}")
+            variant = self._variant(body) or assign(self.cfg.shares, self.name, user)
+            parsed = self.store.parse([{key: user, item_key: c} for c in candidates], self.cfg.oov, where="candidates")
+            items = parsed.columns.ids[item_key].numpy()
+            probs = await self._scores(variant, parsed.columns)
+            if exclude and "user_rated_items" in self.store.values:
+                uid = int(parsed.columns.ids[key][0])
+                rated = set(self.store.values["user_rated_items"][uid]) - {0}  # type: ignore[index]
+                probs = np.where(np.isin(items, list(rated)), -np.inf, probs)
+            order = np.argsort(-probs, kind="stable")[:k]
+            order = order[np.isfinite(probs[order])]
+        except Exception as e:
+            self.requests["rejected"] += 1
+            return self._error(e)
+        self.requests["recommend"] += 1
+        return {key: user, "variant": variant, "unknown_ids": parsed.unknown,
+                "items": [{item_key: int(items[i]), "score": float(probs[i])} for i in order]}
+
+    @api.get("/healthz")
+    async def healthz(self):
+        return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
+
+    @api.get("/metadata")
+    async def metadata(self):
+        infos = await asyncio.gather(*(h.info.remote() for h in self.handles.values()))
+        return {
+            "name": self.name,
+            "models": infos,
+            "variants": {v.name: {"source": v.source, "members": [m.name for m in v.members],
+                                  "combine": (v.combiner or {}).get("kind"), "share": self.cfg.shares[v.name]}
+                         for v in self.variants},
+            "sticky_key": self.cfg.sticky_key,
+            "oov": self.cfg.oov,
+            "batching": {"max_batch_size": self.cfg.max_batch_size,
+                         "batch_wait_timeout_s": self.cfg.batch_wait_timeout_s},
+            "max_request_rows": self.cfg.max_request_rows,
+            "features": self.store.describe(),
+            "requests": self.requests,
+        }
+
+
+def build_app(spec, variants: list[ResolvedVariant]):
+    """The bound application: a MemberModel deployment per distinct checkpoint, then the ingress."""
+    cfg = spec.serve
+    scaling: dict = ({"autoscaling_config": cfg.autoscaling.model_dump()} if cfg.autoscaling is not None
+                     else {"num_replicas": cfg.replicas})
+    handles = {}
+    for v in variants:
+        for m in v.members:
+            if m.checkpoint in handles:
+                continue
+            dep = MemberModel.options(
+                name=f"member-{len(handles)}-{m.name}"[:60],
+                ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+                max_ongoing_requests=max(8, 2 * cfg.max_batch_size), **scaling)
+            handles[m.checkpoint] = dep.bind(m, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)
+    config = {"name": spec.name, "serve": cfg.model_dump(mode="json"), "data": _data_of(variants)}
+    payload = [{"name": v.name, "members": [asdict(m) for m in v.members], "combiner": v.combiner,
+                "source": v.source} for v in variants]
+    return Ingress.options(num_replicas=cfg.ingress_replicas,
+                           ray_actor_options={"num_cpus": cfg.ingress_num_cpus}).bind(config, payload, handles)
+
+
+def _data_of(variants: list[ResolvedVariant]) -> dict:
+    """The data spec every member was trained on (one feature schema for the whole application)."""
+    from ..errors import CheckpointError
+    from ..spec import load_spec
+
+    docs = {}
+    for v in variants:
+        for m in v.members:
+            docs[m.name] = load_spec(f"{m.run_dir}/spec.yaml").data.model_dump(mode="json")
+    first = next(iter(docs.values()))
+    for name, d in docs.items():
+        if json.dumps(d, sort_keys=True) != json.dumps(first, sort_keys=True):
+            raise CheckpointError(f"serve: member {name} was trained on other data than the rest "
+                                  "(one application serves one feature schema)")
+    return first

@@ -1,0 +1,195 @@
+"""Request rows -> model inputs: validation, out-of-vocabulary ids, and a feature store for the rest.
+
+A client sends the user and item ids of each row and may send any other feature; the feature store fills
+in the rest from the prepared data the models were trained on: a user's features from the user's latest row
+(validation and test rows come after training rows, so their history features cover the whole training
+split), an item's from the item's latest row. Which dense column belongs to the user or to the item is read
+off the data: a column constant for every user across the validation and test rows is a user feature, one
+constant for every item an item feature; anything else is a context feature the client must send.
+
+Out-of-vocabulary ids (documented in docs/serving.md): an id outside ``[0, cardinality)`` is mapped to the
+reserved unknown id 0 with policy ``unknown`` (and counted in the reply) or refused with policy ``reject``.
+A user or item id inside the range that the data never showed is "unknown" too: its features are the
+store's defaults (id 0, empty lists as [0], dense 0.0, which is what unseen ids get from the history
+features) and it is counted the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from ..data.batches import Columns
+from ..data.schema import FeatureSchema
+
+
+class RequestError(ValueError):
+    """A bad request: ``status`` is the HTTP code, the message names the field and the row."""
+
+    def __init__(self, message: str, status: int = 422):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Parsed:
+    columns: Columns
+    users: list  # the sticky key of each row, as sent
+    unknown: dict[str, int] = field(default_factory=dict)  # feature -> rows whose id was unknown / out of range
+
+
+def _key(schema: FeatureSchema, group: str, preferred: str) -> str | None:
+    names = [f.name for f in schema.sparse if f.group == group and not f.multi_valued]
+    return preferred if preferred in names else (names[0] if names else None)
+
+
+class FeatureStore:
+    def __init__(self, schema: FeatureSchema, table: pa.Table, recent: pa.Table, user_key: str = "user_id",
+                 item_key: str = "item_id"):
+        """``table``: all prepared rows, oldest split first; ``recent``: the validation and test rows."""
+        self.schema = schema
+        self.user_key = _key(schema, "user", user_key)
+        self.item_key = _key(schema, "item", item_key)
+        if self.user_key is None or self.item_key is None:
+            raise ValueError("serving needs a single-valued user id and item id feature in the schema")
+        self.card = {f.name: f.cardinality for f in schema.sparse}
+        self.multi = {f.name for f in schema.sparse if f.multi_valued}
+        self.group = {f.name: f.group for f in schema.sparse}
+        for d in schema.dense:
+            self.group[d] = self._dense_group(recent, d)
+        self.values: dict[str, object] = {}
+        self.known: dict[str, np.ndarray] = {}
+        for key, group in ((self.user_key, "user"), (self.item_key, "item")):
+            ids = np.asarray(table.column(key).to_numpy(), dtype=np.int64)
+            size = self.card[key]
+            last = np.full(size, -1, dtype=np.int64)
+            last[ids] = np.arange(len(ids))  # later rows overwrite earlier ones: each id's latest row
+            self.known[group] = last >= 0
+            rows = last[last >= 0]
+            where = np.flatnonzero(last >= 0)
+            for name in self.features(group):
+                if name == key:
+                    continue
+                col = table.column(name).take(pa.array(rows))
+                if name in self.multi:
+                    lists: list = [[0]] * size
+                    for i, v in zip(where, col.to_pylist()):
+                        lists[i] = v or [0]
+                    self.values[name] = lists
+                elif name in self.card:
+                    arr = np.zeros(size, dtype=np.int64)
+                    arr[where] = np.asarray(col.to_numpy(), dtype=np.int64)
+                    self.values[name] = arr
+                else:
+                    arr = np.zeros(size, dtype=np.float32)
+                    arr[where] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
+                    self.values[name] = arr
+        self.known_items = np.flatnonzero(self.known["item"])
+
+    def _dense_group(self, recent: pa.Table, col: str) -> str:
+        vals = np.asarray(recent.column(col).to_numpy(zero_copy_only=False), dtype=np.float64)
+        for group, key in (("user", self.user_key), ("item", self.item_key)):
+            ids = np.asarray(recent.column(key).to_numpy(), dtype=np.int64)
+            lo = np.full(self.card[key], np.inf)
+            hi = np.full(self.card[key], -np.inf)
+            np.minimum.at(lo, ids, vals)
+            np.maximum.at(hi, ids, vals)
+            seen = np.isfinite(lo)
+            if np.allclose(lo[seen], hi[seen], rtol=0, atol=1e-6):
+                return group
+        return "context"
+
+    def features(self, group: str) -> list[str]:
+        names = [f.name for f in self.schema.sparse] + list(self.schema.dense)
+        return [n for n in names if self.group[n] == group]
+
+    def describe(self) -> dict:
+        return {
+            "user_key": self.user_key, "item_key": self.item_key,
+            "sparse": {f.name: {"cardinality": f.cardinality, "multi_valued": f.multi_valued,
+                                "group": self.group[f.name]} for f in self.schema.sparse},
+            "dense": {d: {"group": self.group[d]} for d in self.schema.dense},
+            "required": [self.user_key, self.item_key] + self.features("context"),
+            "known_users": int(self.known["user"].sum()), "known_items": int(self.known["item"].sum()),
+        }
+
+    # ---- request parsing ----------------------------------------------------------------------------------
+
+    def parse(self, rows, oov: str = "unknown", max_rows: int | None = None, where: str = "rows") -> Parsed:
+        if not isinstance(rows, list) or not rows:
+            raise RequestError(f"{where}: expected a non-empty list of objects")
+        if max_rows is not None and len(rows) > max_rows:
+            raise RequestError(f"{where}: {len(rows)} rows, more than the {max_rows} allowed per request", 413)
+        allowed = set(self.card) | set(self.schema.dense)
+        required = [self.user_key, self.item_key] + self.features("context")
+        n = len(rows)
+        single = {name: np.zeros(n, dtype=np.int64) for name in self.card if name not in self.multi}
+        lists: dict[str, list] = {name: [None] * n for name in self.multi}
+        dense = np.zeros((n, len(self.schema.dense)), dtype=np.float32)
+        unknown: dict[str, int] = {}
+        users = []
+        for r, row in enumerate(rows):
+            at = f"{where}[{r}]"
+            if not isinstance(row, dict):
+                raise RequestError(f"{at}: expected an object, got {type(row).__name__}")
+            extra = sorted(set(row) - allowed)
+            if extra:
+                raise RequestError(f"{at}: unknown field(s) {', '.join(map(repr, extra))}; fields: "
+                                   f"{', '.join(sorted(allowed))}")
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise RequestError(f"{at}: missing field(s) {', '.join(map(repr, missing))}")
+            uid = self._id(row[self.user_key], self.user_key, at, oov, unknown, self.known["user"])
+            iid = self._id(row[self.item_key], self.item_key, at, oov, unknown, self.known["item"])
+            users.append(row[self.user_key])
+            single[self.user_key][r], single[self.item_key][r] = uid, iid
+            for name in single:
+                if name in (self.user_key, self.item_key):
+                    continue
+                if name in row:
+                    single[name][r] = self._id(row[name], name, at, oov, unknown)
+                elif self.group[name] in ("user", "item"):
+                    single[name][r] = self.values[name][uid if self.group[name] == "user" else iid]  # type: ignore[index]
+            for name in self.multi:
+                if name in row:
+                    v = row[name]
+                    if not isinstance(v, list):
+                        raise RequestError(f"{at}.{name}: expected a list of ids, got {type(v).__name__}")
+                    lists[name][r] = [self._id(x, name, at, oov, unknown) for x in v] or [0]
+                else:
+                    lists[name][r] = self.values[name][uid if self.group[name] == "user" else iid]  # type: ignore[index]
+            for j, name in enumerate(self.schema.dense):
+                if name in row:
+                    v = row[name]
+                    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                        raise RequestError(f"{at}.{name}: expected a finite number, got {v!r}")
+                    dense[r, j] = v
+                elif self.group[name] in ("user", "item"):
+                    dense[r, j] = self.values[name][uid if self.group[name] == "user" else iid]  # type: ignore[index]
+        ids = {k: torch.from_numpy(v) for k, v in single.items()}
+        packed = {}
+        for name, ls in lists.items():
+            lens = np.fromiter((len(x) for x in ls), dtype=np.int64, count=n)
+            offsets = np.concatenate([[0], np.cumsum(lens)])
+            packed[name] = (torch.tensor([x for xs in ls for x in xs], dtype=torch.int64), torch.from_numpy(offsets))
+        cols = Columns(self.schema, ids, packed, torch.from_numpy(dense), torch.zeros(n))
+        return Parsed(cols, users, unknown)
+
+    def _id(self, v, name: str, at: str, oov: str, unknown: dict, known: np.ndarray | None = None) -> int:
+        if isinstance(v, bool) or not isinstance(v, int):
+            if isinstance(v, float) and v.is_integer():
+                v = int(v)
+            else:
+                raise RequestError(f"{at}.{name}: expected an integer id, got {v!r}")
+        if 0 <= v < self.card[name]:
+            if known is not None and not known[v]:
+                unknown[name] = unknown.get(name, 0) + 1
+            return v
+        if oov == "reject":
+            raise RequestError(f"{at}.{name}: id {v} is outside [0, {self.card[name]}) (serve.oov: reject)")
+        unknown[name] = unknown.get(name, 0) + 1
+        return 0

@@ -1,0 +1,110 @@
+"""Kind ``serve``: resolve the variants' models on storage, deploy the application, serve until stopped."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from ..spec import resolved_yaml
+from ..spec.schema import JobSpec
+from .sources import ResolvedVariant, resolve
+
+
+def _log(msg: str) -> None:
+    print(f"[raytrain] {msg}", flush=True)
+
+
+def url_of(spec: JobSpec) -> str:
+    assert spec.serve is not None
+    return f"http://{spec.serve.host}:{spec.serve.port}{spec.serve.route_prefix.rstrip('/')}"
+
+
+def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVariant] | None = None,
+           run_dir: Path | None = None) -> dict:
+    """Start (or update) the application and wait until it answers /healthz. Returns what serve.json records."""
+    from ray import serve
+
+    from ..train.runner import init_ray, new_run_dir
+    from .app import build_app
+
+    assert spec.serve is not None
+    if variants is None:
+        variants = [resolve(name, v) for name, v in spec.serve.variants.items()]
+    for v in variants:
+        _log(f"variant {v.name} ({spec.serve.shares[v.name]:.0%} of users): {v.source}; "
+             f"{len(v.members)} member(s): {', '.join(m.name for m in v.members)}")
+    run_dir = run_dir or new_run_dir(spec)
+    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
+    init_ray(spec, address)
+    t0 = time.time()
+    serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})
+    serve.run(build_app(spec, variants), name=spec.name, route_prefix=spec.serve.route_prefix, blocking=False)
+    url = url_of(spec)
+    wait_healthy(url, timeout_s=300)
+    info = {"url": url, "app": spec.name, "ready_s": round(time.time() - t0, 1),
+            "variants": {v.name: {"share": spec.serve.shares[v.name], "source": v.source,
+                                  "members": [m.__dict__ for m in v.members], "combine": (v.combiner or {}).get("kind")}
+                         for v in variants}}
+    (run_dir / "serve.json").write_text(json.dumps(info, indent=2))
+    _log(f"serving {spec.name} at {url} (ready in {info['ready_s']}s): POST /predict, POST /recommend, "
+         "GET /healthz, GET /metadata")
+    return {"run_dir": str(run_dir), **info}
+
+
+def wait_healthy(url: str, timeout_s: float = 300) -> None:
+    deadline = time.time() + timeout_s
+    last = ""
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError) as e:
+            last = str(e)
+        time.sleep(0.5)
+    raise TimeoutError(f"{url}/healthz did not answer within {timeout_s:.0f}s ({last})")
+
+
+def shutdown(spec: JobSpec) -> None:
+    from ray import serve
+
+    serve.delete(spec.name)
+    _log(f"application {spec.name} deleted")
+
+
+def run_serve(spec: JobSpec, address: str | None = None, block: bool = True,
+              variants: list[ResolvedVariant] | None = None, run_dir: Path | None = None) -> dict:
+    """Deploy, then (``block``) serve until Ctrl-C or SIGTERM and shut the application down cleanly."""
+    out = deploy(spec, address, variants, run_dir)
+    if not block:
+        return out
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _log("press Ctrl-C to stop")
+    try:
+        while not stop.is_set():
+            stop.wait(1.0)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutdown(spec)
+    return out
+
+
+def status(url: str) -> dict:
+    """What a running application says of itself (/healthz and /metadata), for ``raytrain serve --status``."""
+    out: dict = {"url": url}
+    try:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
+            out["health"] = json.loads(r.read())
+        with urllib.request.urlopen(f"{url}/metadata", timeout=30) as r:
+            out["metadata"] = json.loads(r.read())
+    except (urllib.error.URLError, OSError) as e:
+        out["error"] = f"not answering: {e}"
+    return out

@@ -1,0 +1,72 @@
+"""Where a served variant's models come from: run directories on storage, never the training process."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..ensemble.members import best_checkpoint, top_trials
+from ..errors import CheckpointError
+from ..spec.schema import VariantSpec
+
+
+@dataclass(frozen=True)
+class MemberRef:
+    """One model to load: a run directory and the checkpoint in it."""
+
+    name: str
+    run_dir: str
+    checkpoint: str
+
+
+@dataclass
+class ResolvedVariant:
+    name: str
+    members: list[MemberRef]
+    combiner: dict | None  # Combiner.to_dict(); None: a single model's own probability
+    source: str
+
+
+def newest(path: str | Path, marker: str) -> Path:
+    """``path`` itself if it holds ``marker``, else the newest run directory below it that does."""
+    p = Path(path).expanduser()
+    if (p / marker).exists():
+        return p
+    found = sorted(p.glob(f"**/{marker}"), key=lambda f: f.stat().st_mtime)
+    if not found:
+        raise CheckpointError(f"{p}: no {marker} in it or below it")
+    return found[-1].parent
+
+
+def _ref(run_dir: str | Path, name: str) -> MemberRef:
+    run_dir = Path(run_dir)
+    return MemberRef(name, str(run_dir), str(best_checkpoint(run_dir)))
+
+
+def _trial_name(run_dir: Path) -> str:
+    base = run_dir.parent.name if run_dir.name == "run" else run_dir.name
+    return "_".join(base.split("_")[2:4]) if base.startswith("_trial_") else base
+
+
+def resolve(name: str, v: VariantSpec) -> ResolvedVariant:
+    if v.ensemble is not None:
+        run = newest(v.ensemble, "ensemble.json")
+        doc = json.loads((run / "ensemble.json").read_text())
+        if v.combine not in doc["combiners"]:
+            raise CheckpointError(f"serve.variants.{name}: {run} has no {v.combine!r} combiner "
+                                  f"(it has {', '.join(doc['combiners'])})")
+        members = [MemberRef(m["name"], m["run_dir"], m["checkpoint"]) for m in doc["members"]]
+        return ResolvedVariant(name, members, doc["combiners"][v.combine], f"ensemble {run} ({v.combine})")
+    if v.tune_run is not None:
+        runs = top_trials(v.tune_run, v.top_k)
+        members = [_ref(r, _trial_name(r)) for r in runs]
+        combiner = None if len(members) == 1 else {"kind": "mean", "weights": None, "coef": None, "intercept": None}
+        return ResolvedVariant(name, members, combiner, f"top {v.top_k} of tune run {v.tune_run}")
+    if v.distill is not None:
+        run = newest(v.distill, "distill.json")
+        return ResolvedVariant(name, [_ref(run, name)], None, f"distilled student {run}")
+    if v.run is not None:
+        run = newest(v.run, "spec.yaml")
+        return ResolvedVariant(name, [_ref(run, name)], None, f"run {run}")
+    raise CheckpointError(f"serve.variants.{name}: no source (a pipeline resolves 'step' before serving)")
