@@ -54,8 +54,8 @@ class MemberModel:
         self.ref = ref
         self.model = load_model(ref.run_dir, ref.checkpoint)
         self.batching = max_batch_size > 1
-        self._score_batched.set_max_batch_size(max_batch_size)
-        self._score_batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._score_batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self._score_batched.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.forward_passes = 0
 
     @torch.inference_mode()
@@ -90,11 +90,12 @@ api = FastAPI(title="raytrain serving")
 @serve.ingress(api)
 class Ingress:
     def __init__(self, config: dict, variants: list[dict], handles: dict):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         from ..data import prepare
         from ..ensemble.combine import Combiner
         from ..spec.schema import DataSpec, ServeSpec
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
         self.cfg = ServeSpec.model_validate(config["serve"])
         self.name = config["name"]
@@ -199,7 +200,7 @@ class Ingress:
         try:
             body = await self._body(request)
             key, item_key = self.store.user_key, self.store.item_key
-            allowed = {key, "k", "candidates", "exclude_rated", "variant"}
+            allowed: set[str] = {key, "k", "candidates", "exclude_rated", "variant"}
             extra = sorted(set(body) - allowed)
             if extra:
                 raise RequestError(f"body: unknown field(s) {', '.join(map(repr, extra))}; fields: "
@@ -266,12 +267,12 @@ def build_app(spec, variants: list[ResolvedVariant]):
     cfg = spec.serve
     scaling: dict = ({"autoscaling_config": cfg.autoscaling.model_dump()} if cfg.autoscaling is not None
                      else {"num_replicas": cfg.replicas})
-    handles = {}
+    handles: dict[str, object] = {}
     for v in variants:
         for m in v.members:
             if m.checkpoint in handles:
                 continue
-            dep = MemberModel.options(
+            dep = MemberModel.options(  # type: ignore[attr-defined]
                 name=f"member-{len(handles)}-{m.name}"[:60],
                 ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
                 max_ongoing_requests=max(8, 2 * cfg.max_batch_size), **scaling)
@@ -279,8 +280,9 @@ def build_app(spec, variants: list[ResolvedVariant]):
     config = {"name": spec.name, "serve": cfg.model_dump(mode="json"), "data": _data_of(variants)}
     payload = [{"name": v.name, "members": [asdict(m) for m in v.members], "combiner": v.combiner,
                 "source": v.source} for v in variants]
-    return Ingress.options(num_replicas=cfg.ingress_replicas,
-                           ray_actor_options={"num_cpus": cfg.ingress_num_cpus}).bind(config, payload, handles)
+    return Ingress.options(  # type: ignore[attr-defined]
+        num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+    ).bind(config, payload, handles)
 
 
 def _data_of(variants: list[ResolvedVariant]) -> dict:

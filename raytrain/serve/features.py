@@ -52,13 +52,14 @@ class FeatureStore:
                  item_key: str = "item_id"):
         """``table``: all prepared rows, oldest split first; ``recent``: the validation and test rows."""
         self.schema = schema
-        self.user_key = _key(schema, "user", user_key)
-        self.item_key = _key(schema, "item", item_key)
-        if self.user_key is None or self.item_key is None:
+        user, item = _key(schema, "user", user_key), _key(schema, "item", item_key)
+        if user is None or item is None:
             raise ValueError("serving needs a single-valued user id and item id feature in the schema")
+        self.user_key: str = user
+        self.item_key: str = item
         self.card = {f.name: f.cardinality for f in schema.sparse}
         self.multi = {f.name for f in schema.sparse if f.multi_valued}
-        self.group = {f.name: f.group for f in schema.sparse}
+        self.group: dict[str, str] = {f.name: f.group for f in schema.sparse}
         for d in schema.dense:
             self.group[d] = self._dense_group(recent, d)
         self.values: dict[str, object] = {}

@@ -10,21 +10,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raytrain.spec import load_spec
-
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_pipeline_tune_ensemble_distill(ray_local, tmp_path):
+def test_pipeline_tune_ensemble_distill(pipeline_out):
     from raytrain.ensemble.members import load_member, score
-    from raytrain.pipeline import run_pipeline
 
-    spec = load_spec(ROOT / "jobs/pipeline_ml100k.yaml", [
-        f"storage={tmp_path}", "train.workers=1", "train.batch_size=2048", "train.epochs=1", "tune.num_samples=2",
-        "tune.max_concurrent_trials=2", "tune.scheduler={name: fifo}", "tune.search={algorithm: random, seed: 0}",
-        "tune.space={model.embedding_dim: 'choice([8, 16, 32])'}", "ensemble.top_k=2", "distill.alpha=0.5"])
-    out = run_pipeline(spec)
+    out = pipeline_out
     steps = out["steps"]
     assert list(steps) == ["tune", "ensemble", "distill"]
     assert json.loads((Path(out["run_dir"]) / "pipeline.json").read_text()).keys() == steps.keys()

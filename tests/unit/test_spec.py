@@ -38,7 +38,7 @@ def test_all_problems_reported_at_once_with_paths_values_and_suggestions():
     }
     assert _problems(doc) == [
         "dataa: unknown key (did you mean 'data'?); allowed keys: bandit, data, distill, ensemble, kind, model, name, "
-        "pipeline, ray, storage, train, tune",
+        "pipeline, ray, serve, storage, train, tune",
         "model.arch: 'dcnv2' is not allowed (did you mean 'dcn_v2'?); allowed values: dlrm, dcn_v2, two_tower",
         "model.embeding_dim: unknown key (did you mean 'embedding_dim'?); allowed keys: arch, dcn, dense_arch, "
         "embedding_dim, over_arch, tower",
@@ -62,7 +62,7 @@ def test_cross_field_checks():
         "train": {"sharding": {"default": "row_wise", "tables": {"item": "table_wise"}}},
     })
     assert problems == [
-        "kind: 'serve' is not available in this version; available: train, tune, bandit, ensemble, distill, pipeline",
+        "serve: a serve spec needs a 'serve' section (variants, traffic, replicas, batching)",
         "train.sharding.default: 'row_wise' needs train.device: cuda (TorchRec shards row-wise only on CUDA); "
         "on CPU use table_wise, column_wise, table_column_wise or data_parallel",
         "train.sharding.tables.item: no such sparse feature (did you mean 'item_id'?); features: user_id, age, "

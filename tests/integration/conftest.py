@@ -1,0 +1,20 @@
+from pathlib import Path
+
+import pytest
+
+from raytrain.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def pipeline_out(ray_local, tmp_path_factory):
+    """One small pipeline run; its ensemble and student are also what tests/integration/test_serve_ray.py serves."""
+    from raytrain.pipeline import run_pipeline
+
+    spec = load_spec(ROOT / "jobs/pipeline_ml100k.yaml", [
+        f"storage={tmp_path_factory.mktemp('pipeline')}", "train.workers=1", "train.batch_size=2048", "train.epochs=1",
+        "tune.num_samples=2",
+        "tune.max_concurrent_trials=2", "tune.scheduler={name: fifo}", "tune.search={algorithm: random, seed: 0}",
+        "tune.space={model.embedding_dim: 'choice([8, 16, 32])'}", "ensemble.top_k=2", "distill.alpha=0.5"])
+    return run_pipeline(spec)

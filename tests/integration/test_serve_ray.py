@@ -1,0 +1,206 @@
+"""Ray Serve over real HTTP on 127.0.0.1: the small pipeline's stacked ensemble and distilled student as two variants."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from raytrain.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+@pytest.fixture(scope="module")
+def served(pipeline_out, tmp_path_factory):
+    from ray import serve
+
+    from raytrain.serve.runner import deploy
+
+    steps = pipeline_out["steps"]
+    spec = load_spec(ROOT / "jobs/serve_ml100k.yaml", [
+        f"storage={tmp_path_factory.mktemp('serve')}", f"serve.port={_free_port()}",
+        f"serve.variants.ensemble.ensemble={steps['ensemble']['run_dir']}",
+        f"serve.variants.student.distill={steps['distill']['run_dir']}",
+        "serve.traffic={ensemble: 0.8, student: 0.2}", "serve.replicas=2", "serve.max_request_rows=500"])
+    out = deploy(spec)
+    yield spec, out
+    serve.delete(spec.name)
+
+
+def _test_rows(n: int) -> tuple[list[dict], object]:
+    from raytrain.data import prepare
+
+    spec = load_spec(ROOT / "jobs/pipeline_ml100k.yaml")
+    prepared = prepare(spec.data)
+    table = pq.read_table(prepared.paths["test"][0]).slice(0, n)
+    names = [f.name for f in prepared.schema.sparse] + list(prepared.schema.dense)
+    return [{k: r[k] for k in names} for r in table.to_pylist()], table
+
+
+def test_served_scores_equal_the_offline_models(served):
+    from raytrain.ensemble.combine import Combiner
+    from raytrain.ensemble.members import load_member, score
+
+    spec, out = served
+    rows, table = _test_rows(300)
+    status, body = post(out["url"] + "/predict", {"rows": rows, "variant": "ensemble"})
+    assert status == 200 and body["variant"] == "ensemble" and body["unknown_ids"] == {}
+    ens = json.loads((Path(out["variants"]["ensemble"]["source"].split()[1]) / "ensemble.json").read_text())
+    logits = np.stack([score(load_member(m["run_dir"], m["name"]), "test")[0][:300] for m in ens["members"]], 1)
+    offline = Combiner.from_dict(ens["combiners"]["stacked"]).predict(logits)
+    np.testing.assert_allclose(body["probabilities"], offline, rtol=0, atol=1e-6)
+    # ids only: the feature store fills in the rest, with the values the test rows carry
+    ids_only = [{"user_id": r["user_id"], "item_id": r["item_id"]} for r in rows]
+    status, body2 = post(out["url"] + "/predict", {"rows": ids_only, "variant": "ensemble"})
+    assert status == 200
+    np.testing.assert_allclose(body2["probabilities"], offline, rtol=0, atol=1e-6)
+    # the student variant is the distilled model on its own
+    student = load_member(out["variants"]["student"]["members"][0]["run_dir"], "student")
+    s_logits = score(student, "test")[0][:300]
+    status, body3 = post(out["url"] + "/predict", {"rows": rows, "variant": "student"})
+    assert status == 200 and body3["variant"] == "student"
+    np.testing.assert_allclose(body3["probabilities"], 1 / (1 + np.exp(-s_logits)), rtol=0, atol=1e-6)
+    # recommend: top-k of all items for a user, best first, and the candidates' own scores agree with /predict
+    status, rec = post(out["url"] + "/recommend", {"user_id": 12, "k": 5, "variant": "ensemble"})
+    assert status == 200 and len(rec["items"]) == 5
+    scores = [x["score"] for x in rec["items"]]
+    assert scores == sorted(scores, reverse=True)
+    status, check = post(out["url"] + "/predict", {"variant": "ensemble", "rows": [
+        {"user_id": 12, "item_id": x["item_id"]} for x in rec["items"]]})
+    np.testing.assert_allclose(check["probabilities"], scores, rtol=0, atol=1e-9)
+
+
+def test_traffic_split_is_sticky_and_close_to_the_shares(served):
+    spec, out = served
+    users = list(range(1, 944)) + list(range(5000, 6057))  # known users and 1,057 unknown ones: 2,000 in all
+    seen: dict[int, str] = {}
+    for lo in range(0, len(users), 500):
+        chunk = users[lo:lo + 500]
+        status, body = post(out["url"] + "/predict", {"rows": [{"user_id": u, "item_id": 50} for u in chunk]})
+        assert status == 200
+        seen.update(zip(chunk, body["variants"]))
+    share = sum(v == "student" for v in seen.values()) / len(seen)
+    assert abs(share - 0.2) < 0.03, share  # binomial sd for 2,000 users: 0.009
+    # sticky: the same users in another order and other batches land on the same variants
+    again = users[::-1][:700]
+    status, body = post(out["url"] + "/predict", {"rows": [{"user_id": u, "item_id": 7} for u in again[:350]]})
+    status2, body2 = post(out["url"] + "/predict", {"rows": [{"user_id": u, "item_id": 9} for u in again[350:]]})
+    assert status == status2 == 200
+    assert body["variants"] + body2["variants"] == [seen[u] for u in again]
+    status, rec = post(out["url"] + "/recommend", {"user_id": 77, "k": 3})
+    assert status == 200 and rec["variant"] == seen[77]
+
+
+@pytest.mark.parametrize("path,body,code,words", [
+    ("/predict", None, 400, "not valid JSON"),
+    ("/predict", [1, 2], 422, "expected a JSON object"),
+    ("/predict", {}, 422, "rows: expected a non-empty list"),
+    ("/predict", {"rows": []}, 422, "non-empty list"),
+    ("/predict", {"rows": [{"item_id": 3}]}, 422, "rows[0]: missing field(s) 'user_id'"),
+    ("/predict", {"rows": [{"user_id": 1, "item_id": 3}, {"user_id": "abc", "item_id": 3}]}, 422,
+     "rows[1].user_id: expected an integer id, got 'abc'"),
+    ("/predict", {"rows": [{"user_id": 1, "item_id": 3, "colour": 1}]}, 422, "unknown field(s) 'colour'"),
+    ("/predict", {"rows": [{"user_id": 1, "item_id": 3, "genres": 4}]}, 422, "rows[0].genres: expected a list"),
+    ("/predict", {"rows": [{"user_id": 1, "item_id": 3, "age_scaled": "old"}]}, 422,
+     "rows[0].age_scaled: expected a finite number"),
+    ("/predict", {"rows": [{"user_id": 1, "item_id": 3}], "variant": "c"}, 422, "variant: 'c' is not served"),
+    ("/predict", {"rows": [{"user_id": 1, "item_id": 3}] * 501}, 413, "more than the 500 allowed"),
+    ("/predict", {"rows": [3]}, 422, "rows[0]: expected an object"),
+    ("/recommend", {"k": 3}, 422, "missing field 'user_id'"),
+    ("/recommend", {"user_id": 1, "k": 0}, 422, "k: expected an integer in [1, 100]"),
+    ("/recommend", {"user_id": 1, "candidates": "all"}, 422, "candidates: expected a non-empty list"),
+])
+def test_bad_payloads_get_4xx_with_a_reason(served, path, body, code, words):
+    _, out = served
+    status, reply = post(out["url"] + path, body, raw=b"{not json" if body is None else None)
+    assert status == code, reply
+    assert words in reply["error"]
+
+
+def test_out_of_vocabulary_ids_are_mapped_and_counted(served):
+    _, out = served
+    status, body = post(out["url"] + "/predict", {"rows": [
+        {"user_id": 10**9, "item_id": 50}, {"user_id": 3, "item_id": -5}, {"user_id": 3, "item_id": 50}],
+        "variant": "ensemble"})
+    assert status == 200 and body["unknown_ids"] == {"user_id": 1, "item_id": 1}
+    assert all(0 < p < 1 for p in body["probabilities"])
+    status, meta = post(out["url"] + "/metadata", None, raw=b"") if False else (200, json.loads(
+        urllib.request.urlopen(out["url"] + "/metadata", timeout=30).read()))
+    assert set(meta["variants"]) == {"ensemble", "student"} and meta["variants"]["student"]["share"] == 0.2
+    assert meta["features"]["required"] == ["user_id", "item_id"] and meta["oov"] == "unknown"
+    assert len(meta["models"]) == 3 and all(m["forward_passes"] > 0 for m in meta["models"])
+
+
+def test_a_killed_replica_is_replaced_and_one_retry_suffices(served):
+    import ray
+    from ray import serve
+
+    spec, out = served
+    rows = [{"user_id": u, "item_id": 50} for u in range(1, 41)]
+    results: list[tuple[int, int]] = []  # (status of the first try, status after at most one retry)
+    stop = threading.Event()
+
+    def client():
+        while not stop.is_set():
+            try:
+                first, _ = post(out["url"] + "/predict", {"rows": rows, "variant": "ensemble"})
+            except OSError:
+                first = 0
+            final = first
+            if first != 200:
+                time.sleep(0.2)
+                final, _ = post(out["url"] + "/predict", {"rows": rows, "variant": "ensemble"})
+            results.append((first, final))
+
+    t = threading.Thread(target=client)
+    t.start()
+    time.sleep(2.0)
+    # replica actors are named SERVE_REPLICA::<app>#<deployment>#<id> in namespace serve
+    replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                if a["namespace"] == "serve" and f"::{spec.name}#member-0-" in a["name"]]
+    assert len(replicas) == 2, replicas
+    ray.kill(ray.get_actor(replicas[0]["name"], namespace="serve"), no_restart=True)
+    time.sleep(6.0)
+    stop.set()
+    t.join(timeout=120)
+    retried = sum(first != 200 for first, _ in results)
+    print(f"{len(results)} requests while a replica was killed: {retried} needed the client's retry")
+    assert len(results) > 10
+    assert all(final == 200 for _, final in results), results
+    assert not any(500 <= final for _, final in results)
+    deployment = next(d for n, d in serve.status().applications[spec.name].deployments.items()
+                      if n.startswith("member-0-"))
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        deployment = next(d for n, d in serve.status().applications[spec.name].deployments.items()
+                          if n.startswith("member-0-"))
+        if deployment.replica_states.get("RUNNING", 0) == 2:
+            break
+        time.sleep(1.0)
+    assert deployment.replica_states.get("RUNNING", 0) == 2, deployment.replica_states

@@ -1,0 +1,122 @@
+"""Serving pieces without Ray: the traffic split, the feature store and its request checks, the serve spec."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from raytrain.data.schema import FeatureSchema, SparseFeature
+from raytrain.errors import SpecError
+from raytrain.serve.app import assign
+from raytrain.serve.features import FeatureStore, RequestError
+from raytrain.spec.loader import parse_spec
+
+SCHEMA = FeatureSchema(
+    sparse=(SparseFeature("user_id", 10, group="user"), SparseFeature("age", 5, group="user"),
+            SparseFeature("item_id", 8, group="item"), SparseFeature("tags", 4, True, "item"),
+            SparseFeature("device", 3, group="context")),
+    dense=("user_score", "item_score", "hour"))
+
+
+def _table(rows):
+    cols = {k: [r[k] for r in rows] for k in rows[0]}
+    return pa.table(cols)
+
+
+def _store():
+    train = [dict(user_id=1, age=2, item_id=3, tags=[1, 2], device=0, user_score=0.1, item_score=0.7, hour=1.0, label=1.0),
+             dict(user_id=2, age=4, item_id=5, tags=[3], device=1, user_score=0.2, item_score=0.5, hour=2.0, label=0.0)]
+    recent = [dict(user_id=1, age=2, item_id=5, tags=[3], device=2, user_score=0.3, item_score=0.5, hour=3.0, label=0.0),
+              dict(user_id=1, age=2, item_id=3, tags=[1, 2], device=1, user_score=0.3, item_score=0.7, hour=4.0,
+                   label=1.0),
+              dict(user_id=2, age=4, item_id=3, tags=[1, 2], device=0, user_score=0.4, item_score=0.7, hour=5.0,
+                   label=1.0)]
+    return FeatureStore(SCHEMA, _table(train + recent), _table(recent))
+
+
+def test_dense_groups_come_from_the_data_and_context_features_are_required():
+    store = _store()
+    assert store.group["user_score"] == "user" and store.group["item_score"] == "item"
+    assert store.group["hour"] == "context"
+    assert store.describe()["required"] == ["user_id", "item_id", "device", "hour"]
+
+
+def test_rows_with_ids_only_take_the_latest_known_features():
+    store = _store()
+    p = store.parse([{"user_id": 1, "item_id": 5, "device": 2, "hour": 7.5}])
+    assert p.unknown == {}
+    assert p.columns.ids["age"].tolist() == [2]
+    vals, offs = p.columns.lists["tags"]
+    assert vals.tolist() == [3] and offs.tolist() == [0, 1]
+    dense = dict(zip(SCHEMA.dense, p.columns.dense[0].tolist()))
+    assert dense == pytest.approx({"user_score": 0.3, "item_score": 0.5, "hour": 7.5})
+    # a value the client sends wins over the store's
+    p = store.parse([{"user_id": 1, "item_id": 5, "device": 2, "hour": 1.0, "age": 4, "tags": [0, 1]}])
+    assert p.columns.ids["age"].tolist() == [4] and p.columns.lists["tags"][0].tolist() == [0, 1]
+
+
+def test_out_of_vocabulary_ids():
+    store = _store()
+    p = store.parse([{"user_id": 99, "item_id": 3, "device": 7, "hour": 0.0},
+                     {"user_id": 7, "item_id": 3, "device": 0, "hour": 0.0}])
+    assert p.columns.ids["user_id"].tolist() == [0, 7] and p.columns.ids["device"].tolist() == [0, 0]
+    assert p.unknown == {"user_id": 2, "device": 1}  # 99 is out of range; 7 is in range but never seen
+    assert p.columns.ids["age"].tolist() == [0, 0]  # unknown users: the store's default row
+    with pytest.raises(RequestError, match=r"rows\[0\]\.user_id: id 99 is outside \[0, 10\)"):
+        store.parse([{"user_id": 99, "item_id": 3, "device": 0, "hour": 0.0}], oov="reject")
+
+
+@pytest.mark.parametrize("rows,words,status", [
+    ([{"user_id": 1, "item_id": 3, "device": 0}], "rows[0]: missing field(s) 'hour'", 422),
+    ([{"user_id": 1.5, "item_id": 3, "device": 0, "hour": 1.0}], "rows[0].user_id: expected an integer id", 422),
+    ([{"user_id": True, "item_id": 3, "device": 0, "hour": 1.0}], "expected an integer id, got True", 422),
+    ([{"user_id": 1, "item_id": 3, "device": 0, "hour": float("nan")}], "rows[0].hour: expected a finite number", 422),
+    ([{"user_id": 1, "item_id": 3, "device": 0, "hour": 1.0, "tags": [1, "x"]}], "rows[0].tags: expected an integer", 422),
+    ([{"user_id": 1, "item_id": 3, "device": 0, "hour": 1.0}] * 4, "4 rows, more than the 3 allowed", 413),
+    ("rows", "expected a non-empty list", 422),
+])
+def test_bad_rows_name_the_row_and_the_field(rows, words, status):
+    with pytest.raises(RequestError) as e:
+        _store().parse(rows, max_rows=3)
+    assert words in str(e.value) and e.value.status == status
+
+
+def test_traffic_split_is_sticky_and_follows_the_shares():
+    shares = {"a": 0.9, "b": 0.1}
+    got = [assign(shares, "app", u) for u in range(20_000)]
+    assert got == [assign(shares, "app", u) for u in range(20_000)]  # same user, same variant
+    assert abs(np.mean([g == "b" for g in got]) - 0.1) < 0.01
+    # another application name (salt) reshuffles users independently
+    other = [assign(shares, "other-app", u) for u in range(20_000)]
+    assert 0.8 < np.mean([x == y for x, y in zip(got, other)]) < 0.9
+
+
+def _serve_doc(**serve):
+    return {"name": "s", "kind": "serve", "serve": {"variants": {"a": {"run": "/x"}, "b": {"distill": "/y"}},
+                                                    "traffic": {"a": 0.5, "b": 0.5}, **serve}}
+
+
+def test_serve_spec_errors():
+    assert parse_spec(_serve_doc(), "t").serve.shares == {"a": 0.5, "b": 0.5}
+    for serve, words in [
+        ({"traffic": {"a": 0.5, "b": 0.6}}, "sum to 1"),
+        ({"traffic": {"a": 1.0}}, "must be the variants"),
+        ({"traffic": {}}, "2 variants need a split"),
+        ({"variants": {"a": {"run": "/x", "ensemble": "/y"}}, "traffic": {"a": 1.0}}, "exactly one of"),
+        ({"variants": {"a": {"tune_run": "/t", "top_k": 3, "combine": "stacked"}}, "traffic": {"a": 1.0}},
+         "averaged"),
+        ({"autoscaling": {"min_replicas": 3, "max_replicas": 2}}, "min_replicas 3 > max_replicas 2"),
+        ({"variants": {"a": {"step": "ensemble"}}, "traffic": {"a": 1.0}}, "only in a pipeline"),
+    ]:
+        with pytest.raises(SpecError, match=words.replace("(", r"\(")):
+            parse_spec(_serve_doc(**serve), "t")
+
+
+def test_pipeline_serve_step_must_follow_its_source():
+    doc = {"name": "p", "kind": "pipeline", "pipeline": {"steps": ["train", "serve"]},
+           "serve": {"variants": {"a": {"step": "distill"}}}}
+    with pytest.raises(SpecError, match="'distill' is not an earlier step"):
+        parse_spec(doc, "t")
+    doc["serve"]["variants"]["a"]["step"] = "train"
+    assert parse_spec(doc, "t").serve.variants["a"].step == "train"
