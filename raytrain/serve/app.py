@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from ..data.batches import Columns
-from .features import FeatureStore, RequestError
+from .features import FeatureStore, RequestError, from_wire, to_wire
 from .sources import MemberRef, ResolvedVariant
 
 log = logging.getLogger("ray.serve")
@@ -59,21 +59,23 @@ class MemberModel:
         self.forward_passes = 0
 
     @torch.inference_mode()
-    def _forward(self, cols: Columns) -> np.ndarray:
+    def _forward(self, parts: list[dict]) -> np.ndarray:
         self.forward_passes += 1
+        cols = from_wire(self.model.schema, parts)
         _, logits = self.model.module(cols.batch(torch.arange(len(cols))))
         return logits.double().numpy()
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _score_batched(self, parts: list[Columns]) -> list[np.ndarray]:
-        out = self._forward(Columns.concat(parts, self.model.schema))
-        bounds = np.cumsum([0] + [len(p) for p in parts])
+    async def _score_batched(self, parts: list[dict]) -> list[np.ndarray]:
+        out = self._forward(parts)
+        bounds = np.cumsum([0] + [len(p["dense"]) for p in parts])
         return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
-    async def score(self, cols: Columns) -> np.ndarray:
+    async def score(self, rows: dict) -> np.ndarray:
+        """Logits of parsed rows (``features.to_wire``)."""
         if self.batching:
-            return await self._score_batched(cols)
-        return self._forward(cols)
+            return await self._score_batched(rows)
+        return self._forward([rows])
 
     def info(self) -> dict:
         m = self.model
@@ -133,14 +135,15 @@ class Ingress:
     async def _scores(self, variant: str, cols: Columns) -> np.ndarray:
         """Probabilities of one variant for parsed rows: members scored concurrently, then combined."""
         v = next(x for x in self.variants if x.name == variant)
+        rows = to_wire(cols)
 
         async def call(ref: MemberRef) -> np.ndarray:
             handle = self.handles[ref.checkpoint]
             try:
-                return await handle.score.remote(cols)
+                return await handle.score.remote(rows)
             except Exception as e:  # a replica died under us: one retry goes to a live (or restarted) replica
                 log.warning("member %s failed (%s: %s); retrying once", ref.name, type(e).__name__, e)
-                return await handle.score.remote(cols)
+                return await handle.score.remote(rows)
 
         logits = await asyncio.gather(*(call(m) for m in v.members))
         combiner = self.combiners[variant]
@@ -275,13 +278,14 @@ def build_app(spec, variants: list[ResolvedVariant]):
             dep = MemberModel.options(  # type: ignore[attr-defined]
                 name=f"member-{len(handles)}-{m.name}"[:60],
                 ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-                max_ongoing_requests=max(8, 2 * cfg.max_batch_size), **scaling)
+                max_ongoing_requests=max(cfg.max_ongoing_requests, 2 * cfg.max_batch_size), **scaling)
             handles[m.checkpoint] = dep.bind(m, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)
     config = {"name": spec.name, "serve": cfg.model_dump(mode="json"), "data": _data_of(variants)}
     payload = [{"name": v.name, "members": [asdict(m) for m in v.members], "combiner": v.combiner,
                 "source": v.source} for v in variants]
     return Ingress.options(  # type: ignore[attr-defined]
         num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        max_ongoing_requests=cfg.max_ongoing_requests,
     ).bind(config, payload, handles)
 
 

@@ -194,3 +194,28 @@ class FeatureStore:
             raise RequestError(f"{at}.{name}: id {v} is outside [0, {self.card[name]}) (serve.oov: reject)")
         unknown[name] = unknown.get(name, 0) + 1
         return 0
+
+
+def to_wire(cols: Columns) -> dict:
+    """Parsed rows as plain numpy arrays: what the ingress sends a member (pickles in microseconds, unlike
+    tensors and the schema)."""
+    return {"ids": {k: v.numpy() for k, v in cols.ids.items()},
+            "lists": {k: (v.numpy(), o.numpy()) for k, (v, o) in cols.lists.items()},
+            "dense": cols.dense.numpy()}
+
+
+def from_wire(schema: FeatureSchema, parts: list[dict]) -> Columns:
+    """One Columns of several requests' rows, in order (a member's batch)."""
+    ids = {k: torch.from_numpy(np.concatenate([p["ids"][k] for p in parts])) for k in parts[0]["ids"]}
+    lists = {}
+    for k in parts[0]["lists"]:
+        vals = [p["lists"][k][0] for p in parts]
+        offs, base = [np.zeros(1, dtype=np.int64)], 0
+        for p in parts:
+            o = p["lists"][k][1]
+            offs.append(o[1:] + base)
+            base += int(o[-1])
+        lists[k] = (torch.from_numpy(np.concatenate(vals)), torch.from_numpy(np.concatenate(offs)))
+    dense = torch.from_numpy(np.concatenate([p["dense"] for p in parts]))
+    return Columns(schema, ids, lists, dense, torch.zeros(dense.shape[0]))
+

@@ -409,6 +409,8 @@ class ServeSpec(Section):
     num_cpus: float = Field(0.25, gt=0.0, description="per member replica (fractional: 2-core machines)")
     num_gpus: float = Field(0.0, ge=0.0, description="per member replica")
     torch_threads: int = Field(1, ge=1, description="torch intra-op threads per member replica")
+    max_ongoing_requests: int = Field(
+        128, ge=1, description="per replica; Serve's router backs off (sleeps) when every replica is at its limit")
     ingress_replicas: int = Field(1, ge=1)
     ingress_num_cpus: float = Field(0.25, gt=0.0)
     max_batch_size: int = Field(16, ge=1, description="requests merged into one forward pass (1: no batching)")

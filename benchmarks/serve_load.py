@@ -1,0 +1,140 @@
+"""Serving load test on loopback: one model vs the 3-member ensemble, each with and without dynamic batching.
+
+    python benchmarks/serve_load.py [RUN]   # RUN: a pipeline run (or a directory above one) holding an ensemble
+                                            # run; default: runs/pipeline-ml100k (raytrain run jobs/pipeline_ml100k.yaml)
+
+Each configuration is deployed in turn on one embedded Ray (the same machine, the same Serve proxy), warmed
+up, then driven by a bounded closed-loop generator: ``--requests`` POST /predict requests of ``--rows`` rows
+(random test-split users and items, ids only), ``--concurrency`` in flight, stopped after ``--duration`` s
+at the latest. Latency is client-side wall time per request. Goals (issue 5): ensemble p50 <= 1.5x the single
+model's; batching >= 5x the requests/s of no batching at a p99 no worse than 2x; zero 5xx.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import socket
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+async def drive(url: str, bodies: list[bytes], concurrency: int, duration: float) -> dict:
+    import aiohttp
+
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    it = iter(bodies)
+    deadline = time.perf_counter() + duration
+
+    async def worker(session):
+        for body in it:
+            if time.perf_counter() > deadline:
+                return
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, data=body, headers={"Content-Type": "application/json"}) as r:
+                    await r.read()
+                    code = r.status
+            except aiohttp.ClientError:
+                code = 0
+            latencies.append(time.perf_counter() - t0)
+            codes[code] = codes.get(code, 0) + 1
+
+    conn = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+        wall = time.perf_counter() - t0
+    import numpy as np
+
+    lat = np.array(latencies) * 1000
+    return {"requests": len(latencies), "ok": codes.get(200, 0),
+            "4xx": sum(v for k, v in codes.items() if 400 <= k < 500),
+            "5xx_or_failed": sum(v for k, v in codes.items() if k >= 500 or k == 0),
+            "p50_ms": float(np.percentile(lat, 50)), "p99_ms": float(np.percentile(lat, 99)),
+            "req_per_s": len(latencies) / wall, "wall_s": wall}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run", nargs="?", default=str(ROOT / "runs" / "pipeline-ml100k"))
+    ap.add_argument("--requests", type=int, default=3000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds per configuration, at most")
+    ap.add_argument("--rows", type=int, default=1, help="rows per request")
+    ap.add_argument("--max-batch-size", type=int, default=32)
+    ap.add_argument("--combine", default="stacked")
+    ap.add_argument("--out", default=None, help="also write the table here (JSON)")
+    args = ap.parse_args()
+
+    import pandas as pd
+    import pyarrow.parquet as pq
+    import ray
+    from ray import serve
+
+    from raytrain.data import prepare
+    from raytrain.serve.runner import deploy
+    from raytrain.serve.sources import newest
+    from raytrain.spec import load_spec
+    from raytrain.spec.loader import parse_spec
+
+    ens_dir = newest(args.run, "ensemble.json")
+    ens = json.loads((ens_dir / "ensemble.json").read_text())
+    best = ens["members"][0]  # members are listed best trial first
+    print(f"ensemble {ens_dir}: {len(ens['members'])} members; single model: {best['name']}")
+    data = load_spec(Path(best["run_dir"]) / "spec.yaml").data
+    test = pq.read_table(prepare(data).paths["test"][0], columns=["user_id", "item_id"]).to_pylist()
+    rng = random.Random(0)
+    bodies = [json.dumps({"rows": [rng.choice(test) for _ in range(args.rows)]}).encode()
+              for _ in range(args.requests)]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    configs = [("single", {"run": best["run_dir"]}, args.max_batch_size),
+               ("single", {"run": best["run_dir"]}, 1),
+               ("ensemble", {"ensemble": str(ens_dir), "combine": args.combine}, args.max_batch_size),
+               ("ensemble", {"ensemble": str(ens_dir), "combine": args.combine}, 1)]
+    rows = []
+    for name, source, mbs in configs:
+        spec = parse_spec({"name": "serve-load", "kind": "serve", "storage": "/tmp/raytrain-serve-load",
+                           "serve": {"variants": {name: source}, "port": port, "max_batch_size": mbs,
+                                     "max_request_rows": max(1024, args.rows)}}, "serve_load")
+        out = deploy(spec)
+        url = out["url"] + "/predict"
+        asyncio.run(drive(url, bodies[:100], min(8, args.concurrency), 30.0))  # warm-up
+        res = asyncio.run(drive(url, bodies, args.concurrency, args.duration))
+        res.update(model=name, batching="on" if mbs > 1 else "off", max_batch_size=mbs)
+        rows.append(res)
+        print(f"{name:9s} batching {res['batching']:3s}: {res['requests']} requests, {res['req_per_s']:.0f} req/s, "
+              f"p50 {res['p50_ms']:.1f} ms, p99 {res['p99_ms']:.1f} ms, 5xx {res['5xx_or_failed']}", flush=True)
+        serve.delete(spec.name)
+    serve.shutdown()
+    table = pd.DataFrame(rows)[["model", "batching", "max_batch_size", "requests", "ok", "4xx", "5xx_or_failed",
+                                "p50_ms", "p99_ms", "req_per_s"]]
+    print(f"\n{args.requests} requests of {args.rows} row(s), concurrency {args.concurrency}, "
+          f"{args.duration:.0f}s max per configuration\n")
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.1f}"))
+
+    def get(model, batching, col):
+        return float(table[(table.model == model) & (table.batching == batching)][col].iloc[0])
+
+    print(f"\nensemble p50 / single p50 (batching on): {get('ensemble', 'on', 'p50_ms') / get('single', 'on', 'p50_ms'):.2f}"
+          "   (goal <= 1.5)")
+    for m in ("single", "ensemble"):
+        print(f"{m}: batching req/s / no batching: {get(m, 'on', 'req_per_s') / get(m, 'off', 'req_per_s'):.2f}"
+              f" (goal >= 5), p99 ratio {get(m, 'on', 'p99_ms') / get(m, 'off', 'p99_ms'):.2f} (goal <= 2)")
+    print(f"5xx or failed requests: {int(table['5xx_or_failed'].sum())} (goal 0)")
+    if args.out:
+        Path(args.out).write_text(table.to_json(orient="records", indent=2))
+
+
+if __name__ == "__main__":
+    main()
