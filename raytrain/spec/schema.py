@@ -245,6 +245,9 @@ class SearchSpec(Section):
 
     algorithm: Literal["random", "grid", "optuna_tpe", "optuna_gp"] = "random"
     seed: Optional[int] = 0
+    startup_trials: Optional[int] = Field(
+        None, ge=1, description="optuna_*: random trials before the model takes over (default: a third of "
+                                "num_samples, at least 2; Optuna's own default of 10 would make short runs random)")
     points_to_evaluate: list[dict[str, Any]] = Field(
         default_factory=list, description="warm start: configs (space keys -> values) tried first"
     )

@@ -104,8 +104,10 @@ def _searcher(spec: JobSpec):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
-    sampler = (optuna.samplers.TPESampler(seed=s.seed) if s.algorithm == "optuna_tpe"
-               else optuna.samplers.GPSampler(seed=s.seed))
+    # Optuna samples its first 10 trials at random by default: a 9-trial "TPE" run would be random search
+    startup = s.startup_trials if s.startup_trials is not None else max(2, tune_of(spec).num_samples // 3)
+    sampler = (optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup) if s.algorithm == "optuna_tpe"
+               else optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=startup))
     return OptunaSearch(sampler=sampler, points_to_evaluate=points)
 
 
