@@ -204,18 +204,26 @@ def to_wire(cols: Columns) -> dict:
             "dense": cols.dense.numpy()}
 
 
-def from_wire(schema: FeatureSchema, parts: list[dict]) -> Columns:
-    """One Columns of several requests' rows, in order (a member's batch)."""
-    ids = {k: torch.from_numpy(np.concatenate([p["ids"][k] for p in parts])) for k in parts[0]["ids"]}
+def concat_wire(parts: list[dict]) -> dict:
+    """Several requests' parsed rows as one, in order."""
+    if len(parts) == 1:
+        return parts[0]
     lists = {}
     for k in parts[0]["lists"]:
-        vals = [p["lists"][k][0] for p in parts]
         offs, base = [np.zeros(1, dtype=np.int64)], 0
         for p in parts:
             o = p["lists"][k][1]
             offs.append(o[1:] + base)
             base += int(o[-1])
-        lists[k] = (torch.from_numpy(np.concatenate(vals)), torch.from_numpy(np.concatenate(offs)))
-    dense = torch.from_numpy(np.concatenate([p["dense"] for p in parts]))
-    return Columns(schema, ids, lists, dense, torch.zeros(dense.shape[0]))
+        lists[k] = (np.concatenate([p["lists"][k][0] for p in parts]), np.concatenate(offs))
+    return {"ids": {k: np.concatenate([p["ids"][k] for p in parts]) for k in parts[0]["ids"]},
+            "lists": lists, "dense": np.concatenate([p["dense"] for p in parts])}
 
+
+def from_wire(schema: FeatureSchema, parts: list[dict]) -> Columns:
+    """One Columns of several requests' rows, in order (a member's batch)."""
+    w = concat_wire(parts)
+    dense = torch.from_numpy(w["dense"])
+    return Columns(schema, {k: torch.from_numpy(v) for k, v in w["ids"].items()},
+                   {k: (torch.from_numpy(v), torch.from_numpy(o)) for k, (v, o) in w["lists"].items()},
+                   dense, torch.zeros(dense.shape[0]))
