@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pyarrow as pa
 import pytest
+import torch
 
 from raytrain.data.schema import FeatureSchema, SparseFeature
 from raytrain.errors import SpecError
@@ -120,3 +121,21 @@ def test_pipeline_serve_step_must_follow_its_source():
         parse_spec(doc, "t")
     doc["serve"]["variants"]["a"]["step"] = "train"
     assert parse_spec(doc, "t").serve.variants["a"].step == "train"
+
+
+def test_requests_batched_on_the_wire_equal_one_request():
+    from raytrain.serve.features import concat_wire, from_wire, to_wire
+
+    store = _store()
+    a = [{"user_id": 1, "item_id": 5, "device": 2, "hour": 7.5}]
+    b = [{"user_id": 2, "item_id": 3, "device": 0, "hour": 1.0, "tags": [0, 1, 3]},
+         {"user_id": 9, "item_id": 4, "device": 1, "hour": 2.0}]
+    both = store.parse(a + b).columns
+    merged = from_wire(SCHEMA, [concat_wire([to_wire(store.parse(a).columns), to_wire(store.parse(b).columns)])])
+    for k in both.ids:
+        assert merged.ids[k].tolist() == both.ids[k].tolist()
+    for k in both.lists:
+        assert [t.tolist() for t in merged.lists[k]] == [t.tolist() for t in both.lists[k]]
+    assert merged.dense.tolist() == both.dense.tolist()
+    batch = merged.batch(torch.arange(3))
+    assert batch.size == 3 and batch.sparse.keys() == [f.name for f in SCHEMA.sparse]
