@@ -180,15 +180,7 @@ def topk_scores(queries, items, k: int, item_mask=None, exclude=None, block: int
     if item_mask is not None and item_mask.shape != (items.shape[0],):
         raise ValueError(f"item_mask must have shape [N] = [{items.shape[0]}], got {tuple(item_mask.shape)}")
     if queries.is_cuda:
-        from .topk_triton import fits, topk_scores_triton
+        from .topk_triton import topk_scores_triton
 
-        extra = 0
-        if exclude is not None:
-            offsets = torch.as_tensor(exclude[0], dtype=torch.int64)
-            extra = int((offsets[1:] - offsets[:-1]).max()) if offsets.numel() > 1 else 0
-        if fits(k, items.shape[0], extra):
-            return topk_scores_triton(queries, items, k, item_mask=item_mask, exclude=exclude)
-        # large K: the same streaming merge in torch ops, one GPU "thread" over big blocks
-        return topk_scores_cpu(queries, items, k, item_mask=item_mask, exclude=exclude, block=block or 65536,
-                               threads=1)
+        return topk_scores_triton(queries, items, k, item_mask=item_mask, exclude=exclude)
     return topk_scores_cpu(queries, items, k, item_mask=item_mask, exclude=exclude, block=block or 2048)

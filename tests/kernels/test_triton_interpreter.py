@@ -19,7 +19,7 @@ def test_triton_kernels_match_references_in_the_interpreter():
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(proc.stdout)
-    assert len(results) == 11
+    assert len(results) == 14
     for r in results:
         assert r["max_err"] < 1e-4, r
         assert r["same_empty"], r

@@ -28,6 +28,19 @@ items = torch.tensor([[1.0], [1.0], [2.0], [1.0]] * 8)
 v, i = topk_scores_triton(torch.tensor([[1.0]]), items, 12)
 results.append({"case": "ties", "max_err": float((v - topk_scores_reference(torch.tensor([[1.0]]), items, 12)[0]).abs().max()),
                 "same_empty": True, "same_index": i[0, :8].tolist() == [2, 6, 10, 14, 18, 22, 26, 30]})
+# every score equal: every item clears the threshold, the candidate buffer overflows, the exact path answers
+same = torch.ones(1000, 4)
+v, i = topk_scores_triton(torch.ones(2, 4), same, 5)
+results.append({"case": "overflow fallback", "max_err": float((v - 4.0).abs().max()), "same_empty": True,
+                "same_index": bool(((i >= 0) & (i < 1000)).all()) and all(len(set(r.tolist())) == 5 for r in i)})
+# a larger table than the threshold sample: the strided sample sets the thresholds
+q, items = torch.randn(20, 16), torch.randn(40_000, 16)
+for kw in ({}, {"item_mask": torch.rand(40_000) > 0.5}):
+    want, got = topk_scores_reference(q, items, 50, **kw), topk_scores_triton(q, items, 50, **kw)
+    results.append({"case": f"topk 20x16 n=40000 k=50 {'mask' if kw else 'plain'}",
+                    "max_err": float((got[0] - want[0]).abs().max()),
+                    "same_empty": bool(torch.equal(got[1] == -1, want[1] == -1)),
+                    "same_index": bool(torch.equal(got[1], want[1]))})
 s = torch.randn(2500) * 3
 s_ref = s.clone().requires_grad_()
 t, y = torch.randn(2500) * 3, (torch.rand(2500) > 0.5).float()
