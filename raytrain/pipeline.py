@@ -84,20 +84,20 @@ def run_pipeline(spec: JobSpec, address: str | None = None, serve_block: bool = 
                               run_dir=out["student"]["run_dir"])
         elif step == "serve":
             from .serve.runner import run_serve
-            from .serve.sources import resolve
 
             assert spec.serve is not None
-            serve_spec = _step_spec(spec, "serve", run_dir, serve=spec.serve.model_dump(mode="json"))
-            variants = []
-            for name, v in spec.serve.variants.items():
+            cfg = spec.serve.model_dump(mode="json", exclude_none=True)
+            for name, v in spec.serve.variants.items():  # "step: X" -> that step's run directory
                 if v.step is not None:
-                    path = done[v.step]["run_dir"]
                     key = {"train": "run", "tune": "tune_run", "ensemble": "ensemble", "distill": "distill"}[v.step]
-                    v = v.model_copy(update={"step": None, key: path})
-                variants.append(resolve(name, v))
-            done[step] = {"wall_s": 0.0}
+                    cfg["variants"][name] = {**v.model_dump(mode="json", exclude_none=True, exclude={"step"}),
+                                             key: done[v.step]["run_dir"]}
+            step_spec = _step_spec(spec, "serve", run_dir, serve=cfg)
+            serve_dir = new_run_dir(step_spec)
+            done[step] = {"run_dir": str(serve_dir), "wall_s": 0.0}
             (run_dir / "pipeline.json").write_text(json.dumps(done, indent=2, default=str))
-            out = run_serve(serve_spec, address=address, block=serve_block, variants=variants)
+            out = run_serve(step_spec.model_copy(update={"name": spec.name}),  # the application's name
+                            address=address, block=serve_block, run_dir=serve_dir)
             done[step] = {"run_dir": out["run_dir"], "url": out["url"]}
         done[step]["wall_s"] = time.time() - t0
         _log(f"step {step} done in {done[step]['wall_s']:.0f}s")

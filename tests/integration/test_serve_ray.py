@@ -204,3 +204,31 @@ def test_a_killed_replica_is_replaced_and_one_retry_suffices(served):
             break
         time.sleep(1.0)
     assert deployment.replica_states.get("RUNNING", 0) == 2, deployment.replica_states
+
+
+def test_a_pipeline_serve_step_serves_its_ensemble_step(served, pipeline_out, tmp_path):
+    import yaml
+    from ray import serve
+
+    from raytrain.pipeline import run_pipeline
+    from raytrain.spec.loader import parse_spec
+
+    running, _ = served  # one Serve proxy per cluster: this application joins it under another route
+    doc = yaml.safe_load((ROOT / "jobs/pipeline_ml100k.yaml").read_text())
+    for key in ("tune", "distill"):
+        doc.pop(key)
+    doc.update(name="pipe-serve", storage=str(tmp_path), pipeline={"steps": ["ensemble", "serve"]},
+               ensemble={"tune_run": pipeline_out["steps"]["tune"]["run_dir"], "top_k": 2, "combine": ["mean"]},
+               serve={"variants": {"ens": {"step": "ensemble", "combine": "mean"}}, "port": running.serve.port,
+                      "route_prefix": "/pipe"})
+    out = run_pipeline(parse_spec(doc, "test"), serve_block=False)
+    try:
+        url = out["steps"]["serve"]["url"]
+        assert url.endswith("/pipe")
+        status, body = post(url + "/predict", {"rows": [{"user_id": 1, "item_id": 2}, {"user_id": 5, "item_id": 9}]})
+        assert status == 200 and body["variant"] == "ens" and len(body["probabilities"]) == 2
+        served_json = json.loads((Path(out["steps"]["serve"]["run_dir"]) / "serve.json").read_text())
+        assert served_json["variants"]["ens"]["combine"] == "mean"
+        assert len(served_json["variants"]["ens"]["members"]) == 2
+    finally:
+        serve.delete("pipe-serve")
