@@ -21,7 +21,7 @@ from fastapi.responses import JSONResponse
 from ray import serve
 
 from ..data.batches import Columns
-from .features import FeatureStore, RequestError, concat_wire, from_wire, to_wire
+from .features import FeatureStore, RequestError, from_wire, to_wire
 from .sources import MemberRef, ResolvedVariant
 
 log = logging.getLogger("ray.serve")
@@ -110,8 +110,6 @@ class Ingress:
         recent = pa.concat_tables([splits["validation"], splits["test"]])
         table = pa.concat_tables([splits["train"], recent])
         self.store = FeatureStore(prepared.schema, table, recent, user_key=self.cfg.sticky_key)
-        self._batched.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]
-        self._batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.started = time.time()
         self.requests = {"predict": 0, "recommend": 0, "rejected": 0}
 
@@ -135,28 +133,9 @@ class Ingress:
         return forced
 
     async def _scores(self, variant: str, cols: Columns) -> np.ndarray:
-        """Probabilities of one variant for parsed rows. With batching, concurrent requests' rows travel
-        together: one call per member for the whole batch, not one per request."""
-        if self.cfg.max_batch_size > 1:
-            return await self._batched((variant, to_wire(cols)))
+        """Probabilities of one variant for parsed rows. Batching happens in the members (``MemberModel``);
+        batching here as well, to save member calls, measured slower (see docs/serving.md)."""
         return await self._variant_scores(variant, to_wire(cols))
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _batched(self, items: list[tuple[str, dict]]) -> list[np.ndarray]:
-        out: list = [None] * len(items)
-        by_variant: dict[str, list[int]] = {}
-        for i, (variant, _) in enumerate(items):
-            by_variant.setdefault(variant, []).append(i)
-
-        async def one(variant: str, idx: list[int]) -> None:
-            parts = [items[i][1] for i in idx]
-            probs = await self._variant_scores(variant, concat_wire(parts))
-            bounds = np.cumsum([0] + [len(p["dense"]) for p in parts])
-            for i, a, b in zip(idx, bounds[:-1], bounds[1:]):
-                out[i] = probs[a:b]
-
-        await asyncio.gather(*(one(v, idx) for v, idx in by_variant.items()))
-        return out
 
     async def _variant_scores(self, variant: str, rows: dict) -> np.ndarray:
         """Members of a variant scored concurrently, then combined."""
