@@ -110,5 +110,5 @@ def test_pipeline_spec_checks_step_order_and_what_feeds_what():
     assert sorted(str(e.value).splitlines()[1:]) == [
         "  - distill.teacher: the pipeline's earlier step is the teacher; remove run",
         "  - ensemble: the pipeline has no ensemble step (steps: distill, tune)",
-        "  - pipeline.steps: ['distill', 'tune']: each step once, in the order train, tune, ensemble, distill",
+        "  - pipeline.steps: ['distill', 'tune']: each step once, in the order train, tune, ensemble, distill, serve",
     ]
