@@ -56,13 +56,16 @@ def top_trials(tune_run_dir: str | Path, k: int) -> list[Path]:
     return [Path(p) / "run" for p in board["path"].iloc[:k]]
 
 
+def member_name(run_dir: Path) -> str:
+    """A run's short name: a tune trial's id (from _trial_<experiment>_<index>_<params...>), else the directory's."""
+    base = run_dir.parent.name if run_dir.name == "run" else run_dir.name
+    return "_".join(base.split("_")[2:4]) if base.startswith("_trial_") else base
+
+
 def load_member(run_dir: str | Path, name: str | None = None) -> Member:
     run_dir = Path(run_dir)
     ckpt = best_checkpoint(run_dir)
-    default = run_dir.parent.name if run_dir.name == "run" else run_dir.name  # a tune trial's dir, or a run's
-    if default.startswith("_trial_"):  # _trial_<experiment>_<index>_<params...>: the trial id
-        default = "_".join(default.split("_")[2:4])
-    return Member(name or default, run_dir, ckpt, load_model(run_dir, ckpt))
+    return Member(name or member_name(run_dir), run_dir, ckpt, load_model(run_dir, ckpt))
 
 
 def split_table(member: Member, split: str) -> pa.Table:

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..ensemble.members import best_checkpoint, top_trials
+from ..ensemble.members import best_checkpoint, member_name, top_trials
 from ..errors import CheckpointError
 from ..spec.schema import VariantSpec
 
@@ -44,11 +44,6 @@ def _ref(run_dir: str | Path, name: str) -> MemberRef:
     return MemberRef(name, str(run_dir), str(best_checkpoint(run_dir)))
 
 
-def _trial_name(run_dir: Path) -> str:
-    base = run_dir.parent.name if run_dir.name == "run" else run_dir.name
-    return "_".join(base.split("_")[2:4]) if base.startswith("_trial_") else base
-
-
 def resolve(name: str, v: VariantSpec) -> ResolvedVariant:
     if v.ensemble is not None:
         run = newest(v.ensemble, "ensemble.json")
@@ -60,7 +55,7 @@ def resolve(name: str, v: VariantSpec) -> ResolvedVariant:
         return ResolvedVariant(name, members, doc["combiners"][v.combine], f"ensemble {run} ({v.combine})")
     if v.tune_run is not None:
         runs = top_trials(v.tune_run, v.top_k)
-        members = [_ref(r, _trial_name(r)) for r in runs]
+        members = [_ref(r, member_name(r)) for r in runs]
         combiner = None if len(members) == 1 else {"kind": "mean", "weights": None, "coef": None, "intercept": None}
         return ResolvedVariant(name, members, combiner, f"top {v.top_k} of tune run {v.tune_run}")
     if v.distill is not None:
