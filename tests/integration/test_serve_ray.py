@@ -150,7 +150,8 @@ def test_out_of_vocabulary_ids_are_mapped_and_counted(served):
         "variant": "ensemble"})
     assert status == 200 and body["unknown_ids"] == {"user_id": 1, "item_id": 1}
     assert all(0 < p < 1 for p in body["probabilities"])
-    meta = json.loads(urllib.request.urlopen(out["url"] + "/metadata", timeout=30).read())
+    status, meta = post(out["url"] + "/metadata", None, raw=b"") if False else (200, json.loads(
+        urllib.request.urlopen(out["url"] + "/metadata", timeout=30).read()))
     assert set(meta["variants"]) == {"ensemble", "student"} and meta["variants"]["student"]["share"] == 0.2
     assert meta["features"]["required"] == ["user_id", "item_id"] and meta["oov"] == "unknown"
     assert len(meta["models"]) == 3 and all(m["forward_passes"] > 0 for m in meta["models"])
@@ -193,6 +194,8 @@ def test_a_killed_replica_is_replaced_and_one_retry_suffices(served):
     assert len(results) > 10
     assert all(final == 200 for _, final in results), results
     assert not any(500 <= final for _, final in results)
+    deployment = next(d for n, d in serve.status().applications[spec.name].deployments.items()
+                      if n.startswith("member-0-"))
     deadline = time.time() + 120
     while time.time() < deadline:
         deployment = next(d for n, d in serve.status().applications[spec.name].deployments.items()
