@@ -139,8 +139,12 @@ def train_loop_per_worker(config: dict) -> None:
                  f"val_logloss {m['logloss']:.4f} ({stats['train_seconds']:.1f}s, "
                  f"{stats['train_examples_per_s']:,.0f} examples/s)")
             _write_json(run_dir / "metrics" / f"epoch_{epoch + 1:04d}.json", metrics)
-        last_metrics = metrics
         last = epoch == epochs - 1
+        if last:
+            # test metrics ride in the last epoch's report: a scheduler whose max_t is this epoch (ASHA, HyperBand)
+            # stops the trial on this report, so a separate test report after it would never be made
+            metrics.update(_test_metrics(spec, prepared, sharded, device, rank, world, run_dir, metrics))
+        last_metrics = metrics
         if (epoch + 1) % spec.train.checkpoint.every_epochs == 0 or last:
             # written straight into the run's storage (no copy); Ray registers it once every rank reported
             storage = ray.train.get_context().get_storage()
@@ -151,13 +155,21 @@ def train_loop_per_worker(config: dict) -> None:
         else:
             ray.train.report(metrics)
 
+    if start_epoch >= epochs:  # resumed from the last epoch's checkpoint: only the test evaluation is left
+        final = {**last_metrics, "epoch": epochs}
+        final.update(_test_metrics(spec, prepared, sharded, device, rank, world, run_dir, final))
+        ray.train.report(final)
+
+
+def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, run_dir: Path, metrics: dict) -> dict:
+    """Test AUC / log loss over all ranks; rank 0 writes them with ``metrics`` to metrics/test.json."""
+    import ray.train
+
     test = EvalData(prepared, "test", spec.train.eval_batch_size, rank, world,
                     dataset=None if prepared.synthetic else ray.train.get_dataset_shard("test"))
     t = evaluate(sharded.module, test, device)
-    # the last epoch's validation metrics ride along: schedulers and searchers read them in every report
-    final = {**last_metrics, "epoch": epochs, "test_auc": t["auc"], "test_logloss": t["logloss"],
-             "test_rows": t["rows"]}
+    out = {"test_auc": t["auc"], "test_logloss": t["logloss"], "test_rows": t["rows"]}
     if rank == 0:
         _log(f"test: auc {t['auc']:.4f} logloss {t['logloss']:.4f} over {t['rows']:,} rows")
-        _write_json(run_dir / "metrics" / "test.json", final)
-    ray.train.report(final)
+        _write_json(run_dir / "metrics" / "test.json", {**metrics, **out})
+    return out

@@ -201,7 +201,7 @@ def _progress(metric: str, mode: str, epochs: int) -> Any:
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             v = result.get(metric)
-            if v is None or "test_auc" in result:
+            if v is None:
                 return
             if self._better(v):
                 self.best = (v, trial.trial_id)

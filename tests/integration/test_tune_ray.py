@@ -40,6 +40,10 @@ def test_asha_tune_stops_trials_and_writes_the_report(ray_local, tmp_path):
     assert (board["status"] == "stopped early").sum() == summary["stopped_early"]
     assert board["val_auc"].is_monotonic_decreasing
     assert summary["trial_epochs"] < 4 * 2
+    # ASHA stops a trial on its max_t report too: the trials that ran every epoch still have their test metrics
+    completed = board[board["status"] == "completed"]
+    assert len(completed) >= 1 and completed["test_auc"].between(0.55, 1.0).all(), board
+    assert 0.55 < summary["best_test_auc"] <= 1.0
     # never more than max_concurrent_trials (2) trials at once: count the trials alive just after each start
     start, end = board["finished_at"] - board["wall_s"], board["finished_at"]
     alive = [int(((start <= t) & (t < end - 1)).sum()) for t in start + 1.5]
