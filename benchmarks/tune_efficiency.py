@@ -7,8 +7,8 @@ Part 1: the same search space, trial count and searcher seed under FIFO and unde
 Goal: ASHA within 0.002 AUC of FIFO's best with at most one third of FIFO's trial-epochs.
 Asynchronous halving promotes the first trials of a rung before it has anything to compare them with
 (Ray's ASHA continues a trial that is not below the rung's recorded percentile), so its saving grows
-with the number of trials: a simulation of Ray's own rung logic (random curves, 2 trials at a time)
-gives 0.50x of FIFO's trial-epochs for 9 trials x 9 epochs (rf 3), 0.34x for 16 x 16 (rf 4) and
+with the number of trials: a simulation of Ray's own rung logic (benchmarks/asha_simulation.py:
+random curves, 2 trials at a time) gives 0.50x of FIFO's trial-epochs for 9 trials x 9 epochs (rf 3), 0.34x for 16 x 16 (rf 4) and
 0.30x for 24 x 16 (rf 4); hence the defaults.
 
 Part 2: Optuna TPE against random search, same budget (trials, ASHA), over several seeds: mean

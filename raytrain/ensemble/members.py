@@ -15,6 +15,7 @@ import torch
 from ..data import prepare
 from ..data.batches import Columns
 from ..errors import CheckpointError
+from ..storage import materialize
 from ..train.checkpoint import read_marker
 from ..train.export import LoadedModel, complete_checkpoints, load_model
 
@@ -63,7 +64,7 @@ def member_name(run_dir: Path) -> str:
 
 
 def load_member(run_dir: str | Path, name: str | None = None) -> Member:
-    run_dir = Path(run_dir)
+    run_dir = materialize(run_dir)  # a URI run is downloaded into the local cache first
     ckpt = best_checkpoint(run_dir)
     return Member(name or member_name(run_dir), run_dir, ckpt, load_model(run_dir, ckpt))
 

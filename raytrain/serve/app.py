@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import time
+import uuid
 from dataclasses import asdict
 
 import numpy as np
@@ -20,7 +21,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
+from ..bandit import slates
 from ..data.batches import Columns
+from .decisions import DecisionLog
 from .features import FeatureStore, RequestError, from_wire, to_wire
 from .sources import MemberRef, ResolvedVariant
 
@@ -91,7 +94,7 @@ api = FastAPI(title="raytrain serving")
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    def __init__(self, config: dict, variants: list[dict], handles: dict):
+    def __init__(self, config: dict, variants: list[dict], handles: dict, decision_log=None):
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -111,7 +114,10 @@ class Ingress:
         table = pa.concat_tables([splits["train"], recent])
         self.store = FeatureStore(prepared.schema, table, recent, user_key=self.cfg.sticky_key)
         self.started = time.time()
-        self.requests = {"predict": 0, "recommend": 0, "rejected": 0}
+        self.requests = {"predict": 0, "recommend": 0, "feedback": 0, "rejected": 0}
+        self.decision_log = decision_log  # a DecisionLog handle when a variant explores
+        self.rngs = {name: np.random.default_rng(v.explore.seed) for name, v in self.cfg.variants.items()
+                     if v.explore is not None}
 
     # ---- helpers ----------------------------------------------------------------------------------------
 
@@ -237,14 +243,78 @@ class Ingress:
                 uid = int(parsed.columns.ids[key][0])
                 rated = set(self.store.values["user_rated_items"][uid]) - {0}  # type: ignore[index]
                 probs = np.where(np.isin(items, list(rated)), -np.inf, probs)
-            order = np.argsort(-probs, kind="stable")[:k]
-            order = order[np.isfinite(probs[order])]
+            if self.cfg.variants[variant].explore is not None:
+                uid = int(parsed.columns.ids[key][0])
+                out = await self._explore(variant, uid, items, probs, k)
+            else:
+                order = np.argsort(-probs, kind="stable")[:k]
+                order = order[np.isfinite(probs[order])]
+                out = {"items": [{item_key: int(items[i]), "score": float(probs[i])} for i in order]}
         except Exception as e:
             self.requests["rejected"] += 1
             return self._error(e)
         self.requests["recommend"] += 1
-        return {key: user, "variant": variant, "unknown_ids": parsed.unknown,
-                "items": [{item_key: int(items[i]), "score": float(probs[i])} for i in order]}
+        return {key: user, "variant": variant, "unknown_ids": parsed.unknown, **out}
+
+    async def _explore(self, variant: str, uid: int, items: np.ndarray, probs: np.ndarray, k: int) -> dict:
+        """A slate drawn by the variant's policy from its ``pool`` best candidates; every position is logged
+        with its propensity (P(item at that position)) before the reply leaves."""
+        ex = self.cfg.variants[variant].explore
+        assert ex is not None and self.decision_log is not None
+        eligible = np.flatnonzero(np.isfinite(probs))
+        pool = eligible[np.argsort(-probs[eligible], kind="stable")[:ex.pool]]
+        k = min(k, len(pool))
+        if k == 0:
+            raise RequestError("candidates: none left to recommend (all rated or excluded)")
+        scores = probs[pool]
+        try:
+            marg = slates.marginals(ex.policy, scores, k, ex.epsilon, ex.temperature)
+        except ValueError as e:
+            raise RequestError(f"k: {e} (variant {variant} explores with {ex.policy})") from None
+        slate = slates.sample(ex.policy, scores, k, self.rngs[variant], ex.epsilon, ex.temperature)
+        rid, now = uuid.uuid4().hex, time.time()
+        policy = json.dumps(ex.model_dump(mode="json"), sort_keys=True)
+        context = json.dumps(self.store.user_context(uid))
+        cands, score_list = items[pool].tolist(), scores.tolist()
+        rows = [{"request_id": rid, "time": now, "variant": variant, "policy": policy, "user": uid,
+                 "context": context, "position": p, "item": int(items[pool[i]]), "propensity": float(marg[i, p]),
+                 "score": float(scores[i]), "candidates": cands, "scores": score_list,
+                 "probabilities": marg[:, p].tolist()} for p, i in enumerate(slate)]
+        await self.decision_log.log.remote(rows)
+        item_key = self.store.item_key
+        return {"request_id": rid, "policy": ex.policy,
+                "items": [{item_key: r["item"], "score": r["score"], "position": r["position"],
+                           "propensity": r["propensity"]} for r in rows]}
+
+    @api.post("/feedback")
+    async def feedback(self, request: Request):
+        """A reward for an item of an exploring decision: {"request_id", item id, "reward" (default 1)}."""
+        try:
+            body = await self._body(request)
+            item_key = self.store.item_key
+            allowed = {"request_id", item_key, "reward"}
+            extra = sorted(set(body) - allowed)
+            if extra:
+                raise RequestError(f"body: unknown field(s) {', '.join(map(repr, extra))}; fields: "
+                                   f"{', '.join(sorted(allowed))}")
+            rid, item, reward = body.get("request_id"), body.get(item_key), body.get("reward", 1.0)
+            if not isinstance(rid, str) or not rid:
+                raise RequestError("request_id: expected the request_id string a /recommend reply gave")
+            if isinstance(item, bool) or not isinstance(item, int):
+                raise RequestError(f"{item_key}: expected an integer item id, got {item!r}")
+            if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not np.isfinite(reward):
+                raise RequestError(f"reward: expected a finite number, got {reward!r}")
+            if self.decision_log is None:
+                raise RequestError("request_id: no variant of this application explores, so no decision is "
+                                   "logged to give feedback on", 404)
+            status, message = await self.decision_log.record_feedback.remote(rid, item, float(reward))
+            if status != 200:
+                raise RequestError(message, status)
+        except Exception as e:
+            self.requests["rejected"] += 1
+            return self._error(e)
+        self.requests["feedback"] += 1
+        return {"request_id": rid, item_key: item, "reward": float(reward), "status": message}
 
     @api.get("/healthz")
     async def healthz(self):
@@ -257,7 +327,9 @@ class Ingress:
             "name": self.name,
             "models": infos,
             "variants": {v.name: {"source": v.source, "members": [m.name for m in v.members],
-                                  "combine": (v.combiner or {}).get("kind"), "share": self.cfg.shares[v.name]}
+                                  "combine": (v.combiner or {}).get("kind"), "share": self.cfg.shares[v.name],
+                                  "explore": (lambda e: e.model_dump(mode="json") if e else None)(
+                                      self.cfg.variants[v.name].explore)}
                          for v in self.variants},
             "sticky_key": self.cfg.sticky_key,
             "oov": self.cfg.oov,
@@ -269,7 +341,7 @@ class Ingress:
         }
 
 
-def build_app(spec, variants: list[ResolvedVariant]):
+def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None):
     """The bound application: a MemberModel deployment per distinct checkpoint, then the ingress."""
     cfg = spec.serve
     scaling: dict = ({"autoscaling_config": cfg.autoscaling.model_dump()} if cfg.autoscaling is not None
@@ -287,10 +359,15 @@ def build_app(spec, variants: list[ResolvedVariant]):
     config = {"name": spec.name, "serve": cfg.model_dump(mode="json"), "data": _data_of(variants)}
     payload = [{"name": v.name, "members": [asdict(m) for m in v.members], "combiner": v.combiner,
                 "source": v.source} for v in variants]
+    decision_log = None
+    if any(v.explore is not None for v in cfg.variants.values()):
+        if log_dir is None:
+            raise ValueError("serve: an exploring variant needs a run directory for its decision logs")
+        decision_log = DecisionLog.bind(log_dir, cfg.log_flush_s)  # type: ignore[attr-defined]
     return Ingress.options(  # type: ignore[attr-defined]
         num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
         max_ongoing_requests=cfg.max_ongoing_requests,
-    ).bind(config, payload, handles)
+    ).bind(config, payload, handles, decision_log)
 
 
 def _data_of(variants: list[ResolvedVariant]) -> dict:

@@ -118,6 +118,17 @@ class FeatureStore:
             "known_users": int(self.known["user"].sum()), "known_items": int(self.known["item"].sum()),
         }
 
+    def user_context(self, uid: int) -> dict:
+        """A user's features as the store holds them (JSON types): the context a decision log records."""
+        out: dict = {self.user_key: int(uid)}
+        for name in self.features("user"):
+            v = self.values.get(name)
+            if v is None:
+                continue
+            x = v[uid]  # type: ignore[index]
+            out[name] = [int(i) for i in x] if isinstance(x, list) else x.item()
+        return out
+
     # ---- request parsing ----------------------------------------------------------------------------------
 
     def parse(self, rows, oov: str = "unknown", max_rows: int | None = None, where: str = "rows") -> Parsed:

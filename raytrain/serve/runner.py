@@ -43,16 +43,21 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
     init_ray(spec, address)
     t0 = time.time()
     serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})
-    serve.run(build_app(spec, variants), name=spec.name, route_prefix=spec.serve.route_prefix, blocking=False)
+    app = build_app(spec, variants, log_dir=str(run_dir / "logs"))
+    serve.run(app, name=spec.name, route_prefix=spec.serve.route_prefix, blocking=False)
     url = url_of(spec)
     wait_healthy(url, timeout_s=300)
     info = {"url": url, "app": spec.name, "ready_s": round(time.time() - t0, 1),
             "variants": {v.name: {"share": spec.serve.shares[v.name], "source": v.source,
-                                  "members": [m.__dict__ for m in v.members], "combine": (v.combiner or {}).get("kind")}
+                                  "members": [m.__dict__ for m in v.members], "combine": (v.combiner or {}).get("kind"),
+                                  "explore": (lambda e: e.model_dump(mode="json") if e else None)(
+                                      spec.serve.variants[v.name].explore)}
                          for v in variants}}
+    if any(v.explore is not None for v in spec.serve.variants.values()):
+        info["logs"] = str(run_dir / "logs")
     (run_dir / "serve.json").write_text(json.dumps(info, indent=2))
     _log(f"serving {spec.name} at {url} (ready in {info['ready_s']}s): POST /predict, POST /recommend, "
-         "GET /healthz, GET /metadata")
+         "POST /feedback, GET /healthz, GET /metadata" + (f"; decision logs: {info['logs']}" if "logs" in info else ""))
     return {"run_dir": str(run_dir), **info}
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from ..ensemble.members import best_checkpoint, member_name, top_trials
 from ..errors import CheckpointError
 from ..spec.schema import VariantSpec
+from ..storage import materialize
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class ResolvedVariant:
 
 def newest(path: str | Path, marker: str) -> Path:
     """``path`` itself if it holds ``marker``, else the newest run directory below it that does."""
-    p = Path(path).expanduser()
+    p = materialize(path)  # a URI is downloaded into the local cache first
     if (p / marker).exists():
         return p
     found = sorted(p.glob(f"**/{marker}"), key=lambda f: f.stat().st_mtime)

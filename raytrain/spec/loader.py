@@ -12,6 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError
+from ..storage import is_uri, redact
 from .schema import CUDA_ONLY_SHARDING, ESTIMATORS, IMPLEMENTED_KINDS, STEPS, BanditSpec, JobSpec
 
 
@@ -174,11 +175,22 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
                                     f"({', '.join(steps)})")
     elif spec.serve is not None:
         problems.append("serve: only for kind serve or pipeline")
+    if is_uri(spec.storage) and spec.kind != "train":
+        problems.append(f"storage: a URI ({redact(spec.storage)}) is run storage for kind train (checkpoints a multi-node "
+                        f"cluster shares); kind {spec.kind} writes to a local or mounted shared path. Models stored "
+                        "at a URI can still be read: give the URI as a serve variant's or an ensemble's run")
     if spec.kind == "bandit":
-        if spec.data.source != "open-bandit":
-            problems.append(f"data.source: kind bandit evaluates logged bandit feedback; use open-bandit, "
-                            f"not {spec.data.source!r}")
         bandit = spec.bandit or BanditSpec()
+        if spec.data.source not in ("open-bandit", "served-logs"):
+            problems.append(f"data.source: kind bandit evaluates logged bandit feedback; use open-bandit or "
+                            f"served-logs, not {spec.data.source!r}")
+        elif spec.data.source == "served-logs":
+            if not spec.data.path:
+                problems.append("data.path: served-logs needs the serve run directory (its logs/ folder)")
+            if bandit.policy.name not in ("epsilon_greedy", "softmax"):
+                problems.append(f"bandit.policy.name: served logs hold a ranker's scores per decision; evaluate "
+                                f"epsilon_greedy or softmax over them, not {bandit.policy.name!r}")
+            return problems
         if bandit.policy.learns and bandit.learn_fraction == 0.0:
             problems.append(f"bandit.learn_fraction: policy {bandit.policy.name!r} learns from logged rounds; "
                             "give it a share in (0, 1) (evaluating on the rounds it learnt from is biased)")
@@ -191,8 +203,8 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
         problems.append("distill: only for kind distill or pipeline")
     if spec.ensemble is not None and spec.kind not in ("ensemble", "pipeline"):
         problems.append("ensemble: only for kind ensemble or pipeline")
-    if spec.data.source == "open-bandit":
-        problems.append(f"data.source: open-bandit holds logged bandit feedback for kind bandit, not {spec.kind}")
+    if spec.data.source in ("open-bandit", "served-logs"):
+        problems.append(f"data.source: {spec.data.source} holds logged bandit feedback for kind bandit, not {spec.kind}")
         return problems
     sharding = spec.train.sharding
     if spec.train.device == "cpu":

@@ -140,8 +140,9 @@ class OpenBanditSpec(Section):
 
 
 class DataSpec(Section):
-    source: Literal["movielens-100k", "synthetic", "parquet", "open-bandit"] = "movielens-100k"
-    path: Optional[str] = Field(None, description="movielens-100k: a local copy; parquet: one data set to split")
+    source: Literal["movielens-100k", "synthetic", "parquet", "open-bandit", "served-logs"] = "movielens-100k"
+    path: Optional[str] = Field(None, description="movielens-100k: a local copy; parquet: one data set to split; "
+                                                  "served-logs: a serve run directory")
     paths: Optional[PathsSpec] = Field(None, description="parquet: explicit train/validation/test paths")
     columns: Optional[ColumnsSpec] = None
     label: LabelSpec = Field(default_factory=LabelSpec)
@@ -371,6 +372,17 @@ class DistillSpec(Section):
         "precomputed", description="teacher logits computed once into the training split's parquet")
 
 
+class ExploreSpec(Section):
+    """A variant that explores on /recommend: a slate drawn by a policy over the ranker's scores, every
+    decision logged with its propensities (docs/serving.md)."""
+
+    policy: Literal["epsilon_greedy", "softmax"] = "epsilon_greedy"
+    epsilon: float = Field(0.1, ge=0.0, le=1.0, description="epsilon_greedy: share of uniformly random slates")
+    temperature: float = Field(0.05, gt=0.0, description="softmax: click probabilities / temperature; k <= 3")
+    pool: int = Field(50, ge=1, description="explore among the ranker's best `pool` candidates")
+    seed: Optional[int] = Field(None, description="the sampler's seed (none: fresh randomness)")
+
+
 class VariantSpec(Section):
     """One served model: exactly one source. Paths may be a run directory or a directory above it (the newest
     matching run under it is used). In a pipeline, ``step`` names an earlier step's output instead."""
@@ -383,6 +395,7 @@ class VariantSpec(Section):
     distill: Optional[str] = Field(None, description="a distill run (distill.json): its student")
     step: Optional[Literal["train", "tune", "ensemble", "distill"]] = Field(
         None, description="pipeline only: the output of this earlier step")
+    explore: Optional[ExploreSpec] = Field(None, description="explore on /recommend and log every decision")
 
     def given(self) -> list[str]:
         return [k for k in ("ensemble", "tune_run", "run", "distill", "step") if getattr(self, k) is not None]
@@ -420,6 +433,7 @@ class ServeSpec(Section):
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="how long a batch waits to fill")
     max_request_rows: int = Field(1024, ge=1, description="rows per /predict request (more: HTTP 413)")
     max_recommend_k: int = Field(100, ge=1)
+    log_flush_s: float = Field(1.0, gt=0.0, description="exploring variants: seconds between decision-log files")
     oov: Literal["unknown", "reject"] = Field(
         "unknown", description="ids never seen or out of range: 'unknown' maps them to the reserved id 0 (and the "
                                "feature store's unknown row) and counts them in the reply; 'reject' answers 422")

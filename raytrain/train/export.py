@@ -18,6 +18,7 @@ from ..errors import CheckpointError
 from ..models import build_model
 from ..spec import load_spec
 from ..spec.schema import JobSpec
+from ..storage import is_uri, materialize, redact
 from .checkpoint import read_marker
 from .distributed import TrainModule
 
@@ -44,7 +45,14 @@ def complete_checkpoints(run_dir: str | Path) -> list[Path]:
 
 
 def load_model(run_dir: str | Path, checkpoint: str | Path | None = None) -> LoadedModel:
-    run_dir = Path(run_dir)
+    """A run's model, unsharded on the CPU; ``run_dir`` and ``checkpoint`` may be pyarrow.fs URIs."""
+    location = str(run_dir)
+    run_dir = materialize(run_dir)
+    if checkpoint is not None and is_uri(str(checkpoint)):  # the same checkpoint in the downloaded copy
+        rel = str(checkpoint).split("?")[0].removeprefix(location.split("?")[0].rstrip("/") + "/")
+        if rel == str(checkpoint).split("?")[0]:
+            raise CheckpointError(f"{redact(str(checkpoint))}: not a checkpoint of run {redact(location)}")
+        checkpoint = run_dir / rel
     if not (run_dir / "spec.yaml").exists():
         raise CheckpointError(f"{run_dir}: not a run directory (no spec.yaml)")
     spec = load_spec(run_dir / "spec.yaml")

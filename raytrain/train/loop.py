@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from ray.train import CheckpointUploadMode
 from ..data import PreparedData
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank
 from ..spec.schema import JobSpec
+from ..storage import Store
 from . import checkpoint as ckpt
 from .distributed import shard_model
 from .loaders import EvalData, TrainData
@@ -27,11 +29,8 @@ def _log(msg: str) -> None:
     print(f"[raytrain] {msg}", flush=True)
 
 
-def _write_json(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    tmp.replace(path)
+def _write_json(store: Store, rel: str, obj) -> None:
+    store.write_text(rel, json.dumps(obj, indent=2))
 
 
 def _device(spec: JobSpec, local_rank: int) -> torch.device:
@@ -78,20 +77,18 @@ def _train_epoch(sharded, data: TrainData, epoch: int, device, rank: int, epochs
 def train_loop_per_worker(config: dict) -> None:
     spec = JobSpec.model_validate(config["spec"])
     prepared = PreparedData.from_dict(config["data"])
-    run_dir = Path(config["run_dir"])
+    store = Store(config["run_dir"])  # a local path or a pyarrow.fs URI (raytrain.storage)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(spec.train.threads_per_worker or 1)
     ray.data.DataContext.get_current().enable_progress_bars = False
     # the pid lets operators (and the chaos test) find and kill a worker
-    (run_dir / "workers").mkdir(parents=True, exist_ok=True)
-    (run_dir / "workers" / f"rank{rank}.pid").write_text(str(os.getpid()))
+    store.write_text(f"workers/rank{rank}.pid", str(os.getpid()))
     pg = ray.util.get_current_placement_group()
     if rank == 0 and pg is not None:
         # the worker group's placement group: a Tune trial that a scheduler stops leaves it behind (ray issue
         # 54305), and raytrain's tune callback removes it from this record when the trial ends
-        with open(run_dir / "workers" / "placement_groups.txt", "a") as f:
-            f.write(pg.id.hex() + "\n")
+        store.append_text("workers/placement_groups.txt", pg.id.hex() + "\n")
 
     device = _device(spec, ctx.get_local_rank())
     sharded = shard_model(spec, prepared.schema, device, local_world_size=ctx.get_local_world_size())
@@ -99,7 +96,7 @@ def train_loop_per_worker(config: dict) -> None:
         rows = describe_plan(sharded.plan, world)
         per_rank = memory_per_rank(rows, prepared.schema, spec.model.embedding_dim, spec.train.optimizer.sparse, world)
         text = format_plan(rows, per_rank, prepared.schema, spec.model.embedding_dim)
-        (run_dir / "plan.txt").write_text(text + "\n")
+        store.write_text("plan.txt", text + "\n")
         _log("sharding plan:\n" + text)
 
     start_epoch = 0
@@ -115,9 +112,8 @@ def train_loop_per_worker(config: dict) -> None:
         last_metrics = dict(info.get("metrics", {}))
         if rank == 0:
             _log(f"resumed from checkpoint of epoch {info['epoch'] + 1} ({restored.path})")
-            with open(run_dir / "resumes.jsonl", "a") as f:
-                f.write(json.dumps({"from_epoch": info["epoch"] + 1, "checkpoint": restored.path,
-                                    "time": time.time()}) + "\n")
+            store.append_text("resumes.jsonl", json.dumps({"from_epoch": info["epoch"] + 1, "checkpoint": restored.path,
+                                                          "time": time.time()}) + "\n")
 
     train = TrainData(prepared, spec.train.batch_size, rank, world, spec.train.seed,
                       shard=None if prepared.synthetic else ray.train.get_dataset_shard("train"))
@@ -138,30 +134,39 @@ def train_loop_per_worker(config: dict) -> None:
             _log(f"epoch {epoch + 1}/{epochs}: train_loss {stats['train_loss']:.4f} val_auc {m['auc']:.4f} "
                  f"val_logloss {m['logloss']:.4f} ({stats['train_seconds']:.1f}s, "
                  f"{stats['train_examples_per_s']:,.0f} examples/s)")
-            _write_json(run_dir / "metrics" / f"epoch_{epoch + 1:04d}.json", metrics)
+            _write_json(store, f"metrics/epoch_{epoch + 1:04d}.json", metrics)
         last = epoch == epochs - 1
         if last:
             # test metrics ride in the last epoch's report: a scheduler whose max_t is this epoch (ASHA, HyperBand)
             # stops the trial on this report, so a separate test report after it would never be made
-            metrics.update(_test_metrics(spec, prepared, sharded, device, rank, world, run_dir, metrics))
+            metrics.update(_test_metrics(spec, prepared, sharded, device, rank, world, store, metrics))
         last_metrics = metrics
         if (epoch + 1) % spec.train.checkpoint.every_epochs == 0 or last:
-            # written straight into the run's storage (no copy); Ray registers it once every rank reported
-            storage = ray.train.get_context().get_storage()
-            directory = Path(storage.experiment_fs_path) / f"epoch_{epoch + 1:04d}"
-            ckpt.save(sharded, directory, epoch, metrics)
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint(str(directory)),
-                             checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+            name = f"epoch_{epoch + 1:04d}"
+            if store.remote:
+                # every rank saves its shards locally and Ray uploads them: the files of all ranks are merged
+                # into one checkpoint directory on the URI, registered once every rank has reported
+                with tempfile.TemporaryDirectory(prefix="raytrain-ckpt-") as d:
+                    ckpt.save(sharded, d, epoch, metrics)
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
+                                     checkpoint_dir_name=name)
+            else:
+                # written straight into the run's storage (no copy); Ray registers it once every rank reported
+                storage = ray.train.get_context().get_storage()
+                directory = Path(storage.experiment_fs_path) / name
+                ckpt.save(sharded, directory, epoch, metrics)
+                ray.train.report(metrics, checkpoint=ray.train.Checkpoint(str(directory)),
+                                 checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
         else:
             ray.train.report(metrics)
 
     if start_epoch >= epochs:  # resumed from the last epoch's checkpoint: only the test evaluation is left
         final = {**last_metrics, "epoch": epochs}
-        final.update(_test_metrics(spec, prepared, sharded, device, rank, world, run_dir, final))
+        final.update(_test_metrics(spec, prepared, sharded, device, rank, world, store, final))
         ray.train.report(final)
 
 
-def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, run_dir: Path, metrics: dict) -> dict:
+def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, store: Store, metrics: dict) -> dict:
     """Test AUC / log loss over all ranks; rank 0 writes them with ``metrics`` to metrics/test.json."""
     import ray.train
 
@@ -171,5 +176,5 @@ def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, run_di
     out = {"test_auc": t["auc"], "test_logloss": t["logloss"], "test_rows": t["rows"]}
     if rank == 0:
         _log(f"test: auc {t['auc']:.4f} logloss {t['logloss']:.4f} over {t['rows']:,} rows")
-        _write_json(run_dir / "metrics" / "test.json", {**metrics, **out})
+        _write_json(store, "metrics/test.json", {**metrics, **out})
     return out

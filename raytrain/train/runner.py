@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pandas as pd
 from ..data import PreparedData, prepare
 from ..spec import resolved_yaml
 from ..spec.schema import JobSpec
+from ..storage import Store, filesystem, is_uri, join, mirror_of, redact
 
 
 def _log(msg: str) -> None:
@@ -33,6 +35,24 @@ def new_run_dir(spec: JobSpec) -> Path:
         run_dir = base / f"{stamp}-{n}"
     run_dir.mkdir(parents=True)
     return run_dir
+
+
+def new_run_location(spec: JobSpec) -> tuple[Path, str]:
+    """(local directory, where the run lives): the same path, or a fresh ``<storage>/<name>/<stamp>`` URI whose
+    local mirror is the directory (``raytrain.storage``)."""
+    if not is_uri(spec.storage):
+        run_dir = new_run_dir(spec)
+        return run_dir, str(run_dir)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    location, n = join(spec.storage, spec.name, stamp), 1
+    while Store(location).exists():
+        n += 1
+        location = join(spec.storage, spec.name, f"{stamp}-{n}")
+    local = mirror_of(location)
+    if local.exists():
+        shutil.rmtree(local)
+    local.mkdir(parents=True)
+    return local, location
 
 
 def init_ray(spec: JobSpec, address: str | None = None) -> None:
@@ -58,8 +78,9 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
 
 
 def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None = None, name: str = "ray",
-                 init_checkpoint: str | None = None):
-    """The TorchTrainer for one training run (also one Tune trial): workers, data, storage, retries."""
+                 init_checkpoint: str | None = None, location: str | None = None):
+    """The TorchTrainer for one training run (also one Tune trial): workers, data, storage, retries.
+    ``location``: where the run lives when not at ``run_dir`` (a pyarrow.fs URI)."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -71,10 +92,14 @@ def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None 
     if prepared.paths:
         datasets = {split: ray.data.read_parquet(files) for split, files in prepared.paths.items()}
     res = spec.train.resources_per_worker
+    storage: dict[str, Any] = {"storage_path": str(run_dir)}
+    if location is not None and is_uri(location):
+        fs, path = filesystem(location)
+        storage = {"storage_path": path, "storage_filesystem": fs}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"spec": spec.model_dump(mode="json"), "data": prepared.to_dict(), "run_dir": str(run_dir),
-                           "init_checkpoint": init_checkpoint},
+        train_loop_config={"spec": spec.model_dump(mode="json"), "data": prepared.to_dict(),
+                           "run_dir": location or str(run_dir), "init_checkpoint": init_checkpoint},
         scaling_config=ScalingConfig(
             num_workers=spec.train.workers,
             use_gpu=spec.train.device == "cuda",
@@ -83,7 +108,7 @@ def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None 
         torch_config=TorchConfig(backend="nccl" if spec.train.device == "cuda" else "gloo"),
         run_config=RunConfig(
             name=name,
-            storage_path=str(run_dir),
+            **storage,
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             # the best `keep` checkpoints by validation AUC survive (Ray also keeps the latest, for resuming), so
             # ensembles and distillation load each run at its best epoch, not an overfitted last one
@@ -99,19 +124,29 @@ def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None 
 def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = None,
               prepared: PreparedData | None = None) -> dict:
     """A training run; ``prepared``: data already laid out (a distillation's teacher-scored split)."""
-    run_dir = run_dir or new_run_dir(spec)
-    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
-    _log(f"run directory: {run_dir}")
+    run_dir, location = new_run_location(spec) if run_dir is None else (run_dir, str(run_dir))
+    store = Store(location) if is_uri(location) else None
+
+    def put(rel: str, text: str) -> None:  # the local directory, and the URI run directory if there is one
+        (run_dir / rel).write_text(text)
+        if store is not None:
+            store.write_text(rel, text)
+
+    put("spec.yaml", resolved_yaml(spec))
+    _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if store is not None else ""))
     t0 = time.perf_counter()
     prepared = prepared or prepare(spec.data, work_dir=str(run_dir))
-    (run_dir / "schema.json").write_text(prepared.schema.to_json())
+    put("schema.json", prepared.schema.to_json())
     _log(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
          f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")
     init_ray(spec, address)
-    trainer = make_trainer(spec, prepared, run_dir)
+    trainer = make_trainer(spec, prepared, run_dir, location=location)
     result = trainer.fit()
     if result.error is not None:
         raise result.error
+    if store is not None:  # the workers' files into the mirror; shards only when the driver scores the model
+        shards = spec.model.arch == "two_tower" and bool(prepared.paths)
+        store.download(run_dir, skip=lambda rel: rel.endswith(".distcp") and not shards)
     summary = collect_metrics(run_dir)
     if spec.model.arch == "two_tower" and prepared.paths:
         from .export import load_model
@@ -124,7 +159,13 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     summary["wall_seconds"] = time.perf_counter() - t0
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     summary["run_dir"] = str(run_dir)
+    if store is not None:
+        if result.checkpoint is not None:
+            summary["checkpoint"] = join(location, result.checkpoint.path.removeprefix(store.root.rstrip("/") + "/"))
+        summary["run_dir"], summary["local_mirror"] = location, str(run_dir)
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    if store is not None:  # what the driver wrote (result, metrics table) joins the run on the URI
+        store.upload(run_dir, skip=lambda rel: rel.startswith(("ray/", "data/")) or rel.endswith(".tmp"))
     _log(f"done in {summary['wall_seconds']:.0f}s: val_auc {summary.get('val_auc', float('nan')):.4f} "
          f"val_logloss {summary.get('val_logloss', float('nan')):.4f} | test_auc {summary.get('test_auc', float('nan')):.4f} "
          f"test_logloss {summary.get('test_logloss', float('nan')):.4f}")

@@ -47,7 +47,10 @@ def served(pipeline_out, tmp_path_factory):
         f"storage={tmp_path_factory.mktemp('serve')}", f"serve.port={_free_port()}",
         f"serve.variants.ensemble.ensemble={steps['ensemble']['run_dir']}",
         f"serve.variants.student.distill={steps['distill']['run_dir']}",
-        "serve.traffic={ensemble: 0.8, student: 0.2}", "serve.replicas=2", "serve.max_request_rows=500"])
+        # the student again, exploring on /recommend (forced by "variant"; no share of the traffic)
+        f"serve.variants.explore={{distill: {steps['distill']['run_dir']}, "
+        "explore: {policy: epsilon_greedy, epsilon: 0.5, pool: 8, seed: 0}}", "serve.log_flush_s=0.5",
+        "serve.traffic={ensemble: 0.8, student: 0.2, explore: 0.0}", "serve.replicas=2", "serve.max_request_rows=500"])
     out = deploy(spec)
     yield spec, out
     serve.delete(spec.name)
@@ -135,6 +138,10 @@ def test_traffic_split_is_sticky_and_close_to_the_shares(served):
     ("/recommend", {"k": 3}, 422, "missing field 'user_id'"),
     ("/recommend", {"user_id": 1, "k": 0}, 422, "k: expected an integer in [1, 100]"),
     ("/recommend", {"user_id": 1, "candidates": "all"}, 422, "candidates: expected a non-empty list"),
+    ("/feedback", {"request_id": "f" * 32, "item_id": 3}, 404, "is not a logged exploring decision"),
+    ("/feedback", {"item_id": 3}, 422, "request_id: expected the request_id string"),
+    ("/feedback", {"request_id": "abc", "item_id": 3, "reward": "yes"}, 422, "reward: expected a finite number"),
+    ("/feedback", {"request_id": "abc", "item_id": 3, "click": 1}, 422, "unknown field(s) 'click'"),
 ])
 def test_bad_payloads_get_4xx_with_a_reason(served, path, body, code, words):
     _, out = served
@@ -150,11 +157,75 @@ def test_out_of_vocabulary_ids_are_mapped_and_counted(served):
         "variant": "ensemble"})
     assert status == 200 and body["unknown_ids"] == {"user_id": 1, "item_id": 1}
     assert all(0 < p < 1 for p in body["probabilities"])
-    status, meta = post(out["url"] + "/metadata", None, raw=b"") if False else (200, json.loads(
-        urllib.request.urlopen(out["url"] + "/metadata", timeout=30).read()))
-    assert set(meta["variants"]) == {"ensemble", "student"} and meta["variants"]["student"]["share"] == 0.2
+    status, _ = post(out["url"] + "/predict", {"rows": [{"user_id": 3, "item_id": 50}], "variant": "student"})
+    assert status == 200  # every model has now served (whichever tests ran before)
+    meta = json.loads(urllib.request.urlopen(out["url"] + "/metadata", timeout=30).read())
+    assert set(meta["variants"]) == {"ensemble", "student", "explore"} and meta["variants"]["student"]["share"] == 0.2
+    assert meta["variants"]["explore"]["explore"]["policy"] == "epsilon_greedy"
+    ckpts = {name: [m["checkpoint"] for m in v["members"]] for name, v in out["variants"].items()}
+    assert ckpts["explore"] == ckpts["student"]  # one member deployment serves both variants
     assert meta["features"]["required"] == ["user_id", "item_id"] and meta["oov"] == "unknown"
     assert len(meta["models"]) == 3 and all(m["forward_passes"] > 0 for m in meta["models"])
+
+
+def test_exploring_variant_logs_propensities_and_takes_feedback(served):
+    from raytrain.bandit import slates
+    from raytrain.bandit.runner import run_bandit
+    from raytrain.serve.decisions import read_logs
+    from raytrain.spec import parse_spec
+
+    spec, out = served
+    replies = []
+    for user in range(1, 61):
+        status, rec = post(out["url"] + "/recommend", {"user_id": user, "k": 3, "variant": "explore"})
+        assert status == 200, rec
+        assert rec["variant"] == "explore" and len(rec["items"]) == 3 and len(rec["request_id"]) == 32
+        replies.append(rec)
+    # feedback: a click on the first shown item of the first 20 requests; unknown items are refused
+    for rec in replies[:20]:
+        status, body = post(out["url"] + "/feedback", {"request_id": rec["request_id"],
+                                                       "item_id": rec["items"][0]["item_id"]})
+        assert status == 200 and body["reward"] == 1.0, body
+    shown = {i["item_id"] for i in replies[0]["items"]}
+    other = next(i for i in range(1, 2000) if i not in shown)
+    status, body = post(out["url"] + "/feedback", {"request_id": replies[0]["request_id"], "item_id": other})
+    assert status == 422 and "was not in request" in body["error"]
+
+    log_dir = Path(out["run_dir"]) / "logs"
+    deadline = time.time() + 60
+    while time.time() < deadline:  # the decision log writes a parquet file every log_flush_s
+        decisions, feedback = read_logs(log_dir)
+        if decisions.num_rows >= 180 and feedback.num_rows >= 20:
+            break
+        time.sleep(0.5)
+    assert decisions.num_rows == 180 and feedback.num_rows == 20
+    by_request = {r["request_id"]: r for r in replies}
+    for row in decisions.to_pylist():
+        probs, cands, scores = np.array(row["probabilities"]), row["candidates"], np.array(row["scores"])
+        assert len(cands) == 8 and abs(probs.sum() - 1.0) < 1e-9  # one distribution per decision
+        assert probs[cands.index(row["item"])] == pytest.approx(row["propensity"], abs=1e-12)
+        # the policy, recomputed here from the logged scores: (1 - eps) on the greedy item + eps / pool
+        expect = slates.marginals("epsilon_greedy", scores, 3, epsilon=0.5)[:, row["position"]]
+        np.testing.assert_allclose(probs, expect, atol=1e-12)
+        assert np.all(np.diff(scores) <= 0)  # the pool: the ranker's best candidates, best first
+        served_item = by_request[row["request_id"]]["items"][row["position"]]
+        assert served_item["item_id"] == row["item"] and served_item["propensity"] == pytest.approx(row["propensity"])
+        assert json.loads(row["context"])["user_id"] == row["user"] and row["variant"] == "explore"
+    # the logged scores are the ranker's (the student's) probabilities for these candidates
+    row = decisions.slice(0, 1).to_pylist()[0]
+    status, body = post(out["url"] + "/predict", {"variant": "student",
+                                                  "rows": [{"user_id": row["user"], "item_id": c} for c in row["candidates"]]})
+    np.testing.assert_allclose(body["probabilities"], row["scores"], atol=1e-6)
+
+    # a bandit job evaluates policies on these logs: the logging policy itself (IPS = the logged mean reward)
+    base = {"name": "served-ope", "kind": "bandit", "storage": str(Path(out["run_dir"]).parent.parent),
+            "data": {"source": "served-logs", "path": out["run_dir"]}, "bandit": {"bootstrap": {"samples": 100}}}
+    same = run_bandit(parse_spec({**base, "bandit": {**base["bandit"], "estimators": ["ips", "snips"],
+                                                     "policy": {"name": "epsilon_greedy", "epsilon": 0.5}}}))
+    assert [e["value"] for e in same["estimates"]] == pytest.approx([20 / 180] * 2)
+    greedy = run_bandit(parse_spec({**base, "bandit": {**base["bandit"], "estimators": ["ips", "dm", "dr"],
+                                                       "policy": {"name": "epsilon_greedy", "epsilon": 0.0}}}))
+    assert all(np.isfinite(e["value"]) and e["ci_low"] <= e["value"] <= e["ci_high"] for e in greedy["estimates"])
 
 
 def test_a_killed_replica_is_replaced_and_one_retry_suffices(served):

@@ -1,0 +1,160 @@
+"""Run storage: a local (or mounted, shared) path, or a ``pyarrow.fs`` URI such as ``s3://bucket/prefix``.
+
+A multi-node cluster needs storage every node can reach: a shared filesystem mounted at the same path
+on every node, or an object store URI. With a URI:
+
+- Ray Train keeps its state and the checkpoints there: every rank writes its DCP shards to a local
+  temporary directory and reports it; Ray uploads the files of all ranks into one checkpoint directory;
+- rank 0 writes the run's small files (metrics, plan, resumes) straight to the URI;
+- the driver keeps a local mirror of the run directory (``~/.cache/raytrain/runs/...``) for its reports
+  and uploads what it writes (spec, schema, result, metrics table) back;
+- readers (serve, ensemble, distill, ``load_model``) download a URI run into a local cache first.
+
+URIs are anything ``pyarrow.fs.FileSystem.from_uri`` takes, query options included, e.g.
+``s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http`` for an S3-compatible store.
+Credentials come from the usual places (environment, instance profile); keep them out of the spec.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from pathlib import Path
+
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
+
+
+def is_uri(location: str | Path | None) -> bool:
+    return isinstance(location, str) and bool(_URI.match(location)) and not location.startswith("file://")
+
+
+def join(location: str, *parts: str) -> str:
+    """``location``/parts, keeping a URI's query string at the end."""
+    base, sep, query = str(location).partition("?")
+    out = "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
+    return f"{out}{sep}{query}"
+
+
+def redact(location: str) -> str:
+    """A URI fit for logs: no user:password and no query values that look like secrets."""
+    s = re.sub(r"://[^/@]*@", "://***@", str(location))
+    return re.sub(r"((?:secret|token|key|password|session)[a-z_]*=)[^&]*", r"\1***", s, flags=re.I)
+
+
+def filesystem(location: str):
+    """(pyarrow filesystem, path inside it) for a URI or a local path."""
+    import pyarrow.fs as pafs
+
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), str(Path(str(location).removeprefix("file://")).expanduser().resolve())
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except Exception as e:  # pyarrow raises ArrowInvalid / ValueError / OSError for bad or unreachable URIs
+        raise ValueError(f"storage {redact(location)}: not a usable pyarrow.fs URI ({type(e).__name__}: {e})") from None
+
+
+class Store:
+    """Files of one run directory, wherever it lives (the same calls for a path and a URI)."""
+
+    def __init__(self, location: str | Path):
+        self.location = str(location)
+        self.remote = is_uri(self.location)
+        self.fs, self.root = filesystem(self.location)
+
+    def path(self, rel: str = "") -> str:
+        return f"{self.root.rstrip('/')}/{rel}" if rel else self.root
+
+    def _parent(self, rel: str) -> None:
+        parent = self.path(rel).rsplit("/", 1)[0]
+        self.fs.create_dir(parent, recursive=True)
+
+    def write_text(self, rel: str, text: str) -> None:
+        self._parent(rel)
+        if not self.remote:  # atomic on a filesystem: readers never see half a file
+            tmp = Path(self.path(rel) + ".tmp")
+            tmp.write_text(text)
+            tmp.replace(self.path(rel))
+            return
+        with self.fs.open_output_stream(self.path(rel)) as f:  # object stores publish whole objects
+            f.write(text.encode())
+
+    def append_text(self, rel: str, text: str) -> None:
+        """Append (rewrite on an object store: these files are a few lines)."""
+        if not self.remote:
+            self._parent(rel)
+            with open(self.path(rel), "a") as f:
+                f.write(text)
+            return
+        self.write_text(rel, (self.read_text(rel) if self.exists(rel) else "") + text)
+
+    def read_text(self, rel: str) -> str:
+        with self.fs.open_input_stream(self.path(rel)) as f:
+            return f.read().decode()
+
+    def exists(self, rel: str = "") -> bool:
+        import pyarrow.fs as pafs
+
+        return self.fs.get_file_info(self.path(rel)).type != pafs.FileType.NotFound
+
+    def files(self, rel: str = "") -> list[str]:
+        """Every file below ``rel``, as paths relative to the run directory."""
+        import pyarrow.fs as pafs
+
+        if not self.exists(rel):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), recursive=True))
+        root = self.root.rstrip("/") + "/"
+        return sorted(i.path.removeprefix(root) for i in infos if i.type == pafs.FileType.File)
+
+    def download(self, local: str | Path, skip=lambda rel: False) -> Path:
+        """Copy the run's files (except those ``skip`` names) into ``local``; returns it."""
+        import pyarrow.fs as pafs
+
+        local = Path(local)
+        lfs = pafs.LocalFileSystem()
+        for rel in self.files():
+            if skip(rel):
+                continue
+            target = local / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            pafs.copy_files(self.path(rel), str(target), source_filesystem=self.fs, destination_filesystem=lfs)
+        return local
+
+    def upload(self, local: str | Path, skip=lambda rel: False) -> None:
+        """Copy the files below ``local`` into the run directory (except those ``skip`` names)."""
+        import pyarrow.fs as pafs
+
+        local = Path(local)
+        lfs = pafs.LocalFileSystem()
+        for f in sorted(local.rglob("*")):
+            rel = f.relative_to(local).as_posix()
+            if not f.is_file() or skip(rel):
+                continue
+            self._parent(rel)
+            pafs.copy_files(str(f), self.path(rel), source_filesystem=lfs, destination_filesystem=self.fs)
+
+
+def cache_dir(kind: str) -> Path:
+    base = Path(os.environ.get("RAYTRAIN_CACHE", Path.home() / ".cache" / "raytrain"))
+    return base / kind
+
+
+def mirror_of(location: str) -> Path:
+    """The local directory that mirrors a URI run directory (stable for one URI)."""
+    digest = hashlib.sha256(location.encode()).hexdigest()[:12]
+    name = "-".join(location.split("?")[0].rstrip("/").split("/")[-2:])
+    return cache_dir("runs") / f"{name}-{digest}"
+
+
+def materialize(location: str | Path) -> Path:
+    """A local directory with a run's files: the path itself, or a fresh download of a URI."""
+    if not is_uri(str(location)):
+        return Path(str(location).removeprefix("file://")).expanduser()
+    location = str(location)
+    store = Store(location)
+    if not store.exists():
+        raise FileNotFoundError(f"{redact(location)}: nothing there")
+    local = mirror_of(location)
+    print(f"[raytrain] downloading {redact(location)} -> {local}", flush=True)
+    return store.download(local)

@@ -1,0 +1,84 @@
+"""Run storage on a pyarrow.fs URI: a real S3 API (moto's S3 server on 127.0.0.1) as a multi-node cluster's bucket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from raytrain.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+BUCKET = "raytrain-runs"
+
+
+@pytest.fixture(scope="module")
+def s3_uri(tmp_path_factory):
+    pytest.importorskip("moto", reason="the S3 test server comes with moto[server] (in the test extras)")
+    import pyarrow.fs as pafs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.3)
+    options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+    pafs.S3FileSystem(access_key="test", secret_key="test", endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                      region="us-east-1", allow_bucket_creation=True).create_dir(BUCKET)
+    # credentials in the URI keep this test's fake keys out of the environment of the suite's Ray workers
+    yield f"s3://test:test@{BUCKET}/runs?{options}"
+    proc.terminate()
+    proc.wait(timeout=30)
+
+
+def test_train_run_on_s3_storage(ray_local, s3_uri):
+    from raytrain.ensemble.members import Member, score
+    from raytrain.serve.sources import resolve
+    from raytrain.spec.schema import VariantSpec
+    from raytrain.storage import Store
+    from raytrain.train.export import load_model
+    from raytrain.train.runner import run_train
+
+    spec = load_spec(ROOT / "jobs/train_ml100k.yaml", [f"storage={s3_uri}", "name=uri-run", "train.epochs=2",
+                                                       "train.batch_size=2048"])
+    summary = run_train(spec)
+    location = summary["run_dir"]
+    assert location.startswith(f"s3://test:test@{BUCKET}/runs/uri-run/") and "endpoint_override" in location
+    files = Store(location).files()
+    for name in ("spec.yaml", "schema.json", "plan.txt", "result.json", "metrics.parquet", "metrics/epoch_0001.json",
+                 "metrics/test.json", "workers/rank0.pid", "workers/rank1.pid"):
+        assert name in files, (name, files)
+    # both ranks' DCP shards were uploaded into one checkpoint directory per epoch, marker included
+    for epoch in ("epoch_0001", "epoch_0002"):
+        got = {f.split("/")[-1] for f in files if f.startswith(f"ray/{epoch}/")}
+        assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "raytrain.json"} <= got, (epoch, got)
+    assert not any(f.startswith("data/") for f in files)
+    remote_result = json.loads(Store(location).read_text("result.json"))
+    assert remote_result["test_auc"] == summary["test_auc"] and remote_result["checkpoint"].startswith("s3://")
+
+    # the last checkpoint, read back from the bucket, scores the test split as the workers did
+    model = load_model(location, summary["checkpoint"])
+    assert model.epoch == 1
+    member = Member("uri-run", Path(model.checkpoint).parents[1], Path(model.checkpoint), model)
+    logits, labels = score(member, "test")
+    assert len(labels) == 10_000
+    assert roc_auc_score(labels, logits) == pytest.approx(summary["test_auc"], abs=1e-4)
+    # a serve variant can name the URI run: its files are downloaded into the local cache
+    variant = resolve("v", VariantSpec(run=location))
+    assert Path(variant.members[0].checkpoint).is_dir() and not variant.members[0].run_dir.startswith("s3://")
+    assert np.isfinite(logits).all()
