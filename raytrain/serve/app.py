@@ -328,8 +328,7 @@ class Ingress:
             "models": infos,
             "variants": {v.name: {"source": v.source, "members": [m.name for m in v.members],
                                   "combine": (v.combiner or {}).get("kind"), "share": self.cfg.shares[v.name],
-                                  "explore": (lambda e: e.model_dump(mode="json") if e else None)(
-                                      self.cfg.variants[v.name].explore)}
+                                  "explore": self.cfg.explore_of(v.name)}
                          for v in self.variants},
             "sticky_key": self.cfg.sticky_key,
             "oov": self.cfg.oov,

@@ -66,10 +66,13 @@ class DecisionLog:
         decisions, _ = read_logs(self.dir)
         for rid, pos, item in zip(decisions.column("request_id").to_pylist(), decisions.column("position").to_pylist(),
                                   decisions.column("item").to_pylist()):
-            slate = self.slates.setdefault(rid, [])
-            slate.extend([-1] * (pos + 1 - len(slate)))
-            slate[pos] = item
+            self._remember(rid, pos, item)
         self._task: asyncio.Task | None = None
+
+    def _remember(self, request_id: str, position: int, item: int) -> None:
+        slate = self.slates.setdefault(request_id, [])
+        slate.extend([-1] * (position + 1 - len(slate)))
+        slate[position] = item
 
     def _ensure_flusher(self) -> None:
         if self._task is None or self._task.done():
@@ -93,9 +96,7 @@ class DecisionLog:
     async def log(self, rows: list[dict]) -> None:
         self._ensure_flusher()
         for r in rows:
-            slate = self.slates.setdefault(r["request_id"], [])
-            slate.extend([-1] * (r["position"] + 1 - len(slate)))
-            slate[r["position"]] = r["item"]
+            self._remember(r["request_id"], r["position"], r["item"])
         self.decisions.extend(rows)
 
     async def record_feedback(self, request_id, item, reward) -> tuple[int, str]:

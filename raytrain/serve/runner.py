@@ -50,8 +50,7 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
     info = {"url": url, "app": spec.name, "ready_s": round(time.time() - t0, 1),
             "variants": {v.name: {"share": spec.serve.shares[v.name], "source": v.source,
                                   "members": [m.__dict__ for m in v.members], "combine": (v.combiner or {}).get("kind"),
-                                  "explore": (lambda e: e.model_dump(mode="json") if e else None)(
-                                      spec.serve.variants[v.name].explore)}
+                                  "explore": spec.serve.explore_of(v.name)}
                          for v in variants}}
     if any(v.explore is not None for v in spec.serve.variants.values()):
         info["logs"] = str(run_dir / "logs")

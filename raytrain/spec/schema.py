@@ -441,6 +441,11 @@ class ServeSpec(Section):
     port: int = Field(8000, ge=1, le=65535)
     route_prefix: str = Field("/", pattern=r"^/")
 
+    def explore_of(self, variant: str) -> dict | None:
+        """A variant's exploration settings as JSON (None: it ranks plainly)."""
+        e = self.variants[variant].explore
+        return e.model_dump(mode="json") if e is not None else None
+
     @property
     def shares(self) -> dict[str, float]:
         return dict(self.traffic) or {next(iter(self.variants)): 1.0}
