@@ -18,7 +18,7 @@ demo: $(STAMP)
 	$(VENV)/bin/raytrain run jobs/train_ml100k.yaml
 
 test: $(STAMP) lint typecheck
-	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+	$(PY) -m pytest -q -ra --durations=15 $(PYTEST_ARGS)
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -ra -m "not slow" $(PYTEST_ARGS)

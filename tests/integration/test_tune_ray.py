@@ -68,8 +68,12 @@ def test_interrupted_tune_resumes_without_rerunning_finished_trials(ray_local, t
     cmd = [sys.executable, "-m", "raytrain.cli.main", "run", str(ROOT / "jobs/tune_ml100k_asha.yaml"),
            "--address", address, f"storage={tmp_path}", *SMALL, "tune.scheduler={name: fifo}", "tune.num_samples=3",
            "tune.max_concurrent_trials=1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    # output to a file, not a pipe: nobody reads a pipe while the driver runs, and a full pipe (64 KiB of Ray's
+    # worker logs) blocks the driver's next print, and so the whole tune run
+    log = tmp_path / "driver.log"
+    with log.open("w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
     finished = []
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
@@ -78,9 +82,9 @@ def test_interrupted_tune_resumes_without_rerunning_finished_trials(ray_local, t
         if finished and len(list(tmp_path.glob("*/*/tune/_trial_*"))) >= 2:
             break
         time.sleep(1)
-    assert finished, f"no trial finished: {proc.poll()} {proc.stdout.read()[-3000:] if proc.poll() is not None else ''}"
+    assert finished, f"no trial finished: {proc.poll()} {log.read_text()[-3000:]}"
     proc.send_signal(signal.SIGINT)  # as a user's Ctrl+C, or a preempted driver
-    proc.communicate(timeout=180)
+    proc.wait(timeout=180)
     run_dir = finished[0].parents[4]
     # content, not mtime: on restore Tune syncs every trial directory again (same bytes, new mtimes); a rerun
     # would write new epoch end times
