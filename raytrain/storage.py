@@ -65,6 +65,19 @@ class Store:
     def path(self, rel: str = "") -> str:
         return f"{self.root.rstrip('/')}/{rel}" if rel else self.root
 
+    def location_of(self, fs_path: str) -> str:
+        """The location (URI, or local path) of ``fs_path``, a path inside this store's filesystem below its root
+        (what Ray reports for a checkpoint or a trial on the store)."""
+        root = self.root.rstrip("/") + "/"
+        if not fs_path.startswith(root):
+            raise ValueError(f"{fs_path}: not inside {redact(self.location)}")
+        return join(self.location, fs_path[len(root):])
+
+    def read_parquet(self, rel: str):
+        import pandas as pd
+
+        return pd.read_parquet(self.path(rel), filesystem=self.fs)
+
     def _parent(self, rel: str) -> None:
         parent = self.path(rel).rsplit("/", 1)[0]
         self.fs.create_dir(parent, recursive=True)
@@ -107,6 +120,15 @@ class Store:
         root = self.root.rstrip("/") + "/"
         return sorted(i.path.removeprefix(root) for i in infos if i.type == pafs.FileType.File)
 
+    def dirs(self, rel: str = "") -> list[str]:
+        """The names of the directories right below ``rel``, sorted."""
+        import pyarrow.fs as pafs
+
+        if not self.exists(rel):
+            return []
+        infos = self.fs.get_file_info(pafs.FileSelector(self.path(rel), recursive=False))
+        return sorted(i.base_name for i in infos if i.type == pafs.FileType.Directory)
+
     def download(self, local: str | Path, skip=lambda rel: False) -> Path:
         """Copy the run's files (except those ``skip`` names) into ``local``; returns it."""
         import pyarrow.fs as pafs
@@ -133,6 +155,25 @@ class Store:
                 continue
             self._parent(rel)
             pafs.copy_files(str(f), self.path(rel), source_filesystem=lfs, destination_filesystem=self.fs)
+
+
+class Mirror:
+    """A run directory as the driver sees it: a local directory, and for a URI run the store it mirrors.
+    What the driver writes goes to both (``put``) or is uploaded at the end (``publish``)."""
+
+    def __init__(self, local: str | Path, location: str | Path):
+        self.local, self.location = Path(local), str(location)
+        self.store = Store(self.location) if is_uri(self.location) else None
+
+    def put(self, rel: str, text: str) -> None:
+        (self.local / rel).write_text(text)
+        if self.store is not None:
+            self.store.write_text(rel, text)
+
+    def publish(self, skip_dirs: tuple[str, ...]) -> None:
+        """Upload the driver's files (not those under ``skip_dirs``) to the URI run directory."""
+        if self.store is not None:
+            self.store.upload(self.local, skip=lambda rel: rel.startswith(skip_dirs) or rel.endswith(".tmp"))
 
 
 def cache_dir(kind: str) -> Path:

@@ -109,6 +109,28 @@ def _two_tower(spec: Any, schema: FeatureSchema, ebc: EmbeddingBagCollection, de
     return TwoTower(ebc, user, item, spec.embedding_dim, list(spec.tower), device)
 
 
+class _DropoutHook:
+    """A forward hook: dropout on a layer's output while training (no parameters, so checkpoints of models with
+    and without dropout have the same keys)."""
+
+    def __init__(self, p: float) -> None:
+        self.p = p
+
+    def __call__(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(output, self.p, module.training)
+
+
+def add_dropout(net: nn.Module, p: float) -> int:
+    """Dropout ``p`` after each hidden layer of a DLRM / DCN top MLP; returns how many layers got it."""
+    over = getattr(net, "over_arch", None)
+    if p <= 0 or over is None:
+        return 0
+    hidden = list(over.model[0]._mlp)  # OverArch.model = Sequential(MLP(hidden layers), Linear(-> 1))
+    for layer in hidden:
+        layer.register_forward_hook(_DropoutHook(p))
+    return len(hidden)
+
+
 MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "dlrm": _dlrm,
     "dcn_v2": _dcn_v2,
@@ -127,6 +149,7 @@ def build_model(
         device=torch.device(ebc_device) if ebc_device is not None else device,
     )
     net = MODEL_REGISTRY[spec.arch](spec, schema, ebc, device)
+    add_dropout(net, getattr(spec, "dropout", 0.0))
     return RecModel(net, spec.arch)
 
 

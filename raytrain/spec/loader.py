@@ -175,10 +175,11 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
                                     f"({', '.join(steps)})")
     elif spec.serve is not None:
         problems.append("serve: only for kind serve or pipeline")
-    if is_uri(spec.storage) and spec.kind != "train":
-        problems.append(f"storage: a URI ({redact(spec.storage)}) is run storage for kind train (checkpoints a multi-node "
-                        f"cluster shares); kind {spec.kind} writes to a local or mounted shared path. Models stored "
-                        "at a URI can still be read: give the URI as a serve variant's or an ensemble's run")
+    if is_uri(spec.storage) and spec.kind not in ("train", "tune"):
+        problems.append(f"storage: a URI ({redact(spec.storage)}) is run storage for kinds train and tune (checkpoints "
+                        f"a multi-node cluster shares); kind {spec.kind} writes to a local or mounted shared path. "
+                        "Models stored at a URI can still be read: give the URI as a serve variant's, an ensemble's "
+                        "or a teacher's run or tune_run")
     if spec.kind == "bandit":
         bandit = spec.bandit or BanditSpec()
         if spec.data.source not in ("open-bandit", "served-logs"):
@@ -214,6 +215,8 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
                     f"train.sharding.{where}: {st!r} needs train.device: cuda (TorchRec shards row-wise only "
                     "on CUDA); on CPU use table_wise, column_wise, table_column_wise or data_parallel"
                 )
+    if spec.model.arch == "two_tower" and spec.model.dropout > 0:
+        problems.append("model.dropout: applies to the top MLP of dlrm and dcn_v2; two_tower has none")
     features = declared_features(spec.data)
     if features is not None:
         for name in sharding.tables:

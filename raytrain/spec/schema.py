@@ -185,6 +185,8 @@ class ModelSpec(Section):
     over_arch: list[int] = Field(default_factory=lambda: [128, 64], description="top MLP; the 1-unit output is appended")
     tower: list[int] = Field(default_factory=lambda: [64, 32], description="two_tower: each tower's MLP")
     dcn: DcnSpec = Field(default_factory=DcnSpec)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dlrm / dcn_v2: dropout on the output of each hidden layer "
+                                                             "of the top MLP (over_arch), in training only")
 
     @field_validator("dense_arch", "over_arch", "tower")
     @classmethod

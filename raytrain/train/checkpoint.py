@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 
 from ..errors import CheckpointError
+from ..storage import Store, redact
 
 MARKER = "raytrain.json"
 
@@ -40,14 +41,15 @@ def save(sharded, directory: str | Path, epoch: int, metrics: dict) -> None:
 
 
 def read_marker(directory: str | Path) -> dict:
-    directory = Path(directory)
-    marker = directory / MARKER
-    if not marker.exists() or not (directory / ".metadata").exists():
-        raise CheckpointError(f"{directory}: incomplete checkpoint (no {MARKER} or .metadata); refusing to load it")
+    """A complete checkpoint's marker (epoch, metrics); ``directory`` may be a pyarrow.fs URI."""
+    store = Store(directory)
+    where = redact(str(directory))
+    if not store.exists(MARKER) or not store.exists(".metadata"):
+        raise CheckpointError(f"{where}: incomplete checkpoint (no {MARKER} or .metadata); refusing to load it")
     try:
-        return json.loads(marker.read_text())
+        return json.loads(store.read_text(MARKER))
     except json.JSONDecodeError as e:
-        raise CheckpointError(f"{directory}/{MARKER}: corrupt ({e})") from None
+        raise CheckpointError(f"{where}/{MARKER}: corrupt ({e})") from None
 
 
 def load(sharded, directory: str | Path) -> dict:

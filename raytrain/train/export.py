@@ -18,7 +18,7 @@ from ..errors import CheckpointError
 from ..models import build_model
 from ..spec import load_spec
 from ..spec.schema import JobSpec
-from ..storage import is_uri, materialize, redact
+from ..storage import Store, is_uri, join, materialize, redact
 from .checkpoint import read_marker
 from .distributed import TrainModule
 
@@ -32,16 +32,24 @@ class LoadedModel:
     epoch: int
 
 
-def complete_checkpoints(run_dir: str | Path) -> list[Path]:
-    """Checkpoints of a run that finished writing (marker present), oldest first."""
+def checkpoint_locations(run: str | Path) -> list[str]:
+    """Checkpoints of a run (a path or a pyarrow.fs URI) that finished writing (marker present), oldest first."""
     out = []
-    for d in sorted((Path(run_dir) / "ray").glob("epoch_*")):
+    for name in Store(run).dirs("ray"):
+        if not name.startswith("epoch_"):
+            continue
+        location = join(str(run), "ray", name)
         try:
-            read_marker(d)
-            out.append(d)
+            read_marker(location)
+            out.append(location)
         except CheckpointError:
             continue
     return out
+
+
+def complete_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoints of a local run directory that finished writing (marker present), oldest first."""
+    return [Path(p) for p in checkpoint_locations(Path(run_dir))]
 
 
 def load_model(run_dir: str | Path, checkpoint: str | Path | None = None) -> LoadedModel:

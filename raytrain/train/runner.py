@@ -14,7 +14,7 @@ import pandas as pd
 from ..data import PreparedData, prepare
 from ..spec import resolved_yaml
 from ..spec.schema import JobSpec
-from ..storage import Store, filesystem, is_uri, join, mirror_of, redact
+from ..storage import Mirror, Store, filesystem, is_uri, join, mirror_of, redact
 
 
 def _log(msg: str) -> None:
@@ -77,10 +77,10 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
 
 
-def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None = None, name: str = "ray",
-                 init_checkpoint: str | None = None, location: str | None = None):
+def make_trainer(spec: JobSpec, prepared, location: str | Path, callbacks: list | None = None, name: str = "ray",
+                 init_checkpoint: str | None = None):
     """The TorchTrainer for one training run (also one Tune trial): workers, data, storage, retries.
-    ``location``: where the run lives when not at ``run_dir`` (a pyarrow.fs URI)."""
+    ``location``: where the run lives, a path or a pyarrow.fs URI; Ray Train's own state goes to ``<location>/<name>``."""
     import ray.data
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
@@ -92,14 +92,14 @@ def make_trainer(spec: JobSpec, prepared, run_dir: Path, callbacks: list | None 
     if prepared.paths:
         datasets = {split: ray.data.read_parquet(files) for split, files in prepared.paths.items()}
     res = spec.train.resources_per_worker
-    storage: dict[str, Any] = {"storage_path": str(run_dir)}
-    if location is not None and is_uri(location):
-        fs, path = filesystem(location)
+    storage: dict[str, Any] = {"storage_path": str(location)}
+    if is_uri(str(location)):
+        fs, path = filesystem(str(location))
         storage = {"storage_path": path, "storage_filesystem": fs}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "data": prepared.to_dict(),
-                           "run_dir": location or str(run_dir), "init_checkpoint": init_checkpoint},
+                           "run_dir": str(location), "init_checkpoint": init_checkpoint},
         scaling_config=ScalingConfig(
             num_workers=spec.train.workers,
             use_gpu=spec.train.device == "cuda",
@@ -125,13 +125,8 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
               prepared: PreparedData | None = None) -> dict:
     """A training run; ``prepared``: data already laid out (a distillation's teacher-scored split)."""
     run_dir, location = new_run_location(spec) if run_dir is None else (run_dir, str(run_dir))
-    store = Store(location) if is_uri(location) else None
-
-    def put(rel: str, text: str) -> None:  # the local directory, and the URI run directory if there is one
-        (run_dir / rel).write_text(text)
-        if store is not None:
-            store.write_text(rel, text)
-
+    mirror = Mirror(run_dir, location)
+    store, put = mirror.store, mirror.put
     put("spec.yaml", resolved_yaml(spec))
     _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if store is not None else ""))
     t0 = time.perf_counter()
@@ -140,7 +135,7 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     _log(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
          f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")
     init_ray(spec, address)
-    trainer = make_trainer(spec, prepared, run_dir, location=location)
+    trainer = make_trainer(spec, prepared, location)
     result = trainer.fit()
     if result.error is not None:
         raise result.error
@@ -161,11 +156,10 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     summary["run_dir"] = str(run_dir)
     if store is not None:
         if result.checkpoint is not None:
-            summary["checkpoint"] = join(location, result.checkpoint.path.removeprefix(store.root.rstrip("/") + "/"))
+            summary["checkpoint"] = store.location_of(result.checkpoint.path)
         summary["run_dir"], summary["local_mirror"] = location, str(run_dir)
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
-    if store is not None:  # what the driver wrote (result, metrics table) joins the run on the URI
-        store.upload(run_dir, skip=lambda rel: rel.startswith(("ray/", "data/")) or rel.endswith(".tmp"))
+    mirror.publish(skip_dirs=("ray/", "data/"))  # what the driver wrote (result, metrics table) joins a URI run
     _log(f"done in {summary['wall_seconds']:.0f}s: val_auc {summary.get('val_auc', float('nan')):.4f} "
          f"val_logloss {summary.get('val_logloss', float('nan')):.4f} | test_auc {summary.get('test_auc', float('nan')):.4f} "
          f"test_logloss {summary.get('test_logloss', float('nan')):.4f}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..spec.schema import JobSpec
+from ..storage import is_uri, join
 from .space import tune_of
 
 
@@ -92,12 +93,16 @@ def _plots(spec: JobSpec, board: pd.DataFrame, curves: dict[str, pd.DataFrame], 
     return [str(per_epoch), str(best_so_far)]
 
 
-def write_report(spec: JobSpec, results, run_dir: Path) -> dict:
-    from ..train.export import complete_checkpoints
+def write_report(spec: JobSpec, results, run_dir: Path, location: str | None = None) -> dict:
+    """Leaderboard, best spec, best checkpoint and plots into ``run_dir`` (the local mirror of ``location`` when the
+    run lives on a URI); the leaderboard's ``path`` is each trial's directory where the run lives."""
+    from ..train.export import checkpoint_locations
     from .runner import best_spec_yaml
 
     metric = tune_of(spec).metric
+    location = location or str(run_dir)
     board, curves = _trial_rows(spec, results)
+    board["path"] = [None if p is None else join(location, "tune", Path(str(p)).name) for p in board["path"]]
     board.to_parquet(run_dir / "leaderboard.parquet", index=False)
     shown = board[["trial", "status", metric, "epochs", "wall_s", "test_auc", "config"]].copy()
     shown["config"] = shown["config"].str.slice(0, 90)
@@ -115,14 +120,14 @@ def write_report(spec: JobSpec, results, run_dir: Path) -> dict:
         top = board.iloc[0]
         config = json.loads(top["config"])
         (run_dir / "best_spec.yaml").write_text(best_spec_yaml(spec, config))
-        ckpts = complete_checkpoints(Path(top["path"]) / "run")
+        ckpts = checkpoint_locations(join(str(top["path"]), "run"))
         link = run_dir / "best_checkpoint"
-        if ckpts:
+        if ckpts and not is_uri(location):  # a link beside the leaderboard; on a URI run, result.json names it
             if link.is_symlink() or link.exists():
                 link.unlink()
             os.symlink(os.path.relpath(ckpts[-1], run_dir), link)
         summary.update({"best_trial": top["trial"], f"best_{metric}": float(top[metric]), "best_config": config,
-                        "best_test_auc": float(top["test_auc"]), "best_checkpoint": str(ckpts[-1]) if ckpts else None})
+                        "best_test_auc": float(top["test_auc"]), "best_checkpoint": ckpts[-1] if ckpts else None})
         _log(f"best trial {top['trial']}: {metric} {top[metric]:.4f}, test_auc {top['test_auc']:.4f}, "
              f"config {config}; ready-to-run spec: {run_dir / 'best_spec.yaml'}")
     summary["plots"] = _plots(spec, board, curves, run_dir)

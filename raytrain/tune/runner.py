@@ -2,7 +2,9 @@
 
 Ray Train V2 pattern: the trial is a small function that builds a ``TorchTrainer`` and calls
 ``fit()``; ``TuneReportCallback`` forwards each epoch's metrics to Tune, where the scheduler reads
-``epoch`` as its clock. A trial keeps its own run directory (spec, metrics, checkpoints), so an
+``epoch`` as its clock. A trial keeps its own run directory (spec, metrics, checkpoints) at
+``<run>/tune/<trial>/run`` on the run's storage (a shared path or a pyarrow.fs URI, not Tune's staging
+directory on the driver's node), so a trial on any node writes where the driver reads, and an
 interrupted trial resumes from its last checkpoint when the experiment is restored.
 """
 
@@ -19,6 +21,7 @@ from ..data import PreparedData, prepare
 from ..errors import RaytrainError, SpecError
 from ..spec import parse_spec, resolved_yaml
 from ..spec.schema import JobSpec
+from ..storage import Mirror, Store, filesystem, is_uri, join, mirror_of, redact
 from .space import apply_config, parse_dist, to_param_space, tune_of
 
 
@@ -30,32 +33,38 @@ class ResourceError(RaytrainError):
     """A trial cannot fit the cluster."""
 
 
-def _trial_setup(config: dict, base: dict, data: dict) -> tuple[JobSpec, Path, PreparedData]:
-    """The trial's train spec, and its own run directory inside the Tune trial directory."""
+def trial_location(location: str, trial_dir: str) -> str:
+    """A trial's own run directory, ``<tune run>/tune/<trial directory name>/run``, on the run's storage.
+    ``trial_dir``: any path ending in the trial's directory name (Tune's staging directory, or its storage path)."""
+    return join(str(location), "tune", Path(str(trial_dir)).name, "run")
+
+
+def _trial_setup(config: dict, base: dict, data: dict, location: str) -> tuple[JobSpec, str, PreparedData]:
+    """The trial's train spec, and its own run directory on the tune run's storage."""
     import ray.tune
 
     spec = parse_spec(apply_config(base, config))
-    run_dir = Path(ray.tune.get_context().get_trial_dir()) / "run"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
+    run = trial_location(location, ray.tune.get_context().get_trial_dir())
+    store = Store(run)
+    store.write_text("spec.yaml", resolved_yaml(spec))
     prepared = PreparedData.from_dict(data)
-    (run_dir / "schema.json").write_text(prepared.schema.to_json())
-    return spec, run_dir, prepared
+    store.write_text("schema.json", prepared.schema.to_json())
+    return spec, run, prepared
 
 
-def _trial(config: dict, base: dict, data: dict) -> None:
+def _trial(config: dict, base: dict, data: dict, location: str) -> None:
     """One trial: the base spec with this trial's values, trained by a TorchTrainer."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from ..train.runner import make_trainer
 
-    spec, run_dir, prepared = _trial_setup(config, base, data)
+    spec, run, prepared = _trial_setup(config, base, data, location)
     # same storage path and name as an interrupted attempt of this trial: Ray Train restores its
     # checkpoint manager from there, so the trial resumes from its last checkpoint
-    make_trainer(spec, prepared, run_dir, callbacks=[TuneReportCallback()]).fit()
+    make_trainer(spec, prepared, run, callbacks=[TuneReportCallback()]).fit()
 
 
-def _pbt_trial(config: dict, base: dict, data: dict) -> None:
+def _pbt_trial(config: dict, base: dict, data: dict, location: str) -> None:
     """A PBT trial: train in segments of ``perturbation_interval`` epochs, each a TorchTrainer run
     starting from the previous segment's checkpoint, and report a checkpoint to Tune after each, so
     PBT can copy a better trial's weights into this one (exploit) with perturbed values (explore).
@@ -70,7 +79,7 @@ def _pbt_trial(config: dict, base: dict, data: dict) -> None:
     from ..train.checkpoint import read_marker
     from ..train.runner import make_trainer
 
-    spec, run_dir, prepared = _trial_setup(config, base, data)
+    spec, run, prepared = _trial_setup(config, base, data, location)
     interval = int(base["tune"]["scheduler"]["perturbation_interval"])  # the trial spec is a train spec
     start, init = 0, None
     given = ray.tune.get_checkpoint()
@@ -81,9 +90,10 @@ def _pbt_trial(config: dict, base: dict, data: dict) -> None:
     while start < spec.train.epochs:
         stop = min(start + interval, spec.train.epochs)
         seg = spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": stop})})
-        result = make_trainer(seg, prepared, run_dir, name=f"segment_{stop:04d}_{time.time_ns()}",
+        result = make_trainer(seg, prepared, run, name=f"segment_{stop:04d}_{time.time_ns()}",
                               init_checkpoint=init).fit()
-        init = result.checkpoint.path
+        # a location the next segment (or another trial, after an exploit) can open: a URI on an object store
+        init = Store(run).location_of(result.checkpoint.path) if is_uri(run) else result.checkpoint.path
         with tempfile.TemporaryDirectory() as d:
             (Path(d) / "pointer.json").write_text(json.dumps({"path": init}))
             ray.tune.report({k: v for k, v in result.metrics.items() if not k.startswith("test_")},
@@ -214,33 +224,33 @@ def _progress(metric: str, mode: str, epochs: int) -> Any:
     return Progress()
 
 
-def remove_trial_placement_groups(trial_dir: str | Path) -> int:
-    """Remove the worker-group placement groups a trial's training runs recorded, if still there."""
+def remove_trial_placement_groups(run: str) -> int:
+    """Remove the worker-group placement groups a trial's training runs recorded (in its run directory ``run``),
+    if still there."""
     import ray
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    record = Path(trial_dir) / "run" / "workers" / "placement_groups.txt"
-    if not record.exists():
+    store, record = Store(run), "workers/placement_groups.txt"
+    if not store.exists(record):
         return 0
     table = ray.util.placement_group_table()
     removed = 0
-    for pg_hex in set(record.read_text().split()):
+    for pg_hex in set(store.read_text(record).split()):
         if table.get(pg_hex, {}).get("state") == "CREATED":
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_hex))))
             removed += 1
     return removed
 
 
-def _release() -> Any:
+def _release(location: str) -> Any:
     """A Tune callback that frees a finished or stopped trial's worker placement group at once (ray issue 54305:
     a trial stopped by ASHA left it reserved, and after a few stops new trials waited forever for CPUs)."""
     from ray.tune import Callback
 
     class Release(Callback):
         def _free(self, trial) -> None:
-            paths = {p for p in (getattr(trial, "path", None), getattr(trial, "local_path", None)) if p}
             try:
-                n = sum(remove_trial_placement_groups(p) for p in paths)
+                n = remove_trial_placement_groups(trial_location(location, trial.path))
             except Exception as e:  # noqa: BLE001 - cleanup must never break the experiment
                 _log(f"could not release trial {trial.trial_id}'s placement group: {e}")
                 return
@@ -273,18 +283,22 @@ def _cleanup_placement_groups() -> int:
     return removed
 
 
-def _tuner(spec: JobSpec, prepared: PreparedData, run_dir: Path, restore: bool = False):
+def _tuner(spec: JobSpec, prepared: PreparedData, location: str, restore: bool = False):
+    """The Tuner for a run at ``location`` (a path or a pyarrow.fs URI): Tune's experiment in ``<location>/tune``."""
     from ray import tune
 
     base = spec.model_dump(mode="json")
     trial_fn = _pbt_trial if tune_of(spec).scheduler.name == "pbt" else _trial
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, base=base, data=prepared.to_dict()),
+        tune.with_parameters(trial_fn, base=base, data=prepared.to_dict(), location=location),
         {"cpu": tune_of(spec).resources_per_trial.cpu},
     )
+    fs, root = filesystem(location)
+    storage: dict[str, Any] = {"storage_path": root, "storage_filesystem": fs} if is_uri(location) else \
+        {"storage_path": location}
     if restore:
-        return tune.Tuner.restore(str(run_dir / "tune"), trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
+        return tune.Tuner.restore(f"{root}/tune", trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                  storage_filesystem=fs if is_uri(location) else None)
     t = tune_of(spec)
     basic = t.search.algorithm in ("random", "grid")
     return tune.Tuner(
@@ -295,48 +309,66 @@ def _tuner(spec: JobSpec, prepared: PreparedData, run_dir: Path, restore: bool =
             num_samples=t.num_samples, max_concurrent_trials=None if basic else t.max_concurrent_trials,
             time_budget_s=t.time_budget_s,
         ),
-        run_config=tune.RunConfig(name="tune", storage_path=str(run_dir),
-                                  callbacks=[_progress(t.metric, t.mode, spec.train.epochs), _release()], verbose=0),
+        run_config=tune.RunConfig(name="tune", **storage, verbose=0,
+                                  callbacks=[_progress(t.metric, t.mode, spec.train.epochs), _release(location)]),
     )
 
 
-def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = None, restore: bool = False) -> dict:
-    from ..train.runner import init_ray, new_run_dir
+def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = None, restore: bool = False,
+             location: str | None = None) -> dict:
+    """A tune run in a new run directory (or, restoring, in ``run_dir``; ``location``: its URI when it lives on
+    one, ``run_dir`` being the local mirror)."""
+    from ..train.runner import init_ray, new_run_location
 
     if spec.tune is None:
         raise SpecError("tune: missing")
-    run_dir = run_dir or new_run_dir(spec)
+    if run_dir is None:
+        run_dir, location = new_run_location(spec)
+    location = location or str(run_dir)
+    mirror = Mirror(run_dir, location)
     if not restore:
-        (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
-    _log(f"run directory: {run_dir}")
+        mirror.put("spec.yaml", resolved_yaml(spec))
+    _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if mirror.store else ""))
     t0 = time.time()
     prepared = prepare(spec.data, work_dir=str(run_dir))
-    (run_dir / "schema.json").write_text(prepared.schema.to_json())
+    mirror.put("schema.json", prepared.schema.to_json())
     init_ray(spec, address)
     preflight(spec, prepared)
     t = tune_of(spec)
     _log(f"tuning {len(t.space)} parameter(s) with {t.search.algorithm} + {t.scheduler.name}: "
          f"{t.num_samples} trials, {t.max_concurrent_trials} at a time, {spec.train.workers} workers each")
-    results = _tuner(spec, prepared, run_dir, restore=restore).fit()
+    results = _tuner(spec, prepared, location, restore=restore).fit()
     removed = _cleanup_placement_groups()
     if removed:
         _log(f"removed {removed} placement group(s) left by stopped trials")
     from .report import write_report
 
-    summary = write_report(spec, results, run_dir)
+    summary = write_report(spec, results, run_dir, location)
     summary["wall_seconds"] = time.time() - t0
+    summary["run_dir"] = location
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2, default=str))
+    mirror.publish(skip_dirs=("data/", "tune/"))  # the report's files join a URI run (Tune wrote tune/ itself)
     return summary
 
 
 def resume_tune(run_dir: str | Path, address: str | None = None) -> dict:
+    """Restore an interrupted tune run (a path or a pyarrow.fs URI): finished trials are kept, the others resume."""
     from ..spec import load_spec
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "tune").is_dir():
-        raise RaytrainError(f"{run_dir}: no tune experiment to resume (no tune/ folder)")
-    spec = load_spec(run_dir / "spec.yaml")
-    return run_tune(spec, run_dir=run_dir, address=address, restore=True)
+    location = str(run_dir)
+    if is_uri(location):
+        store = Store(location)
+        if not store.exists("tune"):
+            raise RaytrainError(f"{redact(location)}: no tune experiment to resume (no tune/ folder)")
+        local = mirror_of(location)
+        local.mkdir(parents=True, exist_ok=True)
+        (local / "spec.yaml").write_text(store.read_text("spec.yaml"))
+        return run_tune(load_spec(local / "spec.yaml"), run_dir=local, address=address, restore=True,
+                        location=location)
+    path = Path(location)
+    if not (path / "tune").is_dir():
+        raise RaytrainError(f"{path}: no tune experiment to resume (no tune/ folder)")
+    return run_tune(load_spec(path / "spec.yaml"), run_dir=path, address=address, restore=True)
 
 
 def best_spec_yaml(spec: JobSpec, config: dict) -> str:

@@ -82,3 +82,51 @@ def test_train_run_on_s3_storage(ray_local, s3_uri):
     variant = resolve("v", VariantSpec(run=location))
     assert Path(variant.members[0].checkpoint).is_dir() and not variant.members[0].run_dir.startswith("s3://")
     assert np.isfinite(logits).all()
+
+
+def test_tune_run_on_s3_storage_trials_ensemble_and_resume(ray_local, s3_uri):
+    """Tune's experiment and every trial's run directory live on the bucket; ensembles read trials from there."""
+    from raytrain.ensemble.members import load_member, top_trials
+    from raytrain.storage import Store, join
+    from raytrain.train.export import load_model
+    from raytrain.tune.runner import resume_tune, run_tune
+
+    spec = load_spec(ROOT / "jobs/tune_ml100k_asha.yaml", [
+        f"storage={s3_uri}", "name=uri-tune", "train.workers=1", "train.batch_size=2048", "train.epochs=1",
+        "tune.num_samples=2", "tune.max_concurrent_trials=2", "tune.scheduler={name: fifo}",
+        "tune.search={algorithm: random, seed: 0}", "tune.space={model.embedding_dim: 'choice([8, 16])'}"])
+    summary = run_tune(spec)
+    location = summary["run_dir"]
+    assert location.startswith(f"s3://test:test@{BUCKET}/runs/uri-tune/"), location
+    store = Store(location)
+    files = store.files()
+    for name in ("spec.yaml", "schema.json", "leaderboard.parquet", "best_spec.yaml", "result.json",
+                 "metric_per_epoch.png", "best_so_far.png"):
+        assert name in files, (name, [f for f in files if "/" not in f])
+    assert any(f.startswith("tune/experiment_state") for f in files)  # Tune's own state, on the bucket
+    assert not any(f.startswith("data/") for f in files)
+    board = store.read_parquet("leaderboard.parquet")
+    assert len(board) == 2 and (board["status"] == "completed").all()
+    tests = {}
+    for trial in board["path"]:
+        assert trial.startswith("s3://") and "endpoint_override" in trial, trial
+        trial_files = Store(join(trial, "run")).files()
+        for name in ("spec.yaml", "schema.json", "plan.txt", "metrics/epoch_0001.json", "metrics/test.json",
+                     "workers/placement_groups.txt", "ray/epoch_0001/__0_0.distcp", "ray/epoch_0001/.metadata",
+                     "ray/epoch_0001/raytrain.json"):
+            assert name in trial_files, (trial, name, trial_files)
+        tests[trial] = Store(join(trial, "run")).read_text("metrics/test.json")
+    assert json.loads(tests[board["path"][0]])["test_auc"] == pytest.approx(summary["best_test_auc"])
+    # the best checkpoint, named by URI, loads from the bucket
+    assert summary["best_checkpoint"].startswith(join(board["path"][0], "run", "ray").split("?")[0])
+    assert load_model(join(board["path"][0], "run"), summary["best_checkpoint"]).epoch == 0
+    # an ensemble (or a teacher) reads the top trials off the bucket: downloaded into the local cache
+    runs = top_trials(location, 2)
+    assert all(r.is_dir() and (r / "spec.yaml").exists() for r in runs)
+    member = load_member(runs[0])
+    assert member.model.spec.model.embedding_dim == json.loads(board["config"][0])["model.embedding_dim"]
+    # restoring the finished experiment from the bucket reruns nothing
+    again = resume_tune(location)
+    assert again["trials"] == 2 and again["completed"] == 2
+    for trial, text in tests.items():
+        assert Store(join(trial, "run")).read_text("metrics/test.json") == text

@@ -66,7 +66,7 @@ def test_interrupted_tune_resumes_without_rerunning_finished_trials(ray_local, t
     # cluster (a second embedded cluster beside it on 2 cores once left the first trial waiting forever)
     address = ray_local.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "raytrain.cli.main", "run", str(ROOT / "jobs/tune_ml100k_asha.yaml"),
-           "--address", address, f"storage={tmp_path}", *SMALL, "tune.scheduler={name: fifo}", "tune.num_samples=3",
+           "--address", address, f"storage={tmp_path}", *SMALL, "tune.scheduler={name: fifo}", "tune.num_samples=2",
            "tune.max_concurrent_trials=1"]
     # output to a file, not a pipe: nobody reads a pipe while the driver runs, and a full pipe (64 KiB of Ray's
     # worker logs) blocks the driver's next print, and so the whole tune run
@@ -86,15 +86,14 @@ def test_interrupted_tune_resumes_without_rerunning_finished_trials(ray_local, t
     proc.send_signal(signal.SIGINT)  # as a user's Ctrl+C, or a preempted driver
     proc.wait(timeout=180)
     run_dir = finished[0].parents[4]
-    # content, not mtime: on restore Tune syncs every trial directory again (same bytes, new mtimes); a rerun
-    # would write new epoch end times
+    # content: a rerun would write new epoch end times
     first = finished[0].read_text()
-    assert len(list(run_dir.glob("tune/*/run/metrics/test.json"))) < 3  # interrupted before the end
+    assert len(list(run_dir.glob("tune/*/run/metrics/test.json"))) < 2  # interrupted before the end
     out = subprocess.run([sys.executable, "-m", "raytrain.cli.main", "resume", str(run_dir), "--address", address],
                          capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     board = pd.read_parquet(run_dir / "leaderboard.parquet")
-    assert len(board) == 3 and (board["status"] == "completed").all()
+    assert len(board) == 2 and (board["status"] == "completed").all()
     assert finished[0].read_text() == first  # the trial that had finished was not run again
 
 

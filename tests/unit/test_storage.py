@@ -6,7 +6,7 @@ import pytest
 
 from raytrain.errors import SpecError
 from raytrain.spec import load_spec
-from raytrain.storage import Store, is_uri, join, materialize, redact
+from raytrain.storage import Mirror, Store, is_uri, join, materialize, redact
 
 ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
 
@@ -30,14 +30,38 @@ def test_store_on_a_path(tmp_path):
     copy.upload(tmp_path / "run", skip=lambda rel: rel.startswith("metrics/"))
     assert copy.files() == ["resumes.jsonl"]
     assert materialize(str(tmp_path / "run")) == tmp_path / "run"
+    # what Ray reports (a path inside the store's filesystem) back to a location; the sub-directories
+    assert s.location_of(s.path("ray/epoch_0001")) == join(str(tmp_path / "run"), "ray/epoch_0001")
+    with pytest.raises(ValueError, match="not inside"):
+        s.location_of("/elsewhere/ray")
+    s.write_text("tune/b/x", "1")
+    s.write_text("tune/a/x", "1")
+    assert s.dirs("tune") == ["a", "b"] and s.dirs("nothing") == []
 
 
-def test_uri_storage_is_for_train_runs():
+def test_mirror_writes_both_sides_and_publishes_all_but_skipped(tmp_path):
+    (tmp_path / "local" / "data").mkdir(parents=True)
+    local = Mirror(tmp_path / "local", str(tmp_path / "local"))
+    assert local.store is None  # a path run: the local directory is the run
+    local.put("spec.yaml", "a: 1")
+    local.publish(skip_dirs=("data/",))  # nothing to do
+    assert (tmp_path / "local" / "spec.yaml").read_text() == "a: 1"
+    # a "remote" run here is a store on another path: what publish would upload to a bucket
+    m = Mirror(tmp_path / "local", str(tmp_path / "local"))
+    m.store = Store(tmp_path / "remote")
+    m.put("schema.json", "{}")
+    (tmp_path / "local" / "data" / "train.parquet").write_text("x")
+    (tmp_path / "local" / "result.json").write_text("{}")
+    m.publish(skip_dirs=("data/",))
+    assert m.store.files() == ["result.json", "schema.json", "spec.yaml"]
+
+
+def test_uri_storage_is_for_train_and_tune_runs():
     with pytest.raises(SpecError) as e:
-        load_spec(ROOT / "jobs/tune_ml100k_asha.yaml", ["storage=s3://bucket/runs?endpoint_override=h:1&secret_key=x"])
+        load_spec(ROOT / "jobs/bandit_obd_bts.yaml", ["storage=s3://bucket/runs?endpoint_override=h:1&secret_key=x"])
     msg = str(e.value)
-    assert "is run storage for kind train" in msg and "secret_key=***" in msg and "secret_key=x" not in msg
-    spec = load_spec(ROOT / "jobs/train_ml100k.yaml", ["storage=s3://bucket/runs"])
-    assert spec.storage == "s3://bucket/runs"
+    assert "is run storage for kinds train and tune" in msg and "secret_key=***" in msg and "secret_key=x" not in msg
+    for job in ("train_ml100k.yaml", "tune_ml100k_asha.yaml"):
+        assert load_spec(ROOT / "jobs" / job, ["storage=s3://bucket/runs"]).storage == "s3://bucket/runs"
     with pytest.raises(ValueError, match="not a usable pyarrow.fs URI"):
         Store("nosuchscheme://x/y")
