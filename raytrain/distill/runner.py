@@ -22,6 +22,7 @@ from ..data.batches import TEACHER_COLUMN, Columns
 from ..ensemble.members import load_member, score, split_table
 from ..spec.loader import parse_spec
 from ..spec.schema import JobSpec
+from ..storage import Mirror
 from ..train.metrics import binary_metrics
 from ..tune.space import set_path
 from .teacher import Teacher, load_teacher
@@ -68,14 +69,15 @@ def latency(teacher: Teacher, student_module: torch.nn.Module, cols: Columns, ba
 
 
 def run_distill(spec: JobSpec, address: str | None = None) -> dict:
-    from ..train.runner import new_run_dir, run_train
+    from ..train.runner import new_run_location, run_train
 
     assert spec.distill is not None
     t0 = time.time()
     teacher = load_teacher(spec.distill.teacher)
     _log(f"teacher: {teacher.source}, {len(teacher.members)} model(s), {teacher.parameters():,} parameters")
     student = student_spec(teacher.members[0].model.spec, spec)
-    run_dir = new_run_dir(student)
+    run_dir, location = new_run_location(student)  # on a URI: run_dir is its local mirror
+    mirror = Mirror(run_dir, location)
     # teacher scores once, into the training split's parquet (the workers read them with the features)
     train_logits, _ = teacher.logits("train")
     table = split_table(teacher.members[0], "train")
@@ -85,10 +87,10 @@ def run_distill(spec: JobSpec, address: str | None = None) -> dict:
     _log(f"teacher scored {len(train_logits):,} training rows in {time.time() - t0:.0f}s -> {path}")
     prepared = prepare(student.data, work_dir=str(run_dir))
     prepared.paths["train"] = [str(path)]
-    summary = run_train(student, run_dir=run_dir, address=address, prepared=prepared)
+    summary = run_train(student, run_dir=run_dir, address=address, prepared=prepared, location=location)
 
-    # side by side on the test split: quality, size, latency
-    s_member = load_member(run_dir, "student")
+    # side by side on the test split: quality, size, latency (a URI run's checkpoints are downloaded into the mirror)
+    s_member = load_member(location, "student")
     t_test, labels = teacher.logits("test")
     s_test, _ = score(s_member, "test")
     tm, sm = binary_metrics(labels, 1 / (1 + np.exp(-t_test))), binary_metrics(labels, 1 / (1 + np.exp(-s_test)))
@@ -99,7 +101,7 @@ def run_distill(spec: JobSpec, address: str | None = None) -> dict:
         "teacher": {"source": teacher.source, "parameters": teacher.parameters(), "bytes": teacher.bytes(),
                     "test_auc": tm["auc"], "test_logloss": tm["logloss"],
                     "latency_ms_batch1": lat[1]["teacher"], "latency_ms_batch512": lat[512]["teacher"]},
-        "student": {"run_dir": str(run_dir), "parameters": s_params, "bytes": s_bytes, "test_auc": sm["auc"],
+        "student": {"run_dir": location, "parameters": s_params, "bytes": s_bytes, "test_auc": sm["auc"],
                     "test_logloss": sm["logloss"], "latency_ms_batch1": lat[1]["student"],
                     "latency_ms_batch512": lat[512]["student"], "student_overrides": spec.distill.student},
         "parameter_ratio": s_params / teacher.parameters(),
@@ -110,6 +112,7 @@ def run_distill(spec: JobSpec, address: str | None = None) -> dict:
         "train": summary,
     }
     (run_dir / "distill.json").write_text(json.dumps(report, indent=2, default=str))
+    mirror.publish(skip_dirs=("ray/", "data/"))
     _log(f"teacher: {report['teacher']['parameters']:,} params, test AUC {tm['auc']:.4f}, "
          f"{lat[1]['teacher']:.2f} / {lat[512]['teacher']:.2f} ms (batch 1 / 512)")
     _log(f"student: {s_params:,} params ({report['parameter_ratio']:.3f}x), test AUC {sm['auc']:.4f} "

@@ -175,9 +175,10 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
                                     f"({', '.join(steps)})")
     elif spec.serve is not None:
         problems.append("serve: only for kind serve or pipeline")
-    if is_uri(spec.storage) and spec.kind not in ("train", "tune"):
-        problems.append(f"storage: a URI ({redact(spec.storage)}) is run storage for kinds train and tune (checkpoints "
-                        f"a multi-node cluster shares); kind {spec.kind} writes to a local or mounted shared path. "
+    if is_uri(spec.storage) and spec.kind not in ("train", "tune", "distill"):
+        problems.append(f"storage: a URI ({redact(spec.storage)}) is run storage for kinds train, tune and distill "
+                        f"(checkpoints a multi-node cluster shares); kind {spec.kind} writes to a local or mounted "
+                        "shared path. "
                         "Models stored at a URI can still be read: give the URI as a serve variant's, an ensemble's "
                         "or a teacher's run or tune_run")
     if spec.kind == "bandit":

@@ -122,9 +122,12 @@ def make_trainer(spec: JobSpec, prepared, location: str | Path, callbacks: list 
 
 
 def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = None,
-              prepared: PreparedData | None = None) -> dict:
-    """A training run; ``prepared``: data already laid out (a distillation's teacher-scored split)."""
-    run_dir, location = new_run_location(spec) if run_dir is None else (run_dir, str(run_dir))
+              prepared: PreparedData | None = None, location: str | None = None) -> dict:
+    """A training run; ``prepared``: data already laid out (a distillation's teacher-scored split); ``run_dir`` and
+    ``location``: a run directory made by the caller (the local mirror, and the URI it mirrors if any)."""
+    if run_dir is None:
+        run_dir, location = new_run_location(spec)
+    location = location or str(run_dir)
     mirror = Mirror(run_dir, location)
     store, put = mirror.store, mirror.put
     put("spec.yaml", resolved_yaml(spec))

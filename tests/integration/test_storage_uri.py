@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from sklearn.metrics import roc_auc_score
 
 from raytrain.spec import load_spec
@@ -84,9 +85,12 @@ def test_train_run_on_s3_storage(ray_local, s3_uri):
     assert np.isfinite(logits).all()
 
 
-def test_tune_run_on_s3_storage_trials_ensemble_and_resume(ray_local, s3_uri):
-    """Tune's experiment and every trial's run directory live on the bucket; ensembles read trials from there."""
+def test_tune_and_distill_runs_on_s3_storage(ray_local, s3_uri):
+    """Tune's experiment and every trial's run directory live on the bucket; ensembles and a distillation read the
+    trials from there, the student's run goes there too; a tune run resumes from the bucket."""
+    from raytrain.distill.runner import run_distill
     from raytrain.ensemble.members import load_member, top_trials
+    from raytrain.spec import parse_spec
     from raytrain.storage import Store, join
     from raytrain.train.export import load_model
     from raytrain.tune.runner import resume_tune, run_tune
@@ -125,6 +129,20 @@ def test_tune_run_on_s3_storage_trials_ensemble_and_resume(ray_local, s3_uri):
     assert all(r.is_dir() and (r / "spec.yaml").exists() for r in runs)
     member = load_member(runs[0])
     assert member.model.spec.model.embedding_dim == json.loads(board["config"][0])["model.embedding_dim"]
+    # a distillation of the best trial off the bucket, its student run stored on the bucket too
+    doc = yaml.safe_load((ROOT / "jobs/distill_ml100k.yaml").read_text())
+    doc.update(storage=s3_uri, name="uri-distill")
+    doc["distill"]["teacher"] = {"tune_run": location}
+    report = run_distill(parse_spec(doc))
+    student = report["student"]["run_dir"]
+    assert student.startswith(f"s3://test:test@{BUCKET}/runs/uri-distill/"), student
+    student_files = Store(student).files()
+    for name in ("distill.json", "result.json", "metrics/test.json", "ray/epoch_0001/__0_0.distcp",
+                 "ray/epoch_0001/raytrain.json", "teacher/train.parquet"):
+        assert name in student_files, (name, student_files)
+    on_bucket = json.loads(Store(student).read_text("distill.json"))
+    assert on_bucket["student"]["test_auc"] == pytest.approx(report["student"]["test_auc"])
+    assert report["parameter_ratio"] < 0.5 and report["auc_retained_pct"] > 90
     # restoring the finished experiment from the bucket reruns nothing
     again = resume_tune(location)
     assert again["trials"] == 2 and again["completed"] == 2

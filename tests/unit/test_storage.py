@@ -56,12 +56,12 @@ def test_mirror_writes_both_sides_and_publishes_all_but_skipped(tmp_path):
     assert m.store.files() == ["result.json", "schema.json", "spec.yaml"]
 
 
-def test_uri_storage_is_for_train_and_tune_runs():
+def test_uri_storage_is_for_train_tune_and_distill_runs():
     with pytest.raises(SpecError) as e:
         load_spec(ROOT / "jobs/bandit_obd_bts.yaml", ["storage=s3://bucket/runs?endpoint_override=h:1&secret_key=x"])
     msg = str(e.value)
-    assert "is run storage for kinds train and tune" in msg and "secret_key=***" in msg and "secret_key=x" not in msg
-    for job in ("train_ml100k.yaml", "tune_ml100k_asha.yaml"):
+    assert "is run storage for kinds train, tune and distill" in msg and "secret_key=***" in msg and "secret_key=x" not in msg
+    for job in ("train_ml100k.yaml", "tune_ml100k_asha.yaml", "distill_ml100k.yaml"):
         assert load_spec(ROOT / "jobs" / job, ["storage=s3://bucket/runs"]).storage == "s3://bucket/runs"
     with pytest.raises(ValueError, match="not a usable pyarrow.fs URI"):
         Store("nosuchscheme://x/y")
