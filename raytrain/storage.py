@@ -143,18 +143,20 @@ class Store:
             pafs.copy_files(self.path(rel), str(target), source_filesystem=self.fs, destination_filesystem=lfs)
         return local
 
-    def upload(self, local: str | Path, skip=lambda rel: False) -> None:
-        """Copy the files below ``local`` into the run directory (except those ``skip`` names)."""
+    def upload_file(self, local: str | Path, rel: str) -> None:
         import pyarrow.fs as pafs
 
+        self._parent(rel)
+        pafs.copy_files(str(local), self.path(rel), source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=self.fs)
+
+    def upload(self, local: str | Path, skip=lambda rel: False) -> None:
+        """Copy the files below ``local`` into the run directory (except those ``skip`` names)."""
         local = Path(local)
-        lfs = pafs.LocalFileSystem()
         for f in sorted(local.rglob("*")):
             rel = f.relative_to(local).as_posix()
-            if not f.is_file() or skip(rel):
-                continue
-            self._parent(rel)
-            pafs.copy_files(str(f), self.path(rel), source_filesystem=lfs, destination_filesystem=self.fs)
+            if f.is_file() and not skip(rel):
+                self.upload_file(f, rel)
 
 
 class Mirror:
@@ -169,6 +171,32 @@ class Mirror:
         (self.local / rel).write_text(text)
         if self.store is not None:
             self.store.write_text(rel, text)
+
+    def share(self, prepared):
+        """``prepared`` with the files raytrain made on this node (in the local run directory, or in its data cache,
+        e.g. MovieLens splits) also uploaded to the URI run directory and recorded in ``prepared.shared``, so
+        training workers on any node read them; the user's own files (``data.path``) stay as they are. Unchanged
+        for a path run."""
+        import dataclasses
+
+        if self.store is None:
+            return prepared
+        root, cache = self.local.resolve(), cache_dir("").resolve()
+        shared: dict[str, list[str]] = {}
+        for split, files in prepared.paths.items():
+            shared[split] = []
+            for f in files:
+                path = Path(f).resolve()
+                if path.is_relative_to(root):
+                    rel = path.relative_to(root).as_posix()
+                elif path.is_relative_to(cache):
+                    rel = f"data/{split}/{path.name}"
+                else:  # readable where the user put them (a shared mount)
+                    shared[split].append(f)
+                    continue
+                self.store.upload_file(path, rel)
+                shared[split].append(join(self.location, rel))
+        return dataclasses.replace(prepared, shared=shared)
 
     def publish(self, skip_dirs: tuple[str, ...]) -> None:
         """Upload the driver's files (not those under ``skip_dirs``) to the URI run directory."""

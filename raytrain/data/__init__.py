@@ -16,13 +16,16 @@ class PreparedData:
     schema: FeatureSchema
     paths: dict[str, list[str]] = field(default_factory=dict)  # split -> parquet files
     synthetic: dict | None = None  # SyntheticSpec as a dict
+    # split -> the same files where every node can read them (a URI run's copy); the workers' datasets read these
+    shared: dict[str, list[str]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"schema": self.schema.to_dict(), "paths": self.paths, "synthetic": self.synthetic}
+        return {"schema": self.schema.to_dict(), "paths": self.paths, "synthetic": self.synthetic,
+                "shared": self.shared}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PreparedData":
-        return cls(FeatureSchema.from_dict(d["schema"]), d.get("paths") or {}, d.get("synthetic"))
+        return cls(FeatureSchema.from_dict(d["schema"]), d.get("paths") or {}, d.get("synthetic"), d.get("shared") or {})
 
 
 def declared_features(data_spec) -> list[str] | None:

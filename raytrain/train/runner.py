@@ -89,8 +89,12 @@ def make_trainer(spec: JobSpec, prepared, location: str | Path, callbacks: list 
 
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets: dict[str, Any] = {}
-    if prepared.paths:
-        datasets = {split: ray.data.read_parquet(files) for split, files in prepared.paths.items()}
+    for split, files in (prepared.shared or prepared.paths).items():  # a URI run's copy when there is one
+        if files and is_uri(files[0]):
+            fs, _ = filesystem(files[0])
+            datasets[split] = ray.data.read_parquet([filesystem(f)[1] for f in files], filesystem=fs)
+        else:
+            datasets[split] = ray.data.read_parquet(files)
     res = spec.train.resources_per_worker
     storage: dict[str, Any] = {"storage_path": str(location)}
     if is_uri(str(location)):
@@ -133,7 +137,7 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     put("spec.yaml", resolved_yaml(spec))
     _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if store is not None else ""))
     t0 = time.perf_counter()
-    prepared = prepared or prepare(spec.data, work_dir=str(run_dir))
+    prepared = mirror.share(prepared or prepare(spec.data, work_dir=str(run_dir)))  # on a URI run: data/ there too
     put("schema.json", prepared.schema.to_json())
     _log(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
          f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")

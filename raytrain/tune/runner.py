@@ -330,7 +330,7 @@ def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = N
         mirror.put("spec.yaml", resolved_yaml(spec))
     _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if mirror.store else ""))
     t0 = time.time()
-    prepared = prepare(spec.data, work_dir=str(run_dir))
+    prepared = mirror.share(prepare(spec.data, work_dir=str(run_dir)))  # on a URI run: data/ there too, for every node
     mirror.put("schema.json", prepared.schema.to_json())
     init_ray(spec, address)
     preflight(spec, prepared)

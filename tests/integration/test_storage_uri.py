@@ -68,7 +68,8 @@ def test_train_run_on_s3_storage(ray_local, s3_uri):
     for epoch in ("epoch_0001", "epoch_0002"):
         got = {f.split("/")[-1] for f in files if f.startswith(f"ray/{epoch}/")}
         assert {"__0_0.distcp", "__1_0.distcp", ".metadata", "raytrain.json"} <= got, (epoch, got)
-    assert not any(f.startswith("data/") for f in files)
+    # the prepared splits are on the bucket too, and that copy is what the workers' datasets read
+    assert {"data/train/train.parquet", "data/validation/validation.parquet", "data/test/test.parquet"} <= set(files)
     remote_result = json.loads(Store(location).read_text("result.json"))
     assert remote_result["test_auc"] == summary["test_auc"] and remote_result["checkpoint"].startswith("s3://")
 
@@ -108,7 +109,7 @@ def test_tune_and_distill_runs_on_s3_storage(ray_local, s3_uri):
                  "metric_per_epoch.png", "best_so_far.png"):
         assert name in files, (name, [f for f in files if "/" not in f])
     assert any(f.startswith("tune/experiment_state") for f in files)  # Tune's own state, on the bucket
-    assert not any(f.startswith("data/") for f in files)
+    assert "data/train/train.parquet" in files  # the trials' workers read the splits off the bucket
     board = store.read_parquet("leaderboard.parquet")
     assert len(board) == 2 and (board["status"] == "completed").all()
     tests = {}

@@ -54,6 +54,21 @@ def test_mirror_writes_both_sides_and_publishes_all_but_skipped(tmp_path):
     (tmp_path / "local" / "result.json").write_text("{}")
     m.publish(skip_dirs=("data/",))
     assert m.store.files() == ["result.json", "schema.json", "spec.yaml"]
+    # share: files inside the run go to the store too (what workers on other nodes read); the user's stay put
+    from raytrain.data import PreparedData
+    from raytrain.data.schema import FeatureSchema
+
+    outside = tmp_path / "user.parquet"
+    outside.write_text("y")
+    m.location = str(tmp_path / "remote")
+    prepared = PreparedData(FeatureSchema((), ("x",), "y"), {"train": [str(tmp_path / "local/data/train.parquet")],
+                                                             "test": [str(outside)]})
+    shared = m.share(prepared)
+    assert shared.paths == prepared.paths  # the driver still reads its local files
+    assert shared.shared == {"train": [str(tmp_path / "remote/data/train.parquet")], "test": [str(outside)]}
+    assert (tmp_path / "remote/data/train.parquet").read_text() == "x"
+    assert PreparedData.from_dict(shared.to_dict()).shared == shared.shared
+    assert local.share(prepared) is prepared  # a path run: nothing to copy
 
 
 def test_uri_storage_is_for_train_tune_and_distill_runs():
