@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
@@ -15,7 +14,7 @@ import torch
 from ..data import prepare
 from ..data.batches import Columns
 from ..errors import CheckpointError
-from ..storage import Store, is_uri, join, materialize, redact
+from ..storage import Store, join, materialize, redact
 from ..train.checkpoint import read_marker
 from ..train.export import LoadedModel, complete_checkpoints, load_model
 
@@ -44,27 +43,15 @@ def top_trials(tune_run_dir: str | Path, k: int) -> list[Path]:
     """Run directories of the k best trials of a tune run (by its leaderboard), best first; the trials of a tune
     run on a pyarrow.fs URI are downloaded into the local cache."""
     location = str(tune_run_dir)
-    if is_uri(location):
-        store = Store(location)
-        if not store.exists("leaderboard.parquet"):  # <storage>/<name>: its newest finished run
-            runs = [d for d in store.dirs() if store.exists(f"{d}/leaderboard.parquet")]
-            if runs:
-                location = join(location, runs[-1])
-                store = Store(location)
-        if not store.exists("leaderboard.parquet"):
-            raise CheckpointError(f"{redact(location)}: no leaderboard.parquet (not a finished tune run)")
-        board = store.read_parquet("leaderboard.parquet")
-    else:
-        tune_run_dir = Path(location).expanduser()
-        if not (tune_run_dir / "leaderboard.parquet").exists():  # <storage>/<name>: its newest finished run
-            found = sorted(p.parent for p in tune_run_dir.glob("*/leaderboard.parquet"))
-            if found:
-                tune_run_dir = found[-1]
-        board_path = tune_run_dir / "leaderboard.parquet"
-        if not board_path.exists():
-            raise CheckpointError(f"{tune_run_dir}: no leaderboard.parquet (not a finished tune run)")
-        board = pd.read_parquet(board_path)
-        location = str(tune_run_dir)
+    store = Store(location)  # a path or a URI, the same calls
+    if not store.exists("leaderboard.parquet"):  # <storage>/<name>: its newest finished run
+        runs = [d for d in store.dirs() if store.exists(f"{d}/leaderboard.parquet")]
+        if runs:
+            location = join(location, runs[-1])
+            store = Store(location)
+    if not store.exists("leaderboard.parquet"):
+        raise CheckpointError(f"{redact(location)}: no leaderboard.parquet (not a finished tune run)")
+    board = store.read_parquet("leaderboard.parquet")
     board = board[board["status"].isin(["completed", "stopped early"]) & board["path"].notna()]
     if len(board) < k:
         raise CheckpointError(f"{redact(location)}: {len(board)} usable trials, fewer than the {k} asked for")
