@@ -32,12 +32,33 @@ def table_configs(schema: FeatureSchema, embedding_dim: int) -> list[EmbeddingBa
 
 
 class RecModel(nn.Module):
-    """Wraps an architecture so every model has the same call: ``logits = model(dense, sparse)``."""
+    """Wraps an architecture so every model has the same call: ``logits = model(dense, sparse)``.
 
-    def __init__(self, net: nn.Module, arch: str) -> None:
+    ``embedding_l2``: a DLRM / DCN-v2 keeps the embeddings its last training forward looked up (the
+    sparse arch's [B, F, D] output) and ``penalty()`` returns ``embedding_l2 * mean over rows of their
+    squared norm``, which the training loss adds. It is a loss term, not an optimizer weight decay:
+    FBGEMM's CPU kernels ignore ``weight_decay``, and a loss term trains the same on every device
+    and sharding type. Frequent ids are pulled towards 0 in proportion to how often they are seen.
+    """
+
+    def __init__(self, net: nn.Module, arch: str, embedding_l2: float = 0.0) -> None:
         super().__init__()
         self.net = net
         self.arch = arch
+        self.embedding_l2 = embedding_l2
+        self._looked_up: torch.Tensor | None = None
+        if embedding_l2 > 0:
+            net.sparse_arch.register_forward_hook(self._keep)
+
+    def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
+        self._looked_up = output if self.training else None
+
+    def penalty(self) -> torch.Tensor | None:
+        """The embedding L2 term of the last training forward (None without one)."""
+        if self._looked_up is None:
+            return None
+        looked_up, self._looked_up = self._looked_up, None
+        return self.embedding_l2 * looked_up.pow(2).sum(dim=(1, 2)).mean()
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
         return self.net(dense, sparse).reshape(-1)
@@ -150,7 +171,7 @@ def build_model(
     )
     net = MODEL_REGISTRY[spec.arch](spec, schema, ebc, device)
     add_dropout(net, getattr(spec, "dropout", 0.0))
-    return RecModel(net, spec.arch)
+    return RecModel(net, spec.arch, getattr(spec, "embedding_l2", 0.0))
 
 
 def embedding_collection(model: nn.Module) -> EmbeddingBagCollection:

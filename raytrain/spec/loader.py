@@ -218,6 +218,8 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
                 )
     if spec.model.arch == "two_tower" and spec.model.dropout > 0:
         problems.append("model.dropout: applies to the top MLP of dlrm and dcn_v2; two_tower has none")
+    if spec.model.arch == "two_tower" and spec.model.embedding_l2 > 0:
+        problems.append("model.embedding_l2: applies to dlrm and dcn_v2 (their sparse arch); not to two_tower")
     features = declared_features(spec.data)
     if features is not None:
         for name in sharding.tables:

@@ -187,6 +187,8 @@ class ModelSpec(Section):
     dcn: DcnSpec = Field(default_factory=DcnSpec)
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dlrm / dcn_v2: dropout on the output of each hidden layer "
                                                              "of the top MLP (over_arch), in training only")
+    embedding_l2: float = Field(0.0, ge=0.0, description="dlrm / dcn_v2: L2 penalty on the embeddings a batch looks "
+                                                         "up, added to the training loss")
 
     @field_validator("dense_arch", "over_arch", "tower")
     @classmethod
@@ -231,6 +233,8 @@ class TrainSpec(Section):
     batch_size: int = Field(1024, ge=1, description="global batch size, split evenly over workers")
     eval_batch_size: int = Field(4096, ge=1)
     epochs: int = Field(5, ge=1)
+    lr_decay: float = Field(1.0, gt=0.0, le=1.0, description="every learning rate (dense and sparse) is "
+                                                          "multiplied by this after each epoch")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
     max_failures: int = Field(0, ge=-1, description="-1: retry forever")
     seed: int = 0

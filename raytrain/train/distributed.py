@@ -54,6 +54,9 @@ class TrainModule(nn.Module):
             loss = distill_loss(logits, batch.teacher, batch.label, *self.distill)
         else:
             loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.label)
+        penalty = self.model.penalty()
+        if penalty is not None:
+            loss = loss + penalty
         return loss, logits.detach()
 
 

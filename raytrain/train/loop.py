@@ -40,6 +40,16 @@ def _device(spec: JobSpec, local_rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def set_epoch_lr(optimizer, base_lrs: list[float], decay: float, epoch: int) -> None:
+    """Learning rates of an epoch: ``base * decay ** epoch`` (0-based), from the epoch alone, so a resumed
+    run continues the schedule."""
+    for group, base in zip(optimizer.param_groups, base_lrs):
+        group["lr"] = base * decay**epoch
+    # a fused (FBGEMM) table copies its group's lr into the kernel in zero_grad / step, and its forward
+    # captures that value for the update it applies in backward: set it now, before the epoch's first forward
+    optimizer.zero_grad()
+
+
 def _train_epoch(sharded, data: TrainData, epoch: int, device, rank: int, epochs: int) -> dict:
     module, opt = sharded.module, sharded.optimizer
     module.train()
@@ -92,6 +102,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     device = _device(spec, ctx.get_local_rank())
     sharded = shard_model(spec, prepared.schema, device, local_world_size=ctx.get_local_world_size())
+    base_lrs = [g["lr"] for g in sharded.optimizer.param_groups]  # before a checkpoint's state can change them
     if rank == 0:
         rows = describe_plan(sharded.plan, world)
         per_rank = memory_per_rank(rows, prepared.schema, spec.model.embedding_dim, spec.train.optimizer.sparse, world)
@@ -126,6 +137,7 @@ def train_loop_per_worker(config: dict) -> None:
     epochs = spec.train.epochs
     node_id = ray.get_runtime_context().get_node_id()  # rank 0's node: where a tune trial ran, in its leaderboard
     for epoch in range(start_epoch, epochs):
+        set_epoch_lr(sharded.optimizer, base_lrs, spec.train.lr_decay, epoch)
         stats = _train_epoch(sharded, train, epoch, device, rank, epochs)
         m = evaluate(sharded.module, val, device)
         metrics = {"epoch": epoch + 1, **stats, "val_auc": m["auc"], "val_logloss": m["logloss"],

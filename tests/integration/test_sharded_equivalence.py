@@ -116,3 +116,42 @@ def test_two_sharded_workers_match_one_unsharded_process(arch, sparse_opt, dense
     for key in tables:
         assert not np.allclose(ref_state[key].numpy(), init[key].numpy()), key
     assert set(tables) <= set(state)
+
+
+def _step_at_epoch(rank: int, world: int, spec_doc: dict, init: dict, sharding: dict, epoch: int):
+    """One optimizer step with the learning rates ``train.lr_decay`` gives ``epoch``; returns the full state."""
+    from raytrain.train.distributed import gather_full_state, load_full_state, shard_model
+    from raytrain.train.loop import set_epoch_lr
+
+    spec = JobSpec.model_validate(spec_doc)
+    spec.train.sharding.tables = sharding
+    sharded = shard_model(spec, SCHEMA, torch.device("cpu"))
+    base = [g["lr"] for g in sharded.optimizer.param_groups]
+    load_full_state(sharded.module, init)
+    set_epoch_lr(sharded.optimizer, base, spec.train.lr_decay, epoch)  # before the forward, as the loop does
+    b = GLOBAL_BATCH // world
+    loss, _ = sharded.module(_columns().batch(torch.arange(rank * b, (rank + 1) * b)))
+    sharded.optimizer.zero_grad()
+    loss.backward()
+    sharded.optimizer.step()
+    return {k: v.numpy() for k, v in gather_full_state(sharded.module).items()}
+
+
+def test_lr_decay_scales_the_first_step_of_fused_tables_and_dense_layers():
+    """rowwise Adagrad's and Adam's first steps are proportional to the learning rate, so at epoch 2 of
+    ``lr_decay: 0.5`` every parameter (fused sharded tables, data-parallel table, dense layers) moves
+    exactly half as far as at epoch 1."""
+    spec = _spec("dcn_v2", "rowwise_adagrad", "adam")
+    spec.train.lr_decay = 0.5
+    init, _, _ = _reference(spec)
+    doc = spec.model_dump(mode="json")
+    first = run_distributed(_step_at_epoch, 2, doc, init, SHARDING, 0)[0]
+    second = run_distributed(_step_at_epoch, 2, doc, init, SHARDING, 1)[0]
+    moved = 0
+    for key, a in first.items():
+        d1, d2 = a - init[key].numpy(), second[key] - init[key].numpy()
+        if not np.any(d1):
+            continue
+        moved += 1
+        np.testing.assert_allclose(d2, 0.5 * d1, rtol=1e-3, atol=1e-6, err_msg=key)
+    assert moved >= 8  # the four tables and the dense layers all moved

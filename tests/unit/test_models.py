@@ -1,4 +1,4 @@
-"""Model building: dropout in the top MLP."""
+"""Model building: dropout in the top MLP, the embedding L2 penalty."""
 
 from __future__ import annotations
 
@@ -45,3 +45,39 @@ def test_dropout_is_refused_for_two_tower_and_out_of_range():
         parse_spec({"name": "m", "model": {"arch": "two_tower", "dropout": 0.2}})
     with pytest.raises(SpecError, match="model.dropout"):
         parse_spec({"name": "m", "model": {"dropout": 1.0}})
+
+
+@pytest.mark.parametrize("arch", ["dlrm", "dcn_v2"])
+def test_embedding_l2_penalises_the_rows_a_training_batch_looks_up(arch):
+    spec = parse_spec({"name": "m", "model": {"arch": arch, "embedding_dim": 8, "embedding_l2": 0.01}})
+    model = build_model(spec.model, SCHEMA)
+    dense, sparse = _batch()
+    model.train()
+    model(dense, sparse)
+    penalty = model.penalty()
+    # by hand: each row of the batch looks up one user row and one item row
+    tables = {n.split(".")[-2]: p for n, p in model.named_parameters() if "embedding_bags" in n}
+    ids = sparse.to_dict()
+    rows = tables["t_user"][ids["user"].values()].pow(2).sum(1) + tables["t_item"][ids["item"].values()].pow(2).sum(1)
+    assert penalty is not None and penalty.item() > 0
+    assert penalty.item() == pytest.approx(0.01 * rows.mean().item(), rel=1e-5)
+    assert model.penalty() is None  # taken once per forward
+    # the penalty's gradient reaches exactly the looked-up rows
+    model(dense, sparse)
+    model.penalty().backward()
+    grad = tables["t_user"].grad
+    assert set(torch.nonzero(grad.abs().sum(1)).flatten().tolist()) == set(ids["user"].values().tolist())
+    model.eval()
+    model(dense, sparse)
+    assert model.penalty() is None  # no penalty out of training
+    plain = build_model(spec.model.model_copy(update={"embedding_l2": 0.0}), SCHEMA)
+    plain.train()
+    plain(dense, sparse)
+    assert plain.penalty() is None
+
+
+def test_embedding_l2_is_refused_for_two_tower_and_negative():
+    with pytest.raises(SpecError, match="model.embedding_l2: applies to dlrm and dcn_v2"):
+        parse_spec({"name": "m", "model": {"arch": "two_tower", "embedding_l2": 0.1}})
+    with pytest.raises(SpecError, match="model.embedding_l2"):
+        parse_spec({"name": "m", "model": {"embedding_l2": -1.0}})
