@@ -48,7 +48,8 @@ class RecModel(nn.Module):
         self.embedding_l2 = embedding_l2
         self._looked_up: torch.Tensor | None = None
         if embedding_l2 > 0:
-            net.sparse_arch.register_forward_hook(self._keep)
+            sparse_arch = net.get_submodule("sparse_arch")
+            sparse_arch.register_forward_hook(self._keep)
 
     def _keep(self, module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
         self._looked_up = output if self.training else None

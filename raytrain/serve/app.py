@@ -1,7 +1,9 @@
 """The Ray Serve application: one deployment per member model, one ingress that validates, routes and combines.
 
-Members of a variant are scored concurrently (one handle call each, awaited together); each member
-deployment merges concurrent calls into one forward pass with ``@serve.batch``. The ingress assigns
+Members of a variant are scored concurrently (one handle call each, awaited together). With batching on,
+the ingress merges concurrent requests (``@serve.batch``) and makes one call per member for the whole
+batch: on these models a Ray call costs several times a forward pass, so merging only the forward passes
+inside the members saved almost nothing (see docs/serving.md). The ingress assigns
 every row to a variant by a hash of its sticky key (the user id), so a user always sees the same variant
 and the shares over many users follow ``serve.traffic``: Ray Serve has no traffic split between model
 versions of its own.
@@ -24,7 +26,7 @@ from ray import serve
 from ..bandit import slates
 from ..data.batches import Columns
 from .decisions import DecisionLog
-from .features import FeatureStore, RequestError, from_wire, to_wire
+from .features import FeatureStore, RequestError, concat_wire, from_wire, to_wire
 from .sources import MemberRef, ResolvedVariant
 
 log = logging.getLogger("ray.serve")
@@ -48,37 +50,27 @@ def assign(shares: dict[str, float], salt: str, key) -> str:
 
 @serve.deployment
 class MemberModel:
-    """One trained model, loaded unsharded from its run directory; concurrent calls share a forward pass."""
+    """One trained model, loaded unsharded from its run directory; one forward pass per call.
 
-    def __init__(self, ref: MemberRef, max_batch_size: int, batch_wait_timeout_s: float, threads: int):
+    Batching happens upstream: the ingress merges concurrent requests and sends each member one call
+    per batch (``Ingress._scores_batched``), which saves the per-call cost (a Ray actor call costs
+    several times a forward pass of these models) as well as forward passes."""
+
+    def __init__(self, ref: MemberRef, threads: int):
         from ..train.export import load_model
 
         torch.set_num_threads(threads)
         self.ref = ref
         self.model = load_model(ref.run_dir, ref.checkpoint)
-        self.batching = max_batch_size > 1
-        self._score_batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
-        self._score_batched.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
         self.forward_passes = 0
-
-    @torch.inference_mode()
-    def _forward(self, parts: list[dict]) -> np.ndarray:
-        self.forward_passes += 1
-        cols = from_wire(self.model.schema, parts)
-        _, logits = self.model.module(cols.batch(torch.arange(len(cols))))
-        return logits.double().numpy()
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.005)
-    async def _score_batched(self, parts: list[dict]) -> list[np.ndarray]:
-        out = self._forward(parts)
-        bounds = np.cumsum([0] + [len(p["dense"]) for p in parts])
-        return [out[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     async def score(self, rows: dict) -> np.ndarray:
         """Logits of parsed rows (``features.to_wire``)."""
-        if self.batching:
-            return await self._score_batched(rows)
-        return self._forward([rows])
+        self.forward_passes += 1
+        cols = from_wire(self.model.schema, [rows])
+        with torch.inference_mode():
+            _, logits = self.model.module(cols.batch(torch.arange(len(cols))))
+        return logits.double().numpy()
 
     def info(self) -> dict:
         m = self.model
@@ -118,6 +110,10 @@ class Ingress:
         self.decision_log = decision_log  # a DecisionLog handle when a variant explores
         self.rngs = {name: np.random.default_rng(v.explore.seed) for name, v in self.cfg.variants.items()
                      if v.explore is not None}
+        self.batching = self.cfg.max_batch_size > 1
+        self.merged = {"batches": 0, "requests": 0}  # what batching merged: requests per batch of member calls
+        self._scores_batched.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]
+        self._scores_batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     # ---- helpers ----------------------------------------------------------------------------------------
 
@@ -139,9 +135,31 @@ class Ingress:
         return forced
 
     async def _scores(self, variant: str, cols: Columns) -> np.ndarray:
-        """Probabilities of one variant for parsed rows. Batching happens in the members (``MemberModel``);
-        batching here as well, to save member calls, measured slower (see docs/serving.md)."""
+        """Probabilities of one variant for parsed rows: merged with concurrent requests' rows when batching."""
+        if self.batching:
+            return await self._scores_batched((variant, to_wire(cols)))
         return await self._variant_scores(variant, to_wire(cols))
+
+    @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
+    async def _scores_batched(self, requests: list[tuple[str, dict]]) -> list[np.ndarray]:
+        """Concurrent requests' rows, grouped by variant: one call per member of each variant for the whole
+        group, then each request gets its own slice back."""
+        out: list[np.ndarray] = [np.empty(0)] * len(requests)
+        self.merged["batches"] += 1
+        self.merged["requests"] += len(requests)
+        groups: dict[str, list[int]] = {}
+        for i, (variant, _) in enumerate(requests):
+            groups.setdefault(variant, []).append(i)
+
+        async def score_group(variant: str, idx: list[int]) -> None:
+            parts = [requests[i][1] for i in idx]
+            probs = await self._variant_scores(variant, concat_wire(parts))
+            bounds = np.cumsum([0] + [len(p["dense"]) for p in parts])
+            for i, a, b in zip(idx, bounds[:-1], bounds[1:]):
+                out[i] = probs[a:b]
+
+        await asyncio.gather(*(score_group(v, idx) for v, idx in groups.items()))
+        return out
 
     async def _variant_scores(self, variant: str, rows: dict) -> np.ndarray:
         """Members of a variant scored concurrently, then combined."""
@@ -333,7 +351,7 @@ class Ingress:
             "sticky_key": self.cfg.sticky_key,
             "oov": self.cfg.oov,
             "batching": {"max_batch_size": self.cfg.max_batch_size,
-                         "batch_wait_timeout_s": self.cfg.batch_wait_timeout_s},
+                         "batch_wait_timeout_s": self.cfg.batch_wait_timeout_s, **self.merged},
             "max_request_rows": self.cfg.max_request_rows,
             "features": self.store.describe(),
             "requests": self.requests,
@@ -354,7 +372,7 @@ def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None)
                 name=f"member-{len(handles)}-{m.name}"[:60],
                 ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
                 max_ongoing_requests=max(cfg.max_ongoing_requests, 2 * cfg.max_batch_size), **scaling)
-            handles[m.checkpoint] = dep.bind(m, cfg.max_batch_size, cfg.batch_wait_timeout_s, cfg.torch_threads)
+            handles[m.checkpoint] = dep.bind(m, cfg.torch_threads)
     config = {"name": spec.name, "serve": cfg.model_dump(mode="json"), "data": _data_of(variants)}
     payload = [{"name": v.name, "members": [asdict(m) for m in v.members], "combiner": v.combiner,
                 "source": v.source} for v in variants]

@@ -435,7 +435,9 @@ class ServeSpec(Section):
         128, ge=1, description="per replica; Serve's router backs off (sleeps) when every replica is at its limit")
     ingress_replicas: int = Field(1, ge=1)
     ingress_num_cpus: float = Field(0.25, gt=0.0)
-    max_batch_size: int = Field(16, ge=1, description="requests merged into one forward pass (1: no batching)")
+    max_batch_size: int = Field(
+        16, ge=1, description="concurrent requests the ingress merges into one call per member (1: no batching)"
+    )
     batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="how long a batch waits to fill")
     max_request_rows: int = Field(1024, ge=1, description="rows per /predict request (more: HTTP 413)")
     max_recommend_k: int = Field(100, ge=1)

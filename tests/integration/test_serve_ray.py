@@ -99,6 +99,30 @@ def test_served_scores_equal_the_offline_models(served):
     np.testing.assert_allclose(check["probabilities"], scores, rtol=0, atol=1e-9)
 
 
+
+def test_concurrent_requests_are_merged_and_each_gets_its_own_rows_back(served):
+    """Batching: concurrent one-row requests share member calls (the ingress's /metadata counts the merged
+    batches), and every request still gets exactly its own row's probability."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    spec, out = served
+    rows, _ = _test_rows(64)
+    _, expected = post(out["url"] + "/predict", {"rows": rows, "variant": "ensemble"})
+    def metadata() -> dict:
+        return json.loads(urllib.request.urlopen(out["url"] + "/metadata", timeout=30).read())
+
+    before = metadata()
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(lambda r: post(out["url"] + "/predict", {"rows": [r], "variant": "ensemble"}), rows))
+    after = metadata()
+    assert all(status == 200 for status, _ in answers)
+    np.testing.assert_allclose([b["probabilities"][0] for _, b in answers], expected["probabilities"], rtol=0, atol=1e-6)
+    requests = after["batching"]["requests"] - before["batching"]["requests"]
+    batches = after["batching"]["batches"] - before["batching"]["batches"]
+    assert requests == 64  # the single ingress replica saw every request
+    assert 1 <= batches < requests, (batches, requests)
+
+
 def test_traffic_split_is_sticky_and_close_to_the_shares(served):
     spec, out = served
     users = list(range(1, 944)) + list(range(5000, 6057))  # known users and 1,057 unknown ones: 2,000 in all
