@@ -112,6 +112,7 @@ class Ingress:
                      if v.explore is not None}
         self.batching = self.cfg.max_batch_size > 1
         self.merged = {"batches": 0, "requests": 0}  # what batching merged: requests per batch of member calls
+        self.in_flight = 0  # /predict and /recommend requests being answered
         self._scores_batched.set_max_batch_size(self.cfg.max_batch_size)  # type: ignore[attr-defined]
         self._scores_batched.set_batch_wait_timeout_s(self.cfg.batch_wait_timeout_s)  # type: ignore[attr-defined]
 
@@ -135,8 +136,10 @@ class Ingress:
         return forced
 
     async def _scores(self, variant: str, cols: Columns) -> np.ndarray:
-        """Probabilities of one variant for parsed rows: merged with concurrent requests' rows when batching."""
-        if self.batching:
+        """Probabilities of one variant for parsed rows: merged with concurrent requests' rows when batching.
+        A request alone in the ingress goes straight through: waiting for company that is not coming would
+        only add ``batch_wait_timeout_s`` to its latency."""
+        if self.batching and self.in_flight > 1:
             return await self._scores_batched((variant, to_wire(cols)))
         return await self._variant_scores(variant, to_wire(cols))
 
@@ -190,6 +193,13 @@ class Ingress:
 
     @api.post("/predict")
     async def predict(self, request: Request):
+        self.in_flight += 1
+        try:
+            return await self._predict(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _predict(self, request: Request):
         try:
             body = await self._body(request)
             rows = body.get("rows")
@@ -228,6 +238,13 @@ class Ingress:
 
     @api.post("/recommend")
     async def recommend(self, request: Request):
+        self.in_flight += 1
+        try:
+            return await self._recommend(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _recommend(self, request: Request):
         try:
             body = await self._body(request)
             key, item_key = self.store.user_key, self.store.item_key

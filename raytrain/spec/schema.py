@@ -438,7 +438,9 @@ class ServeSpec(Section):
     max_batch_size: int = Field(
         16, ge=1, description="concurrent requests the ingress merges into one call per member (1: no batching)"
     )
-    batch_wait_timeout_s: float = Field(0.005, ge=0.0, description="how long a batch waits to fill")
+    batch_wait_timeout_s: float = Field(
+        0.02, ge=0.0, description="how long a batch waits to fill (a request alone in the ingress does not wait)"
+    )
     max_request_rows: int = Field(1024, ge=1, description="rows per /predict request (more: HTTP 413)")
     max_recommend_k: int = Field(100, ge=1)
     log_flush_s: float = Field(1.0, gt=0.0, description="exploring variants: seconds between decision-log files")
