@@ -15,6 +15,8 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 
 import numpy as np
@@ -135,13 +137,23 @@ class Ingress:
             raise RequestError(f"variant: {forced!r} is not served; variants: {', '.join(self.cfg.variants)}")
         return forced
 
+    @contextmanager
+    def _answering(self) -> Iterator[None]:
+        """Counts the /predict and /recommend requests being answered (``in_flight``)."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
+
     async def _scores(self, variant: str, cols: Columns) -> np.ndarray:
         """Probabilities of one variant for parsed rows: merged with concurrent requests' rows when batching.
         A request alone in the ingress goes straight through: waiting for company that is not coming would
         only add ``batch_wait_timeout_s`` to its latency."""
+        rows = to_wire(cols)
         if self.batching and self.in_flight > 1:
-            return await self._scores_batched((variant, to_wire(cols)))
-        return await self._variant_scores(variant, to_wire(cols))
+            return await self._scores_batched((variant, rows))
+        return await self._variant_scores(variant, rows)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
     async def _scores_batched(self, requests: list[tuple[str, dict]]) -> list[np.ndarray]:
@@ -193,11 +205,8 @@ class Ingress:
 
     @api.post("/predict")
     async def predict(self, request: Request):
-        self.in_flight += 1
-        try:
+        with self._answering():
             return await self._predict(request)
-        finally:
-            self.in_flight -= 1
 
     async def _predict(self, request: Request):
         try:
@@ -238,11 +247,8 @@ class Ingress:
 
     @api.post("/recommend")
     async def recommend(self, request: Request):
-        self.in_flight += 1
-        try:
+        with self._answering():
             return await self._recommend(request)
-        finally:
-            self.in_flight -= 1
 
     async def _recommend(self, request: Request):
         try:
