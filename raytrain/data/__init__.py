@@ -55,7 +55,9 @@ def schema_of(data_spec) -> FeatureSchema:
 
 
 def prepare(data_spec, work_dir: str | None = None) -> PreparedData:
-    """Fetch / split / validate on the driver, before any worker starts."""
+    """Fetch / split / validate on the driver, before any worker starts (fanned out over Ray tasks when Ray is
+    up). Splits and validations are cached by data spec and input files; ``work_dir`` is kept for callers and
+    no longer written to."""
     if data_spec.source == "movielens-100k":
         from .movielens import prepare as prepare_ml
 
@@ -65,16 +67,43 @@ def prepare(data_spec, work_dir: str | None = None) -> PreparedData:
         from .synthetic import schema_for as synthetic_schema
 
         return PreparedData(synthetic_schema(data_spec.synthetic), synthetic=data_spec.synthetic.model_dump(mode="json"))
-    from .parquet import expand, schema_for, validate_files
+    from .parquet import expand, schema_for
 
     schema = schema_for(data_spec)
     if data_spec.paths is not None:
         paths = {s: expand(getattr(data_spec.paths, s)) for s in ("train", "validation", "test")}
-        for files in paths.values():
-            validate_files(files, schema)
+        _validated(data_spec, schema, paths)
         return PreparedData(schema, paths)
     files = expand(data_spec.path)
-    validate_files(files, schema)
+    return PreparedData(schema, _split_cached(data_spec, schema, files))
+
+
+def _validated(data_spec, schema: FeatureSchema, paths: dict[str, list[str]]) -> None:
+    """Validate every file once per (spec, file sizes and times): a later prepare of the same data skips it."""
+    from .parallel import cache_key, cached_dir
+    from .parquet import validate_files
+
+    files = sorted({f for fs in paths.values() for f in fs})
+
+    def build(tmp) -> None:
+        validate_files(files, schema)
+
+    cached_dir("validated", cache_key("validated", data_spec.model_dump(mode="json"), files), build)
+
+
+def _split_cached(data_spec, schema: FeatureSchema, files: list[str]) -> dict[str, list[str]]:
+    """The split of ``files`` (validated first), made once per data spec and input files and then reused."""
+    from .parallel import _log, cache_key, cached_dir
+    from .parquet import validate_files
     from .split import split_parquet
 
-    return PreparedData(schema, split_parquet(files, schema, data_spec.split, work_dir))
+    key = cache_key("split", data_spec.model_dump(mode="json"), files)
+
+    def build(tmp) -> None:
+        validate_files(files, schema)
+        split_parquet(files, schema, data_spec.split, tmp)
+
+    out, hit = cached_dir("prepared", key, build)
+    if hit:
+        _log(f"data: reusing the split prepared earlier ({out})")
+    return {s: sorted(str(p) for p in (out / s).glob("part-*.parquet")) for s in ("train", "validation", "test")}

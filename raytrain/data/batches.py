@@ -24,13 +24,15 @@ class Batch:
     label: torch.Tensor  # [B] float32
     size: int
     teacher: torch.Tensor | None = None  # [B] float32 teacher logits (distillation), when the data has them
+    row_ids: torch.Tensor | None = None  # [B] int64 global row ids in the split (streamed data; stays on the CPU)
 
     # the Pipelineable protocol TorchRec's TrainPipelineSparseDist uses to move batches to a GPU
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         return Batch(self.dense.to(device, non_blocking=non_blocking),
                      self.sparse.to(device, non_blocking=non_blocking),
                      self.label.to(device, non_blocking=non_blocking), self.size,
-                     None if self.teacher is None else self.teacher.to(device, non_blocking=non_blocking))
+                     None if self.teacher is None else self.teacher.to(device, non_blocking=non_blocking),
+                     self.row_ids)
 
     def record_stream(self, stream) -> None:
         self.dense.record_stream(stream)
@@ -41,7 +43,7 @@ class Batch:
 
     def pin_memory(self) -> "Batch":
         return Batch(self.dense.pin_memory(), self.sparse.pin_memory(), self.label.pin_memory(), self.size,
-                     None if self.teacher is None else self.teacher.pin_memory())
+                     None if self.teacher is None else self.teacher.pin_memory(), self.row_ids)
 
 
 def binarise(label: np.ndarray, rule: str | None) -> np.ndarray:
@@ -168,18 +170,23 @@ class Columns:
                     f"({int(bad.sum())} bad id(s) in all)"
                 )
 
-    def batch(self, idx: torch.Tensor) -> Batch:
+    def take(self, idx: torch.Tensor) -> "Columns":
+        """Rows ``idx`` as new Columns."""
+        lists = {}
+        for name, (vals, offs) in self.lists.items():
+            values, lens = _gather_lists(vals, offs, idx)
+            lists[name] = (values, torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens, 0)]))
+        return Columns(self.schema, {k: v[idx] for k, v in self.ids.items()}, lists, self.dense[idx], self.label[idx],
+                       None if self.teacher is None else self.teacher[idx])
+
+    def batch(self, idx: torch.Tensor, row_ids: torch.Tensor | None = None) -> Batch:
         """Rows ``idx`` as a Batch. KJT layout: feature-major (all rows of feature 1, then feature 2...)."""
         b = int(idx.numel())
         values, lengths = [], []
         for f in self.schema.sparse:
             if f.multi_valued:
-                vals, offs = self.lists[f.name]
-                starts, lens = offs[idx], offs[idx + 1] - offs[idx]
-                total = int(lens.sum())
-                out_starts = torch.cumsum(lens, 0) - lens
-                gather = torch.repeat_interleave(starts - out_starts, lens, output_size=total) + torch.arange(total)
-                values.append(vals[gather])
+                vals, lens = _gather_lists(self.lists[f.name][0], self.lists[f.name][1], idx)
+                values.append(vals)
                 lengths.append(lens)
             else:
                 values.append(self.ids[f.name][idx])
@@ -189,4 +196,14 @@ class Columns:
             values=torch.cat(values),
             lengths=torch.cat(lengths).to(torch.int32),
         )
-        return Batch(self.dense[idx], kjt, self.label[idx], b, None if self.teacher is None else self.teacher[idx])
+        return Batch(self.dense[idx], kjt, self.label[idx], b, None if self.teacher is None else self.teacher[idx],
+                     row_ids)
+
+
+def _gather_lists(vals: torch.Tensor, offs: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The lists of rows ``idx``: (their values end to end, their lengths)."""
+    starts, lens = offs[idx], offs[idx + 1] - offs[idx]
+    total = int(lens.sum())
+    out_starts = torch.cumsum(lens, 0) - lens
+    gather = torch.repeat_interleave(starts - out_starts, lens, output_size=total) + torch.arange(total)
+    return vals[gather], lens

@@ -2,7 +2,7 @@
 
 Files are checked on the driver before any worker starts: every declared column present, ids
 inside their tables, no NaN labels, and every file readable. Errors name the file, column and
-row group. Reading for training goes through Ray Data (``ray.data.read_parquet``).
+row group. Validation runs as one task per file; training workers stream their row groups (``raytrain.data.stream``).
 """
 
 from __future__ import annotations
@@ -63,55 +63,62 @@ def _id_range(rg_meta, col_index: int, column: pa.ChunkedArray) -> tuple[int, in
 
 
 def validate_files(files: list[str], schema: FeatureSchema) -> int:
-    """Check every file and row group; returns the total row count."""
+    """Check every file and row group, one task per file (``fan_out``); returns the total row count. The first
+    problem found is raised with the same text as a serial check."""
+    from .parallel import fan_out
+
+    return sum(fan_out(validate_file, [(f, schema) for f in files], f"validated {len(files)} file(s)"))
+
+
+def validate_file(path: str, schema: FeatureSchema) -> int:
+    """Check one file, row group by row group; returns its row count."""
     total = 0
     needed = schema.columns()
-    for path in files:
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: not a readable parquet file ({e})") from None
+    names = pf.schema_arrow.names
+    missing = [c for c in needed if c not in names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has {', '.join(names)}")
+    leaf_index = {pf.metadata.schema.column(i).path.split(".")[0]: i for i in range(pf.metadata.num_columns)}
+    for rg in range(pf.num_row_groups):
+        where = f"{path} (row group {rg})"
         try:
-            pf = pq.ParquetFile(path)
+            table = pf.read_row_group(rg, columns=needed)
         except (pa.ArrowInvalid, OSError) as e:
-            raise DataError(f"{path}: not a readable parquet file ({e})") from None
-        names = pf.schema_arrow.names
-        missing = [c for c in needed if c not in names]
-        if missing:
-            raise DataError(f"{path}: missing column(s) {', '.join(missing)}; the file has {', '.join(names)}")
-        leaf_index = {pf.metadata.schema.column(i).path.split(".")[0]: i for i in range(pf.metadata.num_columns)}
-        for rg in range(pf.num_row_groups):
-            where = f"{path} (row group {rg})"
-            try:
-                table = pf.read_row_group(rg, columns=needed)
-            except (pa.ArrowInvalid, OSError) as e:
-                raise DataError(f"{where}: cannot be read ({e})") from None
-            meta = pf.metadata.row_group(rg)
-            for f in schema.sparse:
-                col = table.column(f.name)
-                if f.multi_valued:
-                    col = pc.list_flatten(col)
-                    if len(col) == 0:
-                        continue
-                    lo, hi = _id_range(meta, -1, col)
-                else:
-                    if col.null_count:
-                        raise DataError(f"{where}: column {f.name} has {col.null_count} null id(s)")
-                    if not pa.types.is_integer(col.type):
-                        raise DataError(f"{where}: column {f.name} must hold integer ids, has {col.type}")
-                    lo, hi = _id_range(meta, leaf_index.get(f.name, -1), col)
-                if lo < 0 or hi >= f.cardinality:
-                    bad = lo if lo < 0 else hi
-                    raise DataError(
-                        f"{where}: column {f.name} has id {bad}, outside [0, {f.cardinality}) "
-                        f"(the declared cardinality)"
-                    )
-            label = table.column(schema.label)
-            if label.null_count:
-                raise DataError(f"{where}: label column {schema.label} has {label.null_count} null value(s)")
-            if pa.types.is_floating(label.type):
-                nan = int(pc.sum(pc.is_nan(label)).as_py() or 0)
-                if nan:
-                    raise DataError(f"{where}: label column {schema.label} has {nan} NaN value(s)")
-            for d in schema.dense:
-                col = table.column(d)
-                if col.null_count or (pa.types.is_floating(col.type) and int(pc.sum(pc.is_nan(col)).as_py() or 0)):
-                    raise DataError(f"{where}: dense column {d} has null or NaN value(s)")
-            total += table.num_rows
+            raise DataError(f"{where}: cannot be read ({e})") from None
+        meta = pf.metadata.row_group(rg)
+        for f in schema.sparse:
+            col = table.column(f.name)
+            if f.multi_valued:
+                col = pc.list_flatten(col)
+                if len(col) == 0:
+                    continue
+                lo, hi = _id_range(meta, -1, col)
+            else:
+                if col.null_count:
+                    raise DataError(f"{where}: column {f.name} has {col.null_count} null id(s)")
+                if not pa.types.is_integer(col.type):
+                    raise DataError(f"{where}: column {f.name} must hold integer ids, has {col.type}")
+                lo, hi = _id_range(meta, leaf_index.get(f.name, -1), col)
+            if lo < 0 or hi >= f.cardinality:
+                bad = lo if lo < 0 else hi
+                raise DataError(
+                    f"{where}: column {f.name} has id {bad}, outside [0, {f.cardinality}) "
+                    f"(the declared cardinality)"
+                )
+        label = table.column(schema.label)
+        if label.null_count:
+            raise DataError(f"{where}: label column {schema.label} has {label.null_count} null value(s)")
+        if pa.types.is_floating(label.type):
+            nan = int(pc.sum(pc.is_nan(label)).as_py() or 0)
+            if nan:
+                raise DataError(f"{where}: label column {schema.label} has {nan} NaN value(s)")
+        for d in schema.dense:
+            col = table.column(d)
+            if col.null_count or (pa.types.is_floating(col.type) and int(pc.sum(pc.is_nan(col)).as_py() or 0)):
+                raise DataError(f"{where}: dense column {d} has null or NaN value(s)")
+        total += table.num_rows
     return total

@@ -1,4 +1,4 @@
-"""Split one parquet data set into train / validation / test files, streaming row group by row group.
+"""Split one parquet data set into train / validation / test files, row group by row group, in parallel.
 
 ``random``: each row goes to a split by a seeded hash of its global row number (so the split is
 reproducible and needs no shuffle of the whole data set; fractions hold up to sampling noise).
@@ -8,8 +8,6 @@ to find them); earlier rows train, later rows validate and test.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,44 +21,77 @@ from .synthetic import _splitmix
 SPLITS = ("train", "validation", "test")
 
 
-def split_parquet(files: list[str], schema: FeatureSchema, split_spec, work_dir: str | None) -> dict[str, list[str]]:
-    out = Path(work_dir or tempfile.mkdtemp(prefix="raytrain-split-")) / "data"
-    out.mkdir(parents=True, exist_ok=True)
+ROW_GROUP_ROWS = 65_536  # the unit the training ranks read and shuffle
+ROW_GROUPS_PER_TASK = 32
+
+
+def split_parquet(files: list[str], schema: FeatureSchema, split_spec, out_dir: str | Path) -> dict[str, list[str]]:
+    """Split ``files`` into ``out_dir/<split>/part-*.parquet``, one task per file or run of row groups
+    (``fan_out``). Each row's split depends only on its global row number (or timestamp), so the result is
+    the same however the work is cut."""
+    from .parallel import fan_out
+
+    out = Path(out_dir)
     f0, f1, _ = split_spec.fractions
+    cuts: tuple[float, float] | None = None
     if split_spec.method == "time":
         if schema.timestamp is None:
             raise DataError("split.method time needs data.columns.timestamp")
-        ts = np.concatenate([pq.read_table(f, columns=[schema.timestamp]).column(0).to_numpy() for f in files])
-        cut1, cut2 = np.quantile(ts, [f0, f0 + f1])
-    writers: dict[str, pq.ParquetWriter] = {}
+        ts = np.concatenate(fan_out(_timestamps, [(f, schema.timestamp) for f in files], "read timestamps"))
+        q = np.quantile(ts, [f0, f0 + f1])
+        cuts = (float(q[0]), float(q[1]))
+    calls: list[tuple] = []
     row0 = 0
+    for path in files:
+        meta = pq.read_metadata(path)
+        sizes = [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+        for lo in range(0, len(sizes), ROW_GROUPS_PER_TASK):
+            hi = min(lo + ROW_GROUPS_PER_TASK, len(sizes))
+            calls.append((path, lo, hi, row0, str(out), len(calls), split_spec.method, split_spec.seed,
+                          (f0, f1), cuts, schema.timestamp))
+            row0 += sum(sizes[lo:hi])
+    counts = fan_out(_split_part, calls, f"split {len(files)} file(s)")
+    totals = {name: sum(c[name] for c in counts) for name in SPLITS}
+    missing = [name for name in SPLITS if not totals[name]]
+    if missing:
+        raise DataError(f"splitting {len(files)} file(s) left {', '.join(missing)} empty: too few rows")
+    return {name: sorted(str(p) for p in (out / name).glob("part-*.parquet")) for name in SPLITS}
+
+
+def _timestamps(path: str, column: str) -> np.ndarray:
+    return pq.read_table(path, columns=[column]).column(0).to_numpy()
+
+
+def _split_part(path: str, rg_lo: int, rg_hi: int, row0: int, out: str, part: int, method: str, seed: int,
+                fractions: tuple[float, float], cuts: tuple[float, float] | None, ts_col: str | None) -> dict[str, int]:
+    """Row groups ``[rg_lo, rg_hi)`` of ``path`` (global rows from ``row0``) into one part file per split."""
+    f0, f1 = fractions
+    pf = pq.ParquetFile(path)
+    writers: dict[str, pq.ParquetWriter] = {}
+    counts = dict.fromkeys(SPLITS, 0)
     try:
-        for path in files:
-            pf = pq.ParquetFile(path)
-            for rg in range(pf.num_row_groups):
-                table = pf.read_row_group(rg)
-                n = table.num_rows
-                if split_spec.method == "time":
-                    t = table.column(schema.timestamp).to_numpy()
-                    which = np.where(t < cut1, 0, np.where(t < cut2, 1, 2))
-                else:
-                    rows = np.arange(row0, row0 + n, dtype=np.uint64)
-                    h = _splitmix(rows ^ np.uint64(split_spec.seed * 0x9E3779B1 + 1))
-                    draws = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
-                    which = np.where(draws < f0, 0, np.where(draws < f0 + f1, 1, 2))
-                for i, name in enumerate(SPLITS):
-                    part = table.filter(pa.array(which == i))
-                    if part.num_rows:
-                        if name not in writers:
-                            writers[name] = pq.ParquetWriter(str(out / f"{name}.parquet.tmp"), part.schema)
-                        writers[name].write_table(part)
-                row0 += n
+        for rg in range(rg_lo, rg_hi):
+            table = pf.read_row_group(rg)
+            n = table.num_rows
+            if cuts is not None:
+                t = table.column(ts_col).to_numpy()
+                which = np.where(t < cuts[0], 0, np.where(t < cuts[1], 1, 2))
+            else:
+                rows = np.arange(row0, row0 + n, dtype=np.uint64)
+                h = _splitmix(rows ^ np.uint64(seed * 0x9E3779B1 + 1))
+                draws = (h >> np.uint64(11)).astype(np.float64) / float(1 << 53)
+                which = np.where(draws < f0, 0, np.where(draws < f0 + f1, 1, 2))
+            for i, name in enumerate(SPLITS):
+                piece = table.filter(pa.array(which == i))
+                if piece.num_rows:
+                    if name not in writers:
+                        (Path(out) / name).mkdir(parents=True, exist_ok=True)
+                        writers[name] = pq.ParquetWriter(str(Path(out) / name / f"part-{part:05d}.parquet"),
+                                                         piece.schema)
+                    writers[name].write_table(piece, row_group_size=ROW_GROUP_ROWS)
+                    counts[name] += piece.num_rows
+            row0 += n
     finally:
         for w in writers.values():
             w.close()
-    missing = [s for s in SPLITS if s not in writers]
-    if missing:
-        raise DataError(f"splitting {len(files)} file(s) left {', '.join(missing)} empty: too few rows")
-    for name in SPLITS:
-        os.replace(out / f"{name}.parquet.tmp", out / f"{name}.parquet")
-    return {name: [str(out / f"{name}.parquet")] for name in SPLITS}
+    return counts

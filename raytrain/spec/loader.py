@@ -143,6 +143,9 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
             problems += check_space(spec)
     elif spec.tune is not None and spec.kind == "train":
         problems.append("tune: only for kind tune or pipeline")
+    if spec.train.checkpoint.every_steps is not None and any(s in steps for s in ("tune", "distill")):
+        # a mid-epoch report would count as a training iteration for Tune's schedulers
+        problems.append("train.checkpoint.every_steps: mid-epoch checkpoints are for kind train only")
     if "ensemble" in steps:
         if spec.ensemble is None:
             problems.append(f"ensemble: an ensemble {what} needs an 'ensemble' section (tune_run and top_k, or runs)")

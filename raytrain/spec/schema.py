@@ -216,7 +216,17 @@ class OptimizerSpec(Section):
 
 class CheckpointSpec(Section):
     every_epochs: int = Field(1, ge=1)
+    every_steps: Optional[int] = Field(None, ge=1, description="also save every this many steps inside an epoch, "
+                                                                "with the data position (kind train)")
     keep: int = Field(2, ge=1)
+
+
+class IngestSpec(Section):
+    """How workers stream their rows (raytrain.data.stream)."""
+
+    shuffle_buffer_rows: int = Field(262_144, ge=1, description="rows shuffled together: memory per worker is "
+                                                                 "about this many rows (or one row group if larger)")
+    prefetch_batches: int = Field(4, ge=0, description="batches built ahead of the step by a background thread")
 
 
 class ResourcesSpec(Section):
@@ -236,6 +246,9 @@ class TrainSpec(Section):
     lr_decay: float = Field(1.0, gt=0.0, le=1.0, description="every learning rate (dense and sparse) is "
                                                           "multiplied by this after each epoch")
     checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    ingest: IngestSpec = Field(default_factory=IngestSpec)
+    audit_examples: bool = Field(False, description="write the ids of every training example consumed, per step, "
+                                                    "to <run>/audit/ (to check exactly-once resumes)")
     max_failures: int = Field(0, ge=-1, description="-1: retry forever")
     seed: int = 0
     threads_per_worker: Optional[int] = Field(None, ge=1, description="torch intra-op threads per worker")

@@ -25,7 +25,8 @@ def _state(sharded) -> dict:
     return {"model": sharded.module.state_dict(), "optim": sharded.optimizer.state_dict()}
 
 
-def save(sharded, directory: str | Path, epoch: int, metrics: dict) -> None:
+def save(sharded, directory: str | Path, epoch: int, metrics: dict, step: int | None = None) -> None:
+    """``step``: a mid-epoch checkpoint taken after that many steps of ``epoch`` (the data position)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if dist.get_rank() == 0:
@@ -35,8 +36,10 @@ def save(sharded, directory: str | Path, epoch: int, metrics: dict) -> None:
     dcp.save(_state(sharded), checkpoint_id=str(directory))
     if dist.get_rank() == 0:
         tmp = directory / (MARKER + ".tmp")
-        tmp.write_text(json.dumps({"epoch": epoch, "metrics": metrics, "time": time.time(),
-                                   "world_size": dist.get_world_size()}))
+        marker = {"epoch": epoch, "metrics": metrics, "time": time.time(), "world_size": dist.get_world_size()}
+        if step is not None:
+            marker["step"] = step
+        tmp.write_text(json.dumps(marker))
         tmp.replace(directory / MARKER)
 
 

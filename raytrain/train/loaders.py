@@ -1,36 +1,50 @@
-"""Per-worker data: which rows this rank trains and evaluates on, batch by batch.
+"""Per-worker data: which rows this rank trains and evaluates on, batch by batch, streamed.
 
 Every rank must run the same number of forward passes (the sharded embedding lookup is a
-collective), so the training step count is the minimum over ranks and evaluation pads the ranks
-that run out with zero-weight batches. No evaluation row is dropped: metrics cover the whole split.
+collective), so the training step count is the minimum over ranks (known from the parquet footers
+alone: each rank's share is fixed to the row) and evaluation pads the ranks that run out with
+zero-weight batches. No evaluation row is dropped or counted twice: each rank reads its own rows
+(``raytrain.data.stream``). A background thread reads and builds the next batches while the model
+steps on the current one; nothing holds more than a window of rows.
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Iterator
 
-import numpy as np
-import pyarrow as pa
 import torch
 import torch.distributed as dist
 
 from ..data import PreparedData
 from ..data.batches import Batch, Columns
+from ..data.schema import FeatureSchema
+from ..data.stream import RankStream, SplitIndex, prefetched
 
 
-def _agree(n: int, op) -> int:
-    t = torch.tensor([n], dtype=torch.int64)
+def _agree(n: int, op, device: torch.device | None = None) -> int:
+    """One integer agreed over all ranks. The tensor lives on the process group's device: a CPU tensor under
+    the ``cpu:gloo,cuda:nccl`` backend raytrain selects for CUDA runs, or ``device``."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return n
+    t = torch.tensor([n], dtype=torch.int64, device=device)
     dist.all_reduce(t, op=op)
     return int(t.item())
+
+
+def split_files(prepared: PreparedData, split: str) -> list[str]:
+    """Where the workers read a split: a URI run's shared copy if there is one, else the driver's paths."""
+    return (prepared.shared or {}).get(split) or prepared.paths[split]
 
 
 class TrainData:
     """This rank's training rows, fed in local batches of ``batch_size // world``."""
 
-    def __init__(self, prepared: PreparedData, global_batch: int, rank: int, world: int, seed: int, shard=None):
+    def __init__(self, prepared: PreparedData, global_batch: int, rank: int, world: int, seed: int,
+                 buffer_rows: int = 262_144, prefetch: int = 4):
         self.prepared, self.rank, self.world, self.seed = prepared, rank, world, seed
         self.local_batch = global_batch // world
-        self.columns: Columns | None = None
+        self.buffer_rows, self.prefetch = buffer_rows, prefetch
         if prepared.synthetic is not None:
             from ..data.synthetic import SyntheticRows
             from ..spec.schema import SyntheticSpec
@@ -38,42 +52,47 @@ class TrainData:
             self.rows = SyntheticRows(SyntheticSpec.model_validate(prepared.synthetic), "train")
             local_steps = self.rows.num_rows // global_batch
         else:
-            # this rank's Ray Data shard, read once and kept as tensors for the following epochs
-            tables = list(shard.iter_batches(batch_format="pyarrow", batch_size=65536))
-            table = pa.concat_tables(tables) if tables else None
-            if table is None:
-                self.columns = Columns.concat([], prepared.schema)
-            else:
-                self.columns = Columns.from_arrow(prepared.schema, table, f"train shard of rank {rank}")
-            local_steps = len(self.columns) // self.local_batch
+            self.index = SplitIndex.of(split_files(prepared, "train"))
+            local_steps = min(self.index.rank_rows(r, world) for r in range(world)) // self.local_batch
         self.steps = _agree(local_steps, dist.ReduceOp.MIN)
 
     @property
     def examples_per_epoch(self) -> int:
         return self.steps * self.local_batch * self.world
 
-    def epoch(self, epoch: int) -> Iterator[Batch]:
-        if self.columns is not None:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch * 7919 + self.rank)
-            perm = torch.randperm(len(self.columns), generator=g)
-            for s in range(self.steps):
-                yield self.columns.batch(perm[s * self.local_batch : (s + 1) * self.local_batch])
-        else:
-            b, B = self.local_batch, self.local_batch * self.world
-            for s in range(self.steps):
-                start = s * B + self.rank * b
-                cols = self.rows.rows(start, start + b)
-                yield Columns.from_numpy(self.prepared.schema, cols, f"synthetic train rows {start}+").batch(
-                    torch.arange(b)
-                )
+    def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Batch]:
+        """The epoch's batches from ``start_step`` on (a resumed epoch skips what it already trained on)."""
+        return prefetched(itertools.islice(self._batches(epoch, start_step), self.steps - start_step), self.prefetch)
+
+    def _batches(self, epoch: int, start_step: int) -> Iterator[Batch]:
+        if self.prepared.synthetic is None:
+            stream = RankStream(self.index, self.prepared.schema, self.rank, self.world, batch=self.local_batch,
+                                buffer_rows=self.buffer_rows, seed=self.seed, epoch=epoch, source="train split")
+            yield from stream.batches(start_row=start_step * self.local_batch)
+            return
+        b, B = self.local_batch, self.local_batch * self.world
+        for s in range(start_step, self.steps):
+            start = s * B + self.rank * b
+            cols = self.rows.rows(start, start + b)
+            yield Columns.from_numpy(self.prepared.schema, cols, f"synthetic train rows {start}+").batch(
+                torch.arange(b), row_ids=torch.arange(start, start + b))
+
+
+def padding_batch(schema: FeatureSchema) -> Batch:
+    """One row of id 0 everywhere: what a rank without rows left runs so the others' collectives complete."""
+    ids = {f.name: torch.zeros(1, dtype=torch.int64) for f in schema.sparse if not f.multi_valued}
+    lists = {f.name: (torch.zeros(1, dtype=torch.int64), torch.tensor([0, 1])) for f in schema.sparse if f.multi_valued}
+    cols = Columns(schema, ids, lists, torch.zeros((1, len(schema.dense))), torch.zeros(1))
+    return cols.batch(torch.zeros(1, dtype=torch.int64))
 
 
 class EvalData:
-    """One evaluation split, this rank's part of it: rows ``rank::world`` of the whole split."""
+    """One evaluation split, this rank's part of it: its own rows of the split laid end to end in file order."""
 
-    def __init__(self, prepared: PreparedData, split: str, batch_size: int, rank: int, world: int, dataset=None):
+    def __init__(self, prepared: PreparedData, split: str, batch_size: int, rank: int, world: int,
+                 prefetch: int = 2):
         self.prepared, self.split, self.rank, self.world = prepared, split, rank, world
-        self.batch_size = batch_size
+        self.batch_size, self.prefetch = batch_size, prefetch
         if prepared.synthetic is not None:
             from ..data.synthetic import SyntheticRows
             from ..spec.schema import SyntheticSpec
@@ -81,22 +100,32 @@ class EvalData:
             rows = SyntheticRows(SyntheticSpec.model_validate(prepared.synthetic), split)
             n = rows.num_rows
             lo, hi = n * rank // world, n * (rank + 1) // world
-            cols = rows.rows(lo, hi)
-            self.columns = Columns.from_numpy(prepared.schema, cols, f"synthetic {split}")
+            self.columns: Columns | None = Columns.from_numpy(prepared.schema, rows.rows(lo, hi), f"synthetic {split}")
+            self.num_rows = len(self.columns)
+            counts = [n * (r + 1) // world - n * r // world for r in range(world)]
         else:
-            tables = list(dataset.iter_batches(batch_format="pyarrow", batch_size=65536))
-            table = pa.concat_tables(tables)
-            idx = np.arange(rank, table.num_rows, world)
-            self.columns = Columns.from_arrow(prepared.schema, table.take(pa.array(idx)), f"{split} split")
-        self.num_rows = len(self.columns)
-        self.steps = _agree(-(-self.num_rows // batch_size), dist.ReduceOp.MAX)
+            self.columns = None
+            self.index = SplitIndex.of(split_files(prepared, split))
+            self.num_rows = self.index.rank_rows(rank, world)
+            counts = [self.index.rank_rows(r, world) for r in range(world)]
+        self.total_rows = sum(counts)
+        self.steps = max(-(-c // batch_size) for c in counts)
+
+    def _real(self) -> Iterator[Batch]:
+        if self.columns is not None:
+            for lo in range(0, self.num_rows, self.batch_size):
+                yield self.columns.batch(torch.arange(lo, min(lo + self.batch_size, self.num_rows)))
+            return
+        stream = RankStream(self.index, self.prepared.schema, self.rank, self.world, batch=self.batch_size,
+                            buffer_rows=self.batch_size, shuffle=False, source=f"{self.split} split")
+        yield from stream.batches()
 
     def batches(self) -> Iterator[tuple[Batch, int]]:
-        """(batch, number of real rows in it); padding batches repeat row 0 and count 0 real rows."""
-        for s in range(self.steps):
-            lo = s * self.batch_size
-            hi = min(lo + self.batch_size, self.num_rows)
-            if hi > lo:
-                yield self.columns.batch(torch.arange(lo, hi)), hi - lo
-            else:
-                yield self.columns.batch(torch.zeros(1, dtype=torch.int64)), 0
+        """(batch, number of real rows in it); padding batches count 0 real rows."""
+        n = 0
+        for batch in prefetched(self._real(), self.prefetch):
+            n += 1
+            yield batch, batch.size
+        pad = padding_batch(self.prepared.schema)
+        for _ in range(n, self.steps):
+            yield pad, 0

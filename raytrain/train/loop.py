@@ -8,7 +8,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import ray.data
 import ray.train
 import ray.util
 import torch
@@ -33,10 +32,14 @@ def _write_json(store: Store, rel: str, obj) -> None:
     store.write_text(rel, json.dumps(obj, indent=2))
 
 
-def _device(spec: JobSpec, local_rank: int) -> torch.device:
+def _device(spec: JobSpec) -> torch.device:
+    """The worker's device: Ray Train's own choice of GPU for this worker on a CUDA run."""
     if spec.train.device == "cuda":
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
+        from ray.train.torch import get_device
+
+        device = get_device()
+        torch.cuda.set_device(device)
+        return device
     return torch.device("cpu")
 
 
@@ -50,38 +53,65 @@ def set_epoch_lr(optimizer, base_lrs: list[float], decay: float, epoch: int) -> 
     optimizer.zero_grad()
 
 
-def _train_epoch(sharded, data: TrainData, epoch: int, device, rank: int, epochs: int) -> dict:
+def _train_epoch(sharded, data: TrainData, epoch: int, device, rank: int, epochs: int, start_step: int = 0,
+                 after_step=None) -> dict:
+    """One epoch from ``start_step`` (a resumed epoch); ``after_step(step)`` runs after each optimizer step
+    (1-based step numbers of the epoch) and may save a mid-epoch checkpoint."""
     module, opt = sharded.module, sharded.optimizer
     module.train()
-    total_loss = torch.zeros(())
+    total_loss = torch.zeros((), dtype=torch.float64)
     t0 = time.perf_counter()
     every = max(1, data.steps // 5)
+    batches = data.epoch(epoch, start_step)
     if device.type == "cuda":
         # CUDA: overlap input distribution with compute (not exercised on the CPU-only machines here)
         from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
         pipeline = TrainPipelineSparseDist(module, opt, device)
-        it = iter(data.epoch(epoch))
-        for step in range(data.steps):
-            loss, _ = pipeline.progress(it)
+        for step in range(start_step, data.steps):
+            loss, _ = pipeline.progress(batches)
             total_loss += loss.detach().cpu()
+            if after_step is not None:
+                after_step(step + 1, None)
     else:
-        for step, batch in enumerate(data.epoch(epoch)):
+        for step, batch in enumerate(batches, start=start_step):
             loss, _ = module(batch)
             opt.zero_grad()
             loss.backward()
             opt.step()
             total_loss += loss.detach()
-            if rank == 0 and (step + 1) % every == 0:
-                rate = (step + 1) * data.local_batch * data.world / (time.perf_counter() - t0)
+            if after_step is not None:
+                after_step(step + 1, batch)
+            done = step + 1 - start_step
+            if rank == 0 and done % every == 0:
+                rate = done * data.local_batch * data.world / (time.perf_counter() - t0)
                 _log(f"epoch {epoch + 1}/{epochs} step {step + 1}/{data.steps} loss {loss.item():.4f} "
                      f"{rate:,.0f} examples/s")
+    ran = data.steps - start_step
     if dist.get_world_size() > 1:
         dist.all_reduce(total_loss)
         total_loss /= dist.get_world_size()
     seconds = time.perf_counter() - t0
-    return {"train_loss": float(total_loss) / max(1, data.steps), "train_seconds": seconds,
-            "train_examples_per_s": data.examples_per_epoch / seconds if seconds > 0 else 0.0}
+    examples = ran * data.local_batch * data.world
+    return {"train_loss": float(total_loss) / max(1, ran), "train_seconds": seconds,
+            "train_examples_per_s": examples / seconds if seconds > 0 else 0.0}
+
+
+def _save(spec: JobSpec, store: Store, sharded, name: str, epoch: int, metrics: dict, step: int | None = None) -> None:
+    """A sharded checkpoint registered with Ray Train once every rank reported it."""
+    if store.remote:
+        # every rank saves its shards locally and Ray uploads them: the files of all ranks are merged
+        # into one checkpoint directory on the URI, registered once every rank has reported
+        with tempfile.TemporaryDirectory(prefix="raytrain-ckpt-") as d:
+            ckpt.save(sharded, d, epoch, metrics, step=step)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
+    else:
+        # written straight into the run's storage (no copy); Ray registers it once every rank reported
+        storage = ray.train.get_context().get_storage()
+        directory = Path(storage.experiment_fs_path) / name
+        ckpt.save(sharded, directory, epoch, metrics, step=step)
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint(str(directory)),
+                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -91,7 +121,6 @@ def train_loop_per_worker(config: dict) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     torch.set_num_threads(spec.train.threads_per_worker or 1)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     # the pid lets operators (and the chaos test) find and kill a worker
     store.write_text(f"workers/rank{rank}.pid", str(os.getpid()))
     pg = ray.util.get_current_placement_group()
@@ -100,7 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
         # 54305), and raytrain's tune callback removes it from this record when the trial ends
         store.append_text("workers/placement_groups.txt", pg.id.hex() + "\n")
 
-    device = _device(spec, ctx.get_local_rank())
+    device = _device(spec)
     sharded = shard_model(spec, prepared.schema, device, local_world_size=ctx.get_local_world_size())
     base_lrs = [g["lr"] for g in sharded.optimizer.param_groups]  # before a checkpoint's state can change them
     if rank == 0:
@@ -110,35 +139,53 @@ def train_loop_per_worker(config: dict) -> None:
         store.write_text("plan.txt", text + "\n")
         _log("sharding plan:\n" + text)
 
-    start_epoch = 0
+    start_epoch, start_step = 0, 0
     last_metrics: dict = {}
     restored = ray.train.get_checkpoint()
     init = config.get("init_checkpoint")
     if restored is None and init:  # a run that starts from another run's weights (PBT exploit)
         restored = ray.train.Checkpoint(init)
+    train = TrainData(prepared, spec.train.batch_size, rank, world, spec.train.seed,
+                      buffer_rows=spec.train.ingest.shuffle_buffer_rows, prefetch=spec.train.ingest.prefetch_batches)
     if restored is not None:
         with restored.as_directory() as d:
             info = ckpt.load(sharded, d)
-        start_epoch = info["epoch"] + 1
+        start_epoch, start_step = _resume_point(info, train, world)
         last_metrics = dict(info.get("metrics", {}))
         if rank == 0:
-            _log(f"resumed from checkpoint of epoch {info['epoch'] + 1} ({restored.path})")
-            store.append_text("resumes.jsonl", json.dumps({"from_epoch": info["epoch"] + 1, "checkpoint": restored.path,
+            where = f"epoch {start_epoch + 1} step {start_step}" if start_step else f"epoch {start_epoch + 1}"
+            _log(f"resumed from checkpoint {Path(restored.path).name}: continuing at {where}")
+            store.append_text("resumes.jsonl", json.dumps({"from_epoch": info["epoch"] + 1,
+                                                          "from_step": start_step, "checkpoint": restored.path,
                                                           "time": time.time()}) + "\n")
 
-    train = TrainData(prepared, spec.train.batch_size, rank, world, spec.train.seed,
-                      shard=None if prepared.synthetic else ray.train.get_dataset_shard("train"))
-    val = EvalData(prepared, "validation", spec.train.eval_batch_size, rank, world,
-                   dataset=None if prepared.synthetic else ray.train.get_dataset_shard("validation"))
+    val = EvalData(prepared, "validation", spec.train.eval_batch_size, rank, world)
     if rank == 0:
         _log(f"{world} workers, {train.steps} steps/epoch of {spec.train.batch_size} examples, "
-             f"{val.num_rows * world:,}~ validation rows")
+             f"{val.total_rows:,} validation rows")
 
     epochs = spec.train.epochs
     node_id = ray.get_runtime_context().get_node_id()  # rank 0's node: where a tune trial ran, in its leaderboard
     for epoch in range(start_epoch, epochs):
         set_epoch_lr(sharded.optimizer, base_lrs, spec.train.lr_decay, epoch)
-        stats = _train_epoch(sharded, train, epoch, device, rank, epochs)
+        every = spec.train.checkpoint.every_steps
+        audit = _Audit(store, rank, epoch) if spec.train.audit_examples else None
+
+        def after_step(step: int, batch, epoch: int = epoch, audit=audit) -> None:
+            if audit is not None and batch is not None:
+                audit.record(step, batch)
+            if every and step % every == 0 and step < train.steps:
+                if audit is not None:
+                    audit.flush()  # the steps this checkpoint covers are on record before it exists
+                # mid-epoch: the data position is (epoch, step); its score is -inf so the best-by-val_auc
+                # checkpoints kept are epoch ends, and Ray keeps this one as the latest for resuming
+                _save(spec, store, sharded, f"mid_epoch_{epoch + 1:04d}_step_{step:07d}", epoch,
+                      {"epoch": epoch, "step": step, "val_auc": float("-inf"), "mid_epoch": True}, step=step)
+
+        stats = _train_epoch(sharded, train, epoch, device, rank, epochs,
+                             start_step if epoch == start_epoch else 0, after_step)
+        if audit is not None:
+            audit.close()
         m = evaluate(sharded.module, val, device)
         metrics = {"epoch": epoch + 1, **stats, "val_auc": m["auc"], "val_logloss": m["logloss"],
                    "epoch_end_time": time.time(), "node_id": node_id}
@@ -154,21 +201,7 @@ def train_loop_per_worker(config: dict) -> None:
             metrics.update(_test_metrics(spec, prepared, sharded, device, rank, world, store, metrics))
         last_metrics = metrics
         if (epoch + 1) % spec.train.checkpoint.every_epochs == 0 or last:
-            name = f"epoch_{epoch + 1:04d}"
-            if store.remote:
-                # every rank saves its shards locally and Ray uploads them: the files of all ranks are merged
-                # into one checkpoint directory on the URI, registered once every rank has reported
-                with tempfile.TemporaryDirectory(prefix="raytrain-ckpt-") as d:
-                    ckpt.save(sharded, d, epoch, metrics)
-                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d),
-                                     checkpoint_dir_name=name)
-            else:
-                # written straight into the run's storage (no copy); Ray registers it once every rank reported
-                storage = ray.train.get_context().get_storage()
-                directory = Path(storage.experiment_fs_path) / name
-                ckpt.save(sharded, directory, epoch, metrics)
-                ray.train.report(metrics, checkpoint=ray.train.Checkpoint(str(directory)),
-                                 checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+            _save(spec, store, sharded, f"epoch_{epoch + 1:04d}", epoch, metrics)
         else:
             ray.train.report(metrics)
 
@@ -180,13 +213,45 @@ def train_loop_per_worker(config: dict) -> None:
 
 def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, store: Store, metrics: dict) -> dict:
     """Test AUC / log loss over all ranks; rank 0 writes them with ``metrics`` to metrics/test.json."""
-    import ray.train
 
-    test = EvalData(prepared, "test", spec.train.eval_batch_size, rank, world,
-                    dataset=None if prepared.synthetic else ray.train.get_dataset_shard("test"))
+    test = EvalData(prepared, "test", spec.train.eval_batch_size, rank, world)
     t = evaluate(sharded.module, test, device)
     out = {"test_auc": t["auc"], "test_logloss": t["logloss"], "test_rows": t["rows"]}
     if rank == 0:
         _log(f"test: auc {t['auc']:.4f} logloss {t['logloss']:.4f} over {t['rows']:,} rows")
         _write_json(store, "metrics/test.json", {**metrics, **out})
     return out
+
+
+def _resume_point(info: dict, train: TrainData, world: int) -> tuple[int, int]:
+    """(epoch, step) to continue from a checkpoint's marker. A mid-epoch position holds only for the same world
+    size (it decides which rows each rank reads); otherwise the interrupted epoch starts over, said in the log."""
+    step = info.get("step")
+    if step is None:
+        return info["epoch"] + 1, 0
+    if info.get("world_size") != world:
+        _log(f"checkpoint taken mid-epoch with {info.get('world_size')} workers, now {world}: "
+             f"epoch {info['epoch'] + 1} starts over")
+        return info["epoch"], 0
+    return info["epoch"], min(int(step), train.steps)
+
+
+class _Audit:
+    """Ids of the examples each step consumed, one line per step: ``<run>/audit/epoch_E/rank_R_pid_P.jsonl``.
+    A resumed epoch writes a new file; the steps of the last file that ran them are the ones that count."""
+
+    def __init__(self, store: Store, rank: int, epoch: int):
+        self.store, self.rel = store, f"audit/epoch_{epoch + 1:04d}/rank_{rank}_pid_{os.getpid()}.jsonl"
+        self.lines: list[str] = []
+
+    def record(self, step: int, batch) -> None:
+        self.lines.append(json.dumps({"step": step, "ids": batch.row_ids.tolist()}))
+        if len(self.lines) >= 16:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.lines:
+            self.store.append_text(self.rel, "\n".join(self.lines) + "\n")
+            self.lines = []
+
+    close = flush

@@ -77,24 +77,22 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
 
 
+def process_group_backend(device: str) -> str:
+    """The process group's backend: on CUDA, NCCL for GPU tensors and gloo for the CPU tensors the loop's small
+    collectives (step counts, losses, metric histograms) use; a plain ``nccl`` group fails on CPU tensors."""
+    return "cpu:gloo,cuda:nccl" if device == "cuda" else "gloo"
+
+
 def make_trainer(spec: JobSpec, prepared, location: str | Path, callbacks: list | None = None, name: str = "ray",
                  init_checkpoint: str | None = None):
-    """The TorchTrainer for one training run (also one Tune trial): workers, data, storage, retries.
+    """The TorchTrainer for one training run (also one Tune trial): workers, storage, retries. Workers stream their
+    data themselves (raytrain.data.stream): each reads its own row groups of ``prepared``'s files.
     ``location``: where the run lives, a path or a pyarrow.fs URI; Ray Train's own state goes to ``<location>/<name>``."""
-    import ray.data
-    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from .loop import train_loop_per_worker
 
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets: dict[str, Any] = {}
-    for split, files in (prepared.shared or prepared.paths).items():  # a URI run's copy when there is one
-        if files and is_uri(files[0]):
-            fs, _ = filesystem(files[0])
-            datasets[split] = ray.data.read_parquet([filesystem(f)[1] for f in files], filesystem=fs)
-        else:
-            datasets[split] = ray.data.read_parquet(files)
     res = spec.train.resources_per_worker
     storage: dict[str, Any] = {"storage_path": str(location)}
     if is_uri(str(location)):
@@ -109,7 +107,7 @@ def make_trainer(spec: JobSpec, prepared, location: str | Path, callbacks: list 
             use_gpu=spec.train.device == "cuda",
             resources_per_worker={"CPU": res.cpu, **({"GPU": res.gpu or 1} if spec.train.device == "cuda" else {})},
         ),
-        torch_config=TorchConfig(backend="nccl" if spec.train.device == "cuda" else "gloo"),
+        torch_config=TorchConfig(backend=process_group_backend(spec.train.device)),
         run_config=RunConfig(
             name=name,
             **storage,
@@ -120,8 +118,6 @@ def make_trainer(spec: JobSpec, prepared, location: str | Path, callbacks: list 
                                                checkpoint_score_attribute="val_auc", checkpoint_score_order="max"),
             callbacks=callbacks or None,
         ),
-        datasets=datasets or None,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
     )
 
 
