@@ -1,4 +1,4 @@
-"""``raytrain`` command line: validate | plan | run | serve | submit | resume."""
+"""``raytrain`` command line: validate | plan | run | serve | submit | resume | data."""
 
 from __future__ import annotations
 
@@ -278,6 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--stop", action="store_true", help="delete the spec's application from a running cluster")
     p.add_argument("--url", default=None, help="with --status: the application's URL (default: from the spec)")
     p.set_defaults(func=cmd_serve)
+
+    from .data import add_data_commands
+
+    add_data_commands(sub)
 
     p = sub.add_parser("resume", help="resume an interrupted tune run from its run directory")
     p.add_argument("run_dir", help="the run directory (runs/<name>/<timestamp>)")

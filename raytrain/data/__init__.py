@@ -36,6 +36,10 @@ def declared_features(data_spec) -> list[str] | None:
         return [n for n, _, _ in FEATURES] + (HISTORY_LISTS if data_spec.history_features else [])
     if data_spec.source == "synthetic":
         return [f"s{i}" for i in range(data_spec.synthetic.num_sparse)]
+    if data_spec.source == "criteo":
+        from .criteo import CAT_COLUMNS
+
+        return list(CAT_COLUMNS)
     if data_spec.columns is not None:
         return list(data_spec.columns.sparse) + list(data_spec.columns.multi_valued)
     return None
@@ -51,6 +55,10 @@ def schema_of(data_spec) -> FeatureSchema:
         from .parquet import schema_for as parquet_schema
 
         return parquet_schema(data_spec)
+    if data_spec.source == "criteo":
+        from .criteo import schema_for as criteo_schema
+
+        return criteo_schema(data_spec)
     return prepare(data_spec).schema
 
 
@@ -67,6 +75,11 @@ def prepare(data_spec, work_dir: str | None = None) -> PreparedData:
         from .synthetic import schema_for as synthetic_schema
 
         return PreparedData(synthetic_schema(data_spec.synthetic), synthetic=data_spec.synthetic.model_dump(mode="json"))
+    if data_spec.source == "criteo":
+        from .criteo import prepare as prepare_criteo
+
+        schema, paths = prepare_criteo(data_spec)
+        return PreparedData(schema, paths)
     from .parquet import expand, schema_for
 
     schema = schema_for(data_spec)
@@ -91,8 +104,9 @@ def _validated(data_spec, schema: FeatureSchema, paths: dict[str, list[str]]) ->
     cached_dir("validated", cache_key("validated", data_spec.model_dump(mode="json"), files), build)
 
 
-def _split_cached(data_spec, schema: FeatureSchema, files: list[str]) -> dict[str, list[str]]:
-    """The split of ``files`` (validated first), made once per data spec and input files and then reused."""
+def _split_cached(data_spec, schema: FeatureSchema, files: list[str], validate: bool = True) -> dict[str, list[str]]:
+    """The split of ``files`` (validated first unless raytrain wrote them), made once per data spec and input
+    files and then reused."""
     from .parallel import _log, cache_key, cached_dir
     from .parquet import validate_files
     from .split import split_parquet
@@ -100,7 +114,8 @@ def _split_cached(data_spec, schema: FeatureSchema, files: list[str]) -> dict[st
     key = cache_key("split", data_spec.model_dump(mode="json"), files)
 
     def build(tmp) -> None:
-        validate_files(files, schema)
+        if validate:
+            validate_files(files, schema)
         split_parquet(files, schema, data_spec.split, tmp)
 
     out, hit = cached_dir("prepared", key, build)

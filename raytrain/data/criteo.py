@@ -24,6 +24,8 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import DataError
+from ..spec.schema import _KAGGLE
+from .schema import FeatureSchema, SparseFeature
 
 LABEL = "label"
 INT_COLUMNS = [f"int_{i}" for i in range(13)]
@@ -31,8 +33,7 @@ CAT_COLUMNS = [f"cat_{i}" for i in range(26)]
 RAW_COLUMNS = [LABEL, *INT_COLUMNS, *CAT_COLUMNS]
 # Criteo Kaggle (Display Advertising Challenge): distinct values of each categorical feature in its
 # 45,840,617 training rows, as DLRM's Kaggle configuration counts them
-KAGGLE_CARDINALITIES = [1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27,
-                        14992, 5461306, 10, 5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572]
+KAGGLE_CARDINALITIES = list(_KAGGLE)
 KAGGLE_ROWS = 45_840_617
 ROW_GROUP_ROWS = 65_536  # parquet written by raytrain: a row group is the unit ranks read and shuffle
 
@@ -126,7 +127,7 @@ def read_file(path: str, num_embeddings: list[int], bad_lines: str = "error",
             return
         raise DataError(f"{path}: not a readable Criteo file ({e})") from None
     rows_before = 0  # rows of earlier blocks that parsed into 40 fields
-    width_lines: list[int] = []  # line numbers of every line skipped for its width so far
+    width_lines: list[int] = []  # line numbers of the lines skipped for their width so far
     while True:
         try:
             batch = reader.read_next_batch()
@@ -145,21 +146,12 @@ def read_file(path: str, num_embeddings: list[int], bad_lines: str = "error",
         skipped = len(new_width)
         if bad.any():
             if bad_lines == "error":
-                raise DataError(f"{path}, line {_line_of(rows_before + int(np.flatnonzero(bad)[0]), width_lines)}: "
-                                f"{why[0]}")
+                # no line was skipped for its width (that raised already), so rows and lines agree
+                raise DataError(f"{path}, line {rows_before + int(np.flatnonzero(bad)[0]) + 1}: {why[0]}")
             out = out.filter(pa.array(~bad))
             skipped += int(bad.sum())
         rows_before += table.num_rows
         yield out, skipped
-
-
-def _line_of(row: int, width_lines: list[int]) -> int:
-    """The 1-based line of the ``row``-th (0-based) line that had 40 fields."""
-    line = row + 1
-    for w in sorted(width_lines):
-        if w <= line:
-            line += 1
-    return line
 
 
 def convert_file(src: str, dest: str, num_embeddings: list[int], bad_lines: str = "error") -> dict:
@@ -191,3 +183,44 @@ def input_files(path: str) -> list[str]:
     return files
 
 
+
+
+def schema_for(data_spec) -> FeatureSchema:
+    sizes = data_spec.criteo.table_sizes()
+    return FeatureSchema(sparse=tuple(SparseFeature(c, n, False, "context") for c, n in zip(CAT_COLUMNS, sizes)),
+                         dense=tuple(INT_COLUMNS), label=LABEL, timestamp=None, positive_if=None,
+                         info={"source": "criteo"})
+
+
+def converted(files: list[str], sizes: list[int], bad_lines: str) -> list[str]:
+    """Parquet copies of Criteo files, one task per file, made once per (files, sizes, bad_lines) and cached."""
+    import json
+
+    from .parallel import _log, cache_key, cached_dir, fan_out
+
+    def build(tmp: Path) -> None:
+        calls = [(src, str(tmp / f"{i:05d}-{Path(src).name.removesuffix('.gz')}.parquet"), sizes, bad_lines)
+                 for i, src in enumerate(files)]
+        stats = fan_out(convert_file, calls, f"converted {len(files)} Criteo file(s)")
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=1))
+        rows, skipped = sum(s["rows"] for s in stats), sum(s["skipped"] for s in stats)
+        _log(f"criteo: {rows:,} rows from {len(files)} file(s)" + (f", {skipped:,} bad line(s) skipped" if skipped else ""))
+
+    out, _ = cached_dir("criteo", cache_key("criteo", {"sizes": sizes, "bad_lines": bad_lines}, files), build)
+    return sorted(str(p) for p in out.glob("*.parquet"))
+
+
+def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
+    """Convert (cached) and split: ``paths`` name each split's files (days); ``path`` is split by ``split``."""
+    from .split import SPLITS
+
+    schema = schema_for(data_spec)
+    sizes, bad = data_spec.criteo.table_sizes(), data_spec.criteo.bad_lines
+    if data_spec.paths is not None:
+        paths = {s: converted(input_files(getattr(data_spec.paths, s)), sizes, bad) for s in SPLITS}
+    else:
+        from . import _split_cached
+
+        paths = _split_cached(data_spec, schema, converted(input_files(data_spec.path), sizes, bad), validate=False)
+    schema.info["rows"] = {s: sum(pq.read_metadata(f).num_rows for f in fs) for s, fs in paths.items()}
+    return schema, paths

@@ -4,7 +4,7 @@ The text is the published format (label, 13 integers, 26 eight-digit hex categor
 fields); the shape is Criteo Kaggle's: the 26 cardinalities (``KAGGLE_CARDINALITIES``), power-law
 id frequencies (a value's rank ``r`` in ``[0, C)`` is drawn as ``floor(C ** u)`` for uniform ``u``:
 the hottest values take most of the traffic), missing values in some features, a few negative
-integers, and a click rate near Kaggle's 25.6%. The label is learnable: its log-odds are a sum of
+integers, and a click rate of the order of Kaggle's 25.6% (it varies with the seed). The label is learnable: its log-odds are a sum of
 hidden per-value weights of eight features and two integer features.
 """
 
@@ -50,7 +50,7 @@ def chunk(rows: int, seed: int, day: int, index: int, cardinalities: list[int] =
     """``rows`` rows of one chunk of one day: the raw columns (label, integers with nulls, hex strings)."""
     rng = np.random.default_rng([seed, day, index])
     cols: dict[str, pa.Array] = {}
-    logit = np.full(rows, -1.55)
+    logit = np.full(rows, -1.3)
     ints = []
     for k in range(13):
         x = np.floor(rng.lognormal(mean=1.0 + 0.15 * k, sigma=1.2, size=rows)).astype(np.int64)

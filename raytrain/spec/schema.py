@@ -139,11 +139,44 @@ class OpenBanditSpec(Section):
     campaign: Literal["all", "men", "women"] = "all"
 
 
+# Criteo Kaggle's cardinalities (distinct values of each categorical feature, as DLRM counts them)
+_KAGGLE = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992, 5461306, 10,
+           5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
+
+
+class CriteoSpec(Section):
+    """The Criteo click-log TSV format (raytrain.data.criteo): table sizes the hex values are hashed into."""
+
+    num_embeddings: Union[int, list[int]] = Field(
+        default_factory=lambda: list(_KAGGLE), description="rows of each categorical feature's table (one or 26); "
+                                                           "default: Criteo Kaggle's cardinalities")
+    max_num_embeddings: Optional[int] = Field(None, ge=1, description="cap on every table's rows (DLRM's "
+                                                                      "max-ind-range)")
+    bad_lines: Literal["error", "skip"] = Field("error", description="a bad line stops with its file and line, or "
+                                                                    "is counted and skipped")
+
+    @field_validator("num_embeddings")
+    @classmethod
+    def _sizes(cls, v):
+        vals = v if isinstance(v, list) else [v]
+        if isinstance(v, list) and len(v) != 26:
+            raise ValueError(f"needs one value or 26 (one per categorical feature), got {len(v)}")
+        if any(n < 1 for n in vals):
+            raise ValueError("table sizes must be positive")
+        return v
+
+    def table_sizes(self) -> list[int]:
+        sizes = list(self.num_embeddings) if isinstance(self.num_embeddings, list) else [self.num_embeddings] * 26
+        return [min(n, self.max_num_embeddings or n) for n in sizes]
+
+
 class DataSpec(Section):
-    source: Literal["movielens-100k", "synthetic", "parquet", "open-bandit", "served-logs"] = "movielens-100k"
+    source: Literal["movielens-100k", "synthetic", "parquet", "criteo", "open-bandit", "served-logs"] = "movielens-100k"
     path: Optional[str] = Field(None, description="movielens-100k: a local copy; parquet: one data set to split; "
                                                   "served-logs: a serve run directory")
-    paths: Optional[PathsSpec] = Field(None, description="parquet: explicit train/validation/test paths")
+    paths: Optional[PathsSpec] = Field(None, description="parquet, criteo: explicit train/validation/test paths "
+                                                         "(criteo: e.g. day files)")
+    criteo: CriteoSpec = Field(default_factory=CriteoSpec)
     columns: Optional[ColumnsSpec] = None
     label: LabelSpec = Field(default_factory=LabelSpec)
     split: SplitSpec = Field(default_factory=SplitSpec)
@@ -163,11 +196,20 @@ class DataSpec(Section):
                 problems.append("parquet needs 'columns' (sparse, multi_valued, dense)")
             elif not (self.columns.sparse or self.columns.multi_valued):
                 problems.append("parquet 'columns' declares no sparse column")
+        elif self.source == "criteo":
+            if (self.path is None) == (self.paths is None):
+                problems.append("criteo needs exactly one of 'path' (day files to split) or 'paths'")
+            if self.columns is not None:
+                problems.append("'columns' is only for source parquet; criteo's columns are fixed")
+            if self.label.column != "label" or self.label.positive_if is not None:
+                problems.append("criteo's label is its first field, 0 or 1: leave 'label' out")
+            if self.path is not None and self.split.method == "time":
+                problems.append("criteo lines carry no timestamp: split.method random, or 'paths' by day")
         else:
             if self.columns is not None:
                 problems.append(f"'columns' is only for source parquet, not {self.source}")
             if self.paths is not None:
-                problems.append(f"'paths' is only for source parquet, not {self.source}")
+                problems.append(f"'paths' is only for source parquet or criteo, not {self.source}")
         if problems:
             raise ValueError("; ".join(problems))
         return self

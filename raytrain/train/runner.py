@@ -133,11 +133,11 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     put("spec.yaml", resolved_yaml(spec))
     _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if store is not None else ""))
     t0 = time.perf_counter()
+    init_ray(spec, address)  # first: validation, splitting and conversion fan out as Ray tasks
     prepared = mirror.share(prepared or prepare(spec.data, work_dir=str(run_dir)))  # on a URI run: data/ there too
     put("schema.json", prepared.schema.to_json())
     _log(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
          f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")
-    init_ray(spec, address)
     trainer = make_trainer(spec, prepared, location)
     result = trainer.fit()
     if result.error is not None:

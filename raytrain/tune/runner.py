@@ -330,9 +330,9 @@ def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = N
         mirror.put("spec.yaml", resolved_yaml(spec))
     _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if mirror.store else ""))
     t0 = time.time()
+    init_ray(spec, address)  # first: validation, splitting and conversion fan out as Ray tasks
     prepared = mirror.share(prepare(spec.data, work_dir=str(run_dir)))  # on a URI run: data/ there too, for every node
     mirror.put("schema.json", prepared.schema.to_json())
-    init_ray(spec, address)
     preflight(spec, prepared)
     t = tune_of(spec)
     _log(f"tuning {len(t.space)} parameter(s) with {t.search.algorithm} + {t.scheduler.name}: "
