@@ -15,12 +15,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _entry(rank, world, port, fn, args, queue):
+def _entry(rank, world, port, fn, args, queue, backend="gloo"):
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     try:
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+        dist.init_process_group(backend, rank=rank, world_size=world)
         out = fn(rank, world, *args)
         dist.barrier()
         dist.destroy_process_group()
@@ -29,12 +29,12 @@ def _entry(rank, world, port, fn, args, queue):
         queue.put((rank, "error", traceback.format_exc()))
 
 
-def run_distributed(fn, world: int, *args, timeout: float = 300):
+def run_distributed(fn, world: int, *args, timeout: float = 300, backend: str = "gloo"):
     """Returns the list of per-rank results (numpy / plain objects only). Raises on any rank's error."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue)) for r in range(world)]
+    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, queue, backend)) for r in range(world)]
     for p in procs:
         p.start()
     results = {}
