@@ -133,7 +133,6 @@ def main() -> None:
     import ray
 
     from raytrain.data.criteo import KAGGLE_CARDINALITIES, KAGGLE_ROWS
-
     from raytrain.train.runner import RUNTIME_ENV
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
