@@ -35,8 +35,8 @@ def cmd_plan(args) -> int:
     logging.getLogger().setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
     from ..data import schema_of
-    from ..sharding import describe_plan, format_plan, make_plan, make_topology
-    from ..sharding.planner import build_constraints, memory_per_rank, meta_model
+    from ..sharding import describe_plan, format_plan, make_topology
+    from ..sharding.planner import build_constraints, memory_per_rank, meta_model, plan_with_estimate
     from ..spec import load_spec
 
     overrides = [*args.overrides, f"train.device={args.device}"]
@@ -44,14 +44,16 @@ def cmd_plan(args) -> int:
     schema = schema_of(spec.data)
     model = meta_model(spec, schema)
     topology = make_topology(args.world_size, args.device, hbm_gb=args.hbm_gb, ddr_gb=args.ddr_gb,
-                             local_world_size=args.local_world_size)
-    plan = make_plan(model, topology, build_constraints(schema, spec.train.sharding))
+                             local_world_size=args.local_world_size, gpu=args.gpu)
+    batch_per_rank = max(1, spec.train.batch_size // args.world_size)
+    plan, estimate = plan_with_estimate(model, topology, build_constraints(schema, spec.train.sharding), batch_per_rank)
     rows = describe_plan(plan, args.world_size)
     per_rank = memory_per_rank(rows, schema, spec.model.embedding_dim, spec.train.optimizer.sparse, args.world_size)
-    caps = [f"hbm {args.hbm_gb} GiB" if args.hbm_gb else "", f"ddr {args.ddr_gb} GiB" if args.ddr_gb else ""]
+    caps = [args.gpu or "", f"hbm {args.hbm_gb} GiB" if args.hbm_gb else "", f"ddr {args.ddr_gb} GiB" if args.ddr_gb else ""]
     print(f"plan for {spec.name}: {args.world_size} x {args.device} "
           f"({', '.join(c for c in caps if c) or 'default capacities'})")
     print(format_plan(rows, per_rank, schema, spec.model.embedding_dim))
+    print(estimate.describe())
     return 0
 
 
@@ -233,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hbm-gb", type=float, default=None, help="GPU memory per rank (GiB)")
     p.add_argument("--ddr-gb", type=float, default=None, help="host memory per rank (GiB)")
     p.add_argument("--local-world-size", type=int, default=None, help="ranks per node (default: 8 for cuda)")
+    p.add_argument("--gpu", choices=["h100-80gb"], default=None,
+                   help="the accelerator's memory and bandwidths for the cost model's estimate")
     p.set_defaults(func=cmd_plan)
 
     p = sub.add_parser("run", help="run a job on an embedded local Ray (or --address)")
@@ -297,7 +301,7 @@ def _add_cluster(p: argparse.ArgumentParser) -> None:
 
 # options that take a value: their value is never a KEY.PATH=VALUE override (a token may hold '=')
 VALUE_OPTIONS = {"--url", "--address", "--token", "--storage", "--submission-id", "--image", "--namespace", "--output", "-o",
-                 "--world-size", "--device", "--hbm-gb", "--ddr-gb", "--local-world-size", "--gpus-per-worker"}
+                 "--world-size", "--device", "--hbm-gb", "--ddr-gb", "--local-world-size", "--gpus-per-worker", "--gpu"}
 
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:

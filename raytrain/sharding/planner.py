@@ -15,7 +15,7 @@ from torch import nn
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-from torchrec.distributed.planner.types import ParameterConstraints, PlannerError
+from torchrec.distributed.planner.types import ParameterConstraints, PlannerError, Stats
 from torchrec.distributed.types import ShardingPlan
 
 from ..data.schema import FeatureSchema
@@ -29,15 +29,27 @@ _OPT_STATE = {"rowwise_adagrad": ("row", 1), "adagrad": ("dim", 1), "adam": ("di
 
 
 def build_constraints(schema: FeatureSchema, sharding_spec) -> dict[str, ParameterConstraints]:
-    """Pinned tables get exactly one sharding type (and the kernel that type needs)."""
+    """Pinned tables get exactly one sharding type (and the kernel that type needs); pooling factors (ids per
+    sample) feed the planner's cost model."""
     out: dict[str, ParameterConstraints] = {}
+    pooling = getattr(sharding_spec, "pooling_factors", {}) or {}
     for f in schema.sparse:
         st = sharding_spec.tables.get(f.name, sharding_spec.default)
-        if st == "auto":
-            continue
-        kernel = EmbeddingComputeKernel.DENSE if st == "data_parallel" else EmbeddingComputeKernel.FUSED
-        out[table_name(f.name)] = ParameterConstraints(sharding_types=[st], compute_kernels=[kernel.value])
+        kw: dict = {"pooling_factors": [float(pooling[f.name])]} if f.name in pooling else {}
+        if st != "auto":
+            kernel = EmbeddingComputeKernel.DENSE if st == "data_parallel" else EmbeddingComputeKernel.FUSED
+            kw.update(sharding_types=[st], compute_kernels=[kernel.value])
+        if kw:
+            out[table_name(f.name)] = ParameterConstraints(**kw)
     return out
+
+
+# accelerators the cost model can be told about (TorchRec's Topology takes bandwidths in bytes/ms)
+GPU_PRESETS = {
+    # H100 SXM 80GB: HBM3 3.35 TB/s; NVLink 4 450 GB/s per direction; one 400 Gb/s NIC (50 GB/s) per GPU
+    "h100-80gb": {"hbm_gb": 80.0, "hbm_mem_bw": 3.35e12 / 1000, "intra_host_bw": 450e9 / 1000,
+                  "inter_host_bw": 50e9 / 1000},
+}
 
 
 def make_topology(
@@ -46,8 +58,14 @@ def make_topology(
     hbm_gb: float | None = None,
     ddr_gb: float | None = None,
     local_world_size: int | None = None,
+    gpu: str | None = None,
 ) -> Topology:
-    kwargs = {}
+    kwargs: dict = {}
+    if gpu is not None:
+        preset = dict(GPU_PRESETS[gpu])
+        hbm_gb = hbm_gb or preset.pop("hbm_gb")
+        preset.pop("hbm_gb", None)
+        kwargs.update(preset)
     if hbm_gb is not None:
         kwargs["hbm_cap"] = int(hbm_gb * GIB)
     if ddr_gb is not None:
@@ -64,14 +82,66 @@ def sharders() -> list:
     return [EmbeddingBagCollectionSharder()]
 
 
+class _BestPlan(Stats):
+    """Keeps the planner's chosen sharding options (each shard with TorchRec's cost-model estimate)."""
+
+    def __init__(self) -> None:
+        self.options: list = []
+        self.batch_size = 0
+
+    def log(self, sharding_plan, topology, batch_size, storage_reservation, num_proposals, num_plans, run_time,
+            best_plan, *args, **kwargs) -> None:
+        self.options, self.batch_size = list(best_plan), batch_size
+
+
+@dataclass
+class PerfEstimate:
+    """TorchRec's cost-model estimate of one step's embedding work (forward + backward, compute + communication),
+    per rank, for ``batch_per_rank`` samples per rank. Dense layers are not in the estimate."""
+
+    per_rank_ms: list[float]
+    batch_per_rank: int
+
+    @property
+    def step_ms(self) -> float:
+        return max(self.per_rank_ms)
+
+    @property
+    def samples_per_s_per_device(self) -> float:
+        return self.batch_per_rank / (self.step_ms / 1000.0)
+
+    def describe(self) -> str:
+        n = len(self.per_rank_ms)
+        return (f"estimated embedding step (TorchRec cost model, batch {self.batch_per_rank:,} per rank): "
+                f"{self.step_ms:.3f} ms on the slowest of {n} ranks (mean {sum(self.per_rank_ms) / n:.3f} ms) -> "
+                f"{self.samples_per_s_per_device:,.0f} samples/s per device, "
+                f"{self.samples_per_s_per_device * n:,.0f} for the cluster (embeddings only: an upper bound)")
+
+
+def plan_with_estimate(model: nn.Module, topology: Topology, constraints: dict[str, ParameterConstraints],
+                       batch_per_rank: int) -> tuple[ShardingPlan, PerfEstimate]:
+    """A plan and the cost model's step time for it (``raytrain plan``)."""
+    capture = _BestPlan()
+    plan = make_plan(model, topology, constraints, batch_size=batch_per_rank, stats=capture)
+    per_rank = [0.0] * topology.world_size
+    for option in capture.options:
+        for shard in option.shards:
+            if shard.rank is not None and shard.perf is not None:
+                per_rank[shard.rank] += float(shard.perf.total)
+    return plan, PerfEstimate(per_rank, capture.batch_size or batch_per_rank)
+
+
 def make_plan(
     model: nn.Module,
     topology: Topology,
     constraints: dict[str, ParameterConstraints],
     pg: dist.ProcessGroup | None = None,
+    batch_size: int | None = None,
+    stats: Stats | None = None,
 ) -> ShardingPlan:
     """Plan with TorchRec's planner. With a process group every rank gets the same plan (rank 0 plans)."""
-    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints, batch_size=batch_size,
+                                       **({"stats": stats} if stats is not None else {}))
     try:
         if pg is not None:
             return planner.collective_plan(model, sharders(), pg)

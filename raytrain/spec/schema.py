@@ -245,6 +245,16 @@ class ShardingSpec(Section):
     tables: dict[str, Literal[SHARDING_TYPES]] = Field(  # type: ignore[valid-type]
         default_factory=dict, description="feature name -> sharding type"
     )
+    pooling_factors: dict[str, float] = Field(
+        default_factory=dict, description="feature name -> expected ids per sample (TorchRec's pooling factor): a "
+                                          "hint to the planner's cost model; default 1")
+
+    @field_validator("pooling_factors")
+    @classmethod
+    def _pooling(cls, v):
+        if any(x <= 0 for x in v.values()):
+            raise ValueError("pooling factors must be positive")
+        return v
 
 
 class OptimizerSpec(Section):
