@@ -162,8 +162,12 @@ class RankStream:
     order (evaluation). ``start_row``: skip this many of the rank's rows (a resumed epoch)."""
 
     def __init__(self, index: SplitIndex, schema: FeatureSchema, rank: int, world: int, *, batch: int,
-                 buffer_rows: int, seed: int = 0, epoch: int = 0, shuffle: bool = True, source: str = "split"):
+                 buffer_rows: int, seed: int = 0, epoch: int = 0, shuffle: bool = True, source: str = "split",
+                 keep: dict | None = None):
         self.index, self.schema, self.rank, self.batch = index, schema, rank, batch
+        # ``keep``: a dict the caller holds across passes; it keeps the last window decoded, and a pass whose window
+        # has the same rows (a split small enough to be one window, e.g. one row group) skips reading and decoding
+        self.keep = keep
         self.seed, self.epoch, self.shuffle, self.source = seed, epoch, shuffle, source
         order = epoch_order(len(index.units), seed, epoch) if shuffle else np.arange(len(index.units))
         self.windows = windows(index.segments(order, rank, world), max(1, buffer_rows))
@@ -173,10 +177,18 @@ class RankStream:
     def _load(self, w: int, reader: RowGroupReader) -> tuple[Columns, np.ndarray, np.ndarray]:
         """The window's columns, their global row ids, and the order its rows are consumed in."""
         win = self.windows[w]
-        tables = [reader.read(s) for s in win.segments]
-        table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-        cols = Columns.from_arrow(self.schema, table, f"{self.source} (rank {self.rank}, window {w})")
-        row_ids = np.concatenate([self._base(s) + np.arange(s.start, s.stop, dtype=np.int64) for s in win.segments])
+        key = tuple(win.segments)
+        if self.keep is not None and self.keep.get("segments") == key:
+            cols, row_ids = self.keep["columns"]
+        else:
+            tables = [reader.read(s) for s in win.segments]
+            table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+            cols = Columns.from_arrow(self.schema, table, f"{self.source} (rank {self.rank}, window {w})")
+            row_ids = np.concatenate([self._base(s) + np.arange(s.start, s.stop, dtype=np.int64)
+                                      for s in win.segments])
+            if self.keep is not None:
+                self.keep.clear()  # drop the previous window before holding this one: one window at a time
+                self.keep.update(segments=key, columns=(cols, row_ids))
         if self.shuffle:
             order = np.random.default_rng([self.seed, self.epoch, self.rank, w, 0xB0FF]).permutation(win.rows)
         else:

@@ -45,6 +45,7 @@ class TrainData:
         self.prepared, self.rank, self.world, self.seed = prepared, rank, world, seed
         self.local_batch = global_batch // world
         self.buffer_rows, self.prefetch = buffer_rows, prefetch
+        self._window: dict = {}  # the last window decoded, reused when the next epoch's first window is the same
         if prepared.synthetic is not None:
             from ..data.synthetic import SyntheticRows
             from ..spec.schema import SyntheticSpec
@@ -67,7 +68,8 @@ class TrainData:
     def _batches(self, epoch: int, start_step: int) -> Iterator[Batch]:
         if self.prepared.synthetic is None:
             stream = RankStream(self.index, self.prepared.schema, self.rank, self.world, batch=self.local_batch,
-                                buffer_rows=self.buffer_rows, seed=self.seed, epoch=epoch, source="train split")
+                                buffer_rows=self.buffer_rows, seed=self.seed, epoch=epoch, source="train split",
+                                keep=self._window)
             yield from stream.batches(start_row=start_step * self.local_batch)
             return
         b, B = self.local_batch, self.local_batch * self.world
@@ -90,9 +92,9 @@ class EvalData:
     """One evaluation split, this rank's part of it: its own rows of the split laid end to end in file order."""
 
     def __init__(self, prepared: PreparedData, split: str, batch_size: int, rank: int, world: int,
-                 prefetch: int = 2):
+                 prefetch: int = 2, buffer_rows: int = 262_144):
         self.prepared, self.split, self.rank, self.world = prepared, split, rank, world
-        self.batch_size, self.prefetch = batch_size, prefetch
+        self.batch_size, self.prefetch, self.buffer_rows = batch_size, prefetch, max(batch_size, buffer_rows)
         if prepared.synthetic is not None:
             from ..data.synthetic import SyntheticRows
             from ..spec.schema import SyntheticSpec
@@ -110,6 +112,7 @@ class EvalData:
             counts = [self.index.rank_rows(r, world) for r in range(world)]
         self.total_rows = sum(counts)
         self.steps = max(-(-c // batch_size) for c in counts)
+        self._window: dict = {}
 
     def _real(self) -> Iterator[Batch]:
         if self.columns is not None:
@@ -117,7 +120,8 @@ class EvalData:
                 yield self.columns.batch(torch.arange(lo, min(lo + self.batch_size, self.num_rows)))
             return
         stream = RankStream(self.index, self.prepared.schema, self.rank, self.world, batch=self.batch_size,
-                            buffer_rows=self.batch_size, shuffle=False, source=f"{self.split} split")
+                            buffer_rows=self.buffer_rows, shuffle=False, source=f"{self.split} split",
+                            keep=self._window)
         yield from stream.batches()
 
     def batches(self) -> Iterator[tuple[Batch, int]]:

@@ -159,7 +159,8 @@ def train_loop_per_worker(config: dict) -> None:
                                                           "from_step": start_step, "checkpoint": restored.path,
                                                           "time": time.time()}) + "\n")
 
-    val = EvalData(prepared, "validation", spec.train.eval_batch_size, rank, world)
+    val = EvalData(prepared, "validation", spec.train.eval_batch_size, rank, world,
+                   buffer_rows=spec.train.ingest.shuffle_buffer_rows)
     if rank == 0:
         _log(f"{world} workers, {train.steps} steps/epoch of {spec.train.batch_size} examples, "
              f"{val.total_rows:,} validation rows")
@@ -214,7 +215,8 @@ def train_loop_per_worker(config: dict) -> None:
 def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, store: Store, metrics: dict) -> dict:
     """Test AUC / log loss over all ranks; rank 0 writes them with ``metrics`` to metrics/test.json."""
 
-    test = EvalData(prepared, "test", spec.train.eval_batch_size, rank, world)
+    test = EvalData(prepared, "test", spec.train.eval_batch_size, rank, world,
+                    buffer_rows=spec.train.ingest.shuffle_buffer_rows)
     t = evaluate(sharded.module, test, device)
     out = {"test_auc": t["auc"], "test_logloss": t["logloss"], "test_rows": t["rows"]}
     if rank == 0:

@@ -88,6 +88,21 @@ def test_resume_at_a_step_continues_the_same_stream(tmp_path, start_step):
     assert resumed == full[start_step * 20:]
 
 
+def test_a_pass_over_the_same_single_window_reuses_it_without_reading(tmp_path):
+    files = write_split(tmp_path, [[300]])
+    index = SplitIndex.of(files)
+    keep: dict = {}
+
+    def epoch(e):
+        return rids(RankStream(index, SCHEMA, 1, 2, batch=50, buffer_rows=1000, seed=0, epoch=e, keep=keep).batches())
+
+    first = epoch(0)
+    (tmp_path / "part-0.parquet").unlink()  # the next epoch's window has the same rows: nothing is read
+    second = epoch(1)
+    assert sorted(first) == sorted(second) == list(range(150, 300)) and first != second  # reshuffled
+    assert len(keep) == 2  # one window held, no more
+
+
 def test_prefetch_passes_items_and_errors_through():
     assert list(prefetched(iter(range(100)), 3)) == list(range(100))
 
