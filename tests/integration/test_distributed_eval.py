@@ -70,3 +70,21 @@ def test_ranks_count_every_row_once_and_merge_to_the_single_process_metrics(tmp_
             assert m["rows"] == table.num_rows
             assert abs(m["auc"] - expect_auc) < 1e-4 and abs(m["auc"] - single["auc"]) < 1e-9
             assert abs(m["logloss"] - expect_loss) < 1e-5
+
+
+def test_validation_fanned_out_as_ray_tasks_raises_the_same_error_text(ray_local, tmp_path):
+    from raytrain.data.parquet import validate_files
+    from raytrain.errors import DataError
+
+    good = _write(tmp_path)
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"rid": np.array([5, 100_000]), "x": np.zeros(2, np.float32),
+                             "y": np.zeros(2, np.float32)}), bad)
+    assert validate_files(good, SCHEMA) == 21_007  # one Ray task per file
+    try:
+        validate_files([*good, str(bad)], SCHEMA)
+    except DataError as e:
+        assert str(e) == (f"{bad} (row group 0): column rid has id 100000, outside [0, 100000) "
+                          f"(the declared cardinality)")
+    else:
+        raise AssertionError("an out-of-range id passed validation")

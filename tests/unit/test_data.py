@@ -131,6 +131,25 @@ def test_parquet_source_splits_one_dataset_deterministically(tmp_path):
     assert ts["train"].max() < ts["validation"].min() <= ts["validation"].max() < ts["test"].min()
 
 
+def test_a_split_is_made_once_per_spec_and_input_files(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("RAYTRAIN_CACHE", str(tmp_path / "cache"))
+    src = _write(tmp_path, _table(n=3000), "all.parquet", row_group_size=400)
+    doc = {"name": "p", "data": {"source": "parquet", "path": src, "label": {"column": "y"},
+                                "columns": {"sparse": {"user": 10, "item": 20}, "multi_valued": {"tags": 5},
+                                            "dense": ["x"]}}}
+    a = prepare(parse_spec(doc).data)
+    assert "reusing the split" not in capsys.readouterr().out
+    b = prepare(parse_spec(doc).data)
+    assert b.paths == a.paths and "data: reusing the split prepared earlier" in capsys.readouterr().out
+    doc["data"]["split"] = {"seed": 9}  # another spec: another split
+    c = prepare(parse_spec(doc).data)
+    assert c.paths["train"] != a.paths["train"]
+    del doc["data"]["split"]
+    _write(tmp_path, _table(n=3001), "all.parquet", row_group_size=400)  # the input changed: split again
+    d = prepare(parse_spec(doc).data)
+    assert sum(pq.read_metadata(f).num_rows for fs in d.paths.values() for f in fs) == 3001
+
+
 def test_parquet_prepare_stops_on_bad_ids_before_training(tmp_path):
     src = _write(tmp_path, _table(user=pa.array(np.full(100, 10))), "bad.parquet")
     doc = {"name": "p", "data": {"source": "parquet", "paths": {"train": src, "validation": src, "test": src},

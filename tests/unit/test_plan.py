@@ -58,3 +58,25 @@ def test_row_wise_on_cpu_is_refused_before_planning():
     proc = _plan("jobs/train_synthetic.yaml", "--world-size", "2", "--device", "cpu", "train.sharding.tables.s0=row_wise")
     assert proc.returncode == 2
     assert "train.sharding.tables.s0: 'row_wise' needs train.device: cuda" in proc.stderr
+
+
+def _estimate(stdout: str) -> tuple[float, float]:
+    m = re.search(r"estimated embedding step .*?: ([\d.]+) ms on the slowest of \d+ ranks .*?-> ([\d,]+) samples/s per "
+                  r"device", stdout)
+    assert m, stdout
+    return float(m.group(1)), float(m.group(2).replace(",", ""))
+
+
+def test_plan_of_the_mlperf_configuration_prints_the_cost_models_estimate():
+    proc = _plan("jobs/mlperf_dlrm_dcnv2.yaml", "--world-size", "8", "--device", "cuda", "--gpu", "h100-80gb")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("plan for mlperf-dlrm-dcnv2: 8 x cuda (h100-80gb)")
+    rows = _rows(proc.stdout)
+    assert len(rows) == 26 and rows["t_cat_0"][:2] == ["40,000,000", "128"]
+    step_ms, per_device = _estimate(proc.stdout)
+    assert "batch 8,192 per rank" in proc.stdout  # the global batch 65,536 over 8 ranks
+    assert abs(per_device - 8192 / (step_ms / 1000)) / per_device < 0.01
+    # one lookup per sample instead of MLPerf's 214: the cost model's step gets cheaper
+    one_hot = _plan("jobs/mlperf_dlrm_dcnv2.yaml", "--world-size", "8", "--device", "cuda", "--gpu", "h100-80gb",
+                    "train.sharding.pooling_factors={}")
+    assert _estimate(one_hot.stdout)[0] < step_ms
