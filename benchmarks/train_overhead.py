@@ -2,7 +2,7 @@
 
     python benchmarks/train_overhead.py [--rounds 2] [--epochs 3] [--workers 2]
 
-Arm A: `raytrain run` machinery (Ray Train workers, Ray Data input, checkpoints each epoch).
+Arm A: `raytrain run` machinery (Ray Train workers, streamed parquet input, checkpoints each epoch).
 Arm B: a TorchRec DistributedModelParallel loop written by hand, launched with
 torch.multiprocessing over gloo, no Ray; it builds DLRM_DCN / the planner / optimizers itself and
 feeds batches from its half of the same training parquet file.

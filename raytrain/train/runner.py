@@ -59,7 +59,7 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     """Connect to ``address`` (or spec.ray.address / RAY_ADDRESS), else start an embedded local Ray.
 
     A local Ray gets more logical CPUs than this machine has cores when the job needs them: each
-    Ray Train worker holds ``resources_per_worker.cpu`` and Ray Data needs room for its read tasks.
+    Ray Train worker holds ``resources_per_worker.cpu`` and data preparation needs room for its tasks.
     """
     import ray
 
