@@ -96,7 +96,9 @@ def test_served_scores_equal_the_offline_models(served):
     assert scores == sorted(scores, reverse=True)
     status, check = post(out["url"] + "/predict", {"variant": "ensemble", "rows": [
         {"user_id": 12, "item_id": x["item_id"]} for x in rec["items"]]})
-    np.testing.assert_allclose(check["probabilities"], scores, rtol=0, atol=1e-9)
+    # the same rows scored in a batch of 5 and inside the batch of all items: float32 kernels may round the
+    # last bit differently by batch size, so the same 1e-6 as the other score checks
+    np.testing.assert_allclose(check["probabilities"], scores, rtol=0, atol=1e-6)
 
 
 
