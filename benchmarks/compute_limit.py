@@ -12,7 +12,10 @@ tables run, without the sharding).
 
 Arm "raytrain": ``raytrain run jobs/train_ml100k.yaml`` (2 Ray Train workers, TorchRec sharding over
 gloo, streamed parquet input); its steady-state rate is the training examples/s of the epochs after
-the first. The same job with 1 worker x 2 threads shows what distribution costs. The arms alternate,
+the first. The same job with 1 worker x 2 threads shows what distribution costs, and TorchRec's
+``DistributedModelParallel`` as raytrain builds it, in one process on the prebuilt batches, what the
+sharded modules cost by themselves (with the demo's pinned sharding types, and with the planner's
+choice for every table). The arms alternate,
 ``--rounds`` times; the best of each is compared.
 """
 
@@ -148,6 +151,44 @@ def limit_rate(epochs: int, threads: int, fused: bool = False) -> float:
     return max(rates)
 
 
+def dmp_rate(epochs: int, threads: int, overrides: list[str] = ()) -> float:
+    """TorchRec's DistributedModelParallel as raytrain builds it (``shard_model``), one process (a gloo group of
+    1), on the same prebuilt batches: what TorchRec's sharded modules cost without Ray, data or other ranks."""
+    import os
+
+    import pyarrow.parquet as pq
+    import torch.distributed as dist
+
+    from raytrain.data import prepare
+    from raytrain.data.batches import Columns
+    from raytrain.spec import load_spec
+    from raytrain.train.distributed import shard_model
+
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29571")
+        dist.init_process_group("gloo", rank=0, world_size=1)
+    torch.set_num_threads(threads)
+    spec = load_spec(SPEC, list(overrides))
+    prepared = prepare(spec.data)
+    cols = Columns.from_arrow(prepared.schema, pq.read_table(prepared.paths["train"][0]), "train")
+    B = spec.train.batch_size
+    perm = torch.randperm(len(cols))
+    batches = [cols.batch(perm[s * B:(s + 1) * B]) for s in range(len(cols) // B)]
+    sharded = shard_model(spec, prepared.schema, torch.device("cpu"))
+    rates = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        for b in batches:
+            loss, _ = sharded.module(b)
+            sharded.optimizer.zero_grad()
+            loss.backward()
+            sharded.optimizer.step()
+        if epoch > 0:
+            rates.append(len(batches) * B / (time.perf_counter() - t0))
+    return max(rates)
+
+
 def raytrain_rate(epochs: int, storage: str, overrides: list[str] = ()) -> tuple[float, dict]:
     from raytrain.spec import load_spec
     from raytrain.train.runner import run_train
@@ -176,6 +217,9 @@ def main() -> None:
         limits.append(max(plain, fused))
         print(f"ROUND {r + 1} limit (1 process, {args.threads} threads, prebuilt batches): nn.EmbeddingBag + sparse "
               f"Adagrad {plain:,.0f} examples/s; FBGEMM fused tables {fused:,.0f}", flush=True)
+        pinned, auto = dmp_rate(args.epochs, args.threads), dmp_rate(args.epochs, args.threads, ["train.sharding.tables={}"])
+        print(f"ROUND {r + 1} TorchRec DMP (1 process, {args.threads} threads, prebuilt batches): demo job's pinned "
+              f"sharding {pinned:,.0f} examples/s; planner's choice for every table {auto:,.0f}", flush=True)
         rate, summary = raytrain_rate(args.epochs, args.storage)
         ours.append(rate)
         print(f"ROUND {r + 1} raytrain (2 workers, demo job): {rate:,.0f} examples/s, test AUC "
