@@ -256,13 +256,17 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     """Read, override and validate a spec file. Raises SpecError listing every problem."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes().decode("utf-8")
     except OSError as e:
         raise SpecError(f"cannot read spec: {e.strerror}", str(path)) from None
+    except UnicodeDecodeError as e:
+        raise SpecError(f"not a text (UTF-8) file: byte 0x{e.object[e.start]:02x} at offset {e.start}", str(path)) from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise SpecError(f"not valid YAML: {e}", str(path)) from None
+    except RecursionError:
+        raise SpecError("not valid YAML: nested too deeply", str(path)) from None
     if doc is None:
         raise SpecError("the file is empty", str(path))
     if overrides:

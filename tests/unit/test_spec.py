@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from raytrain.errors import SpecError
 from raytrain.spec import apply_overrides, load_spec, parse_spec, resolved_yaml
@@ -156,3 +158,42 @@ def test_cli_validate_exits_2_on_bad_spec(tmp_path):
                            "--print-resolved", "train.epochs=3"], capture_output=True, text=True)
     assert good.returncode == 0, good.stderr
     assert yaml.safe_load(good.stdout)["train"]["epochs"] == 3
+
+
+def _load_or_spec_error(path: Path):
+    try:
+        return load_spec(path)
+    except SpecError as e:
+        assert str(e).startswith(f"{path}: ")  # names the file, then the problems
+        return None
+
+
+_yaml_trees = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=12),
+    lambda kids: st.lists(kids, max_size=4) | st.dictionaries(
+        st.sampled_from(["name", "kind", "data", "model", "train", "tune", "source", "arch", "workers", "x"]), kids,
+        max_size=4),
+    max_leaves=12)
+
+
+def test_fuzzed_spec_files_give_a_spec_or_a_spec_error(tmp_path):
+    path = tmp_path / "fuzz.yaml"
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(st.binary(max_size=200) | st.text(max_size=200).map(str.encode)
+           | _yaml_trees.map(lambda t: yaml.safe_dump(t).encode()))
+    def check(raw: bytes) -> None:
+        path.write_bytes(raw)
+        _load_or_spec_error(path)  # anything else (a traceback) fails the test
+
+    check()
+
+
+def test_a_binary_spec_file_exits_2_with_a_message(tmp_path):
+    path = tmp_path / "spec.yaml"
+    path.write_bytes(b"\x00\xff\xfe binary")
+    proc = subprocess.run([sys.executable, "-m", "raytrain.cli.main", "validate", str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{path}: 1 problem in the job spec:" in proc.stderr
+    assert "not a text (UTF-8) file: byte 0xff at offset 1" in proc.stderr
