@@ -107,28 +107,34 @@ def _tbe_inputs(b, model: FusedTablesDCN):
     return out
 
 
-def limit_rate(epochs: int, threads: int, fused: bool = False) -> float:
-    """Examples/s of the plain single-process loop over the epochs after the first."""
+def _prebuilt(overrides: list[str] = ()):
+    """(spec, schema, batches): the demo job's training split as batches of its global batch size, in memory."""
     import pyarrow.parquet as pq
 
     from raytrain.data import prepare
     from raytrain.data.batches import Columns
     from raytrain.spec import load_spec
 
-    torch.set_num_threads(threads)
-    spec = load_spec(SPEC)
+    spec = load_spec(SPEC, list(overrides))
     prepared = prepare(spec.data)
     cols = Columns.from_arrow(prepared.schema, pq.read_table(prepared.paths["train"][0]), "train")
+    B = spec.train.batch_size
+    perm = torch.randperm(len(cols))
+    return spec, prepared.schema, [cols.batch(perm[s * B:(s + 1) * B]) for s in range(len(cols) // B)]
+
+
+def limit_rate(epochs: int, threads: int, fused: bool = False) -> float:
+    """Examples/s of the plain single-process loop over the epochs after the first."""
+    torch.set_num_threads(threads)
+    spec, schema, built = _prebuilt()
     torch.manual_seed(0)
-    model = (FusedTablesDCN if fused else PlainDCN)(spec, prepared.schema)
+    model = (FusedTablesDCN if fused else PlainDCN)(spec, schema)
     dense_params = [p for n, p in model.named_parameters() if not n.startswith(("tables", "tbes"))]
     opt_dense = torch.optim.Adam(dense_params, lr=spec.train.optimizer.lr)
     opt_sparse = None if fused else torch.optim.Adagrad(model.tables.parameters(), lr=spec.train.optimizer.sparse_lr)
     B = spec.train.batch_size
     batches = []  # prebuilt: (dense, [(values, offsets) per feature], label)
-    perm = torch.randperm(len(cols))
-    for s in range(len(cols) // B):
-        b = cols.batch(perm[s * B:(s + 1) * B])
+    for b in built:
         per = b.sparse.to_dict()
         lists = _tbe_inputs(b, model) if fused else [
             (per[n].values(), torch.cat([torch.zeros(1, dtype=torch.int64), per[n].lengths().cumsum(0)[:-1]]))
@@ -156,12 +162,8 @@ def dmp_rate(epochs: int, threads: int, overrides: list[str] = ()) -> float:
     1), on the same prebuilt batches: what TorchRec's sharded modules cost without Ray, data or other ranks."""
     import os
 
-    import pyarrow.parquet as pq
     import torch.distributed as dist
 
-    from raytrain.data import prepare
-    from raytrain.data.batches import Columns
-    from raytrain.spec import load_spec
     from raytrain.train.distributed import shard_model
 
     if not dist.is_initialized():
@@ -169,13 +171,9 @@ def dmp_rate(epochs: int, threads: int, overrides: list[str] = ()) -> float:
         os.environ.setdefault("MASTER_PORT", "29571")
         dist.init_process_group("gloo", rank=0, world_size=1)
     torch.set_num_threads(threads)
-    spec = load_spec(SPEC, list(overrides))
-    prepared = prepare(spec.data)
-    cols = Columns.from_arrow(prepared.schema, pq.read_table(prepared.paths["train"][0]), "train")
+    spec, schema, batches = _prebuilt(overrides)
     B = spec.train.batch_size
-    perm = torch.randperm(len(cols))
-    batches = [cols.batch(perm[s * B:(s + 1) * B]) for s in range(len(cols) // B)]
-    sharded = shard_model(spec, prepared.schema, torch.device("cpu"))
+    sharded = shard_model(spec, schema, torch.device("cpu"))
     rates = []
     for epoch in range(epochs):
         t0 = time.perf_counter()

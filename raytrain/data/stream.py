@@ -55,6 +55,7 @@ class SplitIndex:
     def __init__(self, files: list[str], rows: list[list[int]]):
         self.files, self.rows = files, rows
         self.units = [(f, g) for f, groups in enumerate(rows) for g in range(len(groups))]
+        self.unit_of = {u: i for i, u in enumerate(self.units)}
         sizes = [rows[f][g] for f, g in self.units]
         self.unit_rows = np.asarray(sizes, dtype=np.int64)
         # global row id of each unit's first row (file order): ids name an example whatever the shuffle
@@ -102,16 +103,15 @@ class RowGroupReader:
 
     def __init__(self, files: list[str], schema: FeatureSchema):
         self.files, self.schema = files, schema
-        self._files: dict[int, pq.ParquetFile] = {}
+        self._open: tuple[int, pq.ParquetFile] | None = None
         self._last: tuple[tuple[int, int], pa.Table] | None = None
 
     def _file(self, i: int) -> pq.ParquetFile:
-        if i not in self._files:
+        if self._open is None or self._open[0] != i:  # one open file at a time
             path = self.files[i]
             fs, p = filesystem(path) if is_uri(path) else (None, path)
-            self._files.clear()  # one open file at a time
-            self._files[i] = pq.ParquetFile(fs.open_input_file(p) if fs is not None else p)
-        return self._files[i]
+            self._open = (i, pq.ParquetFile(fs.open_input_file(p) if fs is not None else p))
+        return self._open[1]
 
     def read(self, seg: Segment) -> pa.Table:
         key = (seg.file, seg.rg)
@@ -172,7 +172,6 @@ class RankStream:
         order = epoch_order(len(index.units), seed, epoch) if shuffle else np.arange(len(index.units))
         self.windows = windows(index.segments(order, rank, world), max(1, buffer_rows))
         self.rows = sum(w.rows for w in self.windows)
-        self._unit_of = {u: i for i, u in enumerate(index.units)}
 
     def _load(self, w: int, reader: RowGroupReader) -> tuple[Columns, np.ndarray, np.ndarray]:
         """The window's columns, their global row ids, and the order its rows are consumed in."""
@@ -196,7 +195,7 @@ class RankStream:
         return cols, row_ids, order
 
     def _base(self, s: Segment) -> int:
-        return int(self.index.unit_base[self._unit_of[(s.file, s.rg)]])
+        return int(self.index.unit_base[self.index.unit_of[(s.file, s.rg)]])
 
     def batches(self, start_row: int = 0) -> Iterator[Batch]:
         """Batches of ``batch`` rows (``Batch.row_ids``: their global row ids), from the rank's row ``start_row``."""
