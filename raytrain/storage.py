@@ -12,7 +12,14 @@ on every node, or an object store URI. With a URI:
 
 URIs are anything ``pyarrow.fs.FileSystem.from_uri`` takes, query options included, e.g.
 ``s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http`` for an S3-compatible store.
-Credentials come from the usual places (environment, instance profile); keep them out of the spec.
+
+Credentials. The usual places (environment, instance profile) need nothing from raytrain. Credentials written into
+a URI (``s3://KEY:SECRET@bucket/...``, or secret-like query values such as ``session_token=``) are taken out of it
+where the URI enters raytrain (``adopt``: spec loading, the CLI's run arguments): what raytrain keeps, writes and
+prints is the URI without them, and the credentials live only in this process's environment
+(``RAYTRAIN_STORAGE_CREDENTIALS``, keyed by ``scheme://host``), which the Ray processes raytrain starts inherit.
+Each process resolves them again when it opens the filesystem; the filesystem objects handed to Ray pickle the
+location without credentials (Tune saves them in its experiment state).
 """
 
 from __future__ import annotations
@@ -36,22 +43,189 @@ def join(location: str, *parts: str) -> str:
     return f"{out}{sep}{query}"
 
 
+_SECRET_QUERY = re.compile(r"secret|token|key|password|passwd|session|credential|signature|sig$", re.I)
+CREDENTIALS_ENV = "RAYTRAIN_STORAGE_CREDENTIALS"
+
+
 def redact(location: str) -> str:
     """A URI fit for logs: no user:password and no query values that look like secrets."""
-    s = re.sub(r"://[^/@]*@", "://***@", str(location))
-    return re.sub(r"((?:secret|token|key|password|session)[a-z_]*=)[^&]*", r"\1***", s, flags=re.I)
+    s = re.sub(r"://[^/@?]*@", "://***@", str(location))
+    return re.sub(r"((?:secret|token|key|password|passwd|session|credential|signature|sig)[a-z_]*=)[^&]*", r"\1***",
+                  s, flags=re.I)
 
 
-def filesystem(location: str):
-    """(pyarrow filesystem, path inside it) for a URI or a local path."""
-    import pyarrow.fs as pafs
+def _split(location: str) -> tuple[str, str, dict[str, str]]:
+    """(the URI without credentials, its user info, its secret-like query values)."""
+    from urllib.parse import parse_qsl, urlencode
+
+    base, sep, query = location.partition("?")
+    scheme, _, rest = base.partition("://")
+    host, slash, path = rest.partition("/")
+    userinfo, at, host = host.rpartition("@")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    secret = {k: v for k, v in pairs if _SECRET_QUERY.search(k)}
+    kept = urlencode([(k, v) for k, v in pairs if k not in secret], safe=":/")
+    return f"{scheme}://{host}{slash}{path}" + (f"?{kept}" if kept else ""), userinfo, secret
+
+
+def _key(location: str) -> str:
+    """What credentials are registered under: ``scheme://host`` (a bucket)."""
+    scheme, _, rest = location.partition("?")[0].partition("://")
+    return f"{scheme}://{rest.split('/')[0].rpartition('@')[2]}"
+
+
+def _registered() -> dict[str, dict]:
+    import json
+
+    try:
+        return json.loads(os.environ.get(CREDENTIALS_ENV) or "{}")
+    except ValueError:
+        raise ValueError(f"{CREDENTIALS_ENV}: not JSON; it maps scheme://host to "
+                         '{"userinfo": "KEY:SECRET", "query": {...}}') from None
+
+
+def adopt(location: str) -> str:
+    """``location`` without its credentials, which are kept in this process's environment for later opens (and for
+    the Ray processes started from it). A location without credentials is returned as it is."""
+    import json
 
     if not is_uri(location):
-        return pafs.LocalFileSystem(), str(Path(str(location).removeprefix("file://")).expanduser().resolve())
+        return location
+    clean, userinfo, secret = _split(location)
+    if not userinfo and not secret:
+        return location
+    table = _registered()
+    table[_key(clean)] = {"userinfo": userinfo, "query": secret}
+    os.environ[CREDENTIALS_ENV] = json.dumps(table)
+    return clean
+
+
+def has_credentials(location: str) -> bool:
+    return is_uri(location) and _split(location)[0] != location
+
+
+def _with_credentials(location: str) -> str:
+    from urllib.parse import urlencode
+
+    creds = _registered().get(_key(location))
+    if not creds or has_credentials(location):
+        return location
+    scheme, _, rest = location.partition("://")
+    if creds.get("userinfo"):
+        rest = f"{creds['userinfo']}@{rest}"
+    if creds.get("query"):
+        rest += ("&" if "?" in rest else "?") + urlencode(creds["query"])
+    return f"{scheme}://{rest}"
+
+
+def _from_uri(location: str):
+    import pyarrow.fs as pafs
+
     try:
         return pafs.FileSystem.from_uri(location)
     except Exception as e:  # pyarrow raises ArrowInvalid / ValueError / OSError for bad or unreachable URIs
         raise ValueError(f"storage {redact(location)}: not a usable pyarrow.fs URI ({type(e).__name__}: {e})") from None
+
+
+def filesystem(location: str):
+    """(pyarrow filesystem, path inside it) for a URI or a local path. For a URI whose credentials were adopted, a
+    filesystem that resolves them in each process that uses it and pickles without them."""
+    import pyarrow.fs as pafs
+
+    if not is_uri(location):
+        return pafs.LocalFileSystem(), str(Path(str(location).removeprefix("file://")).expanduser().resolve())
+    location = adopt(location)
+    full = _with_credentials(location)
+    fs, path = _from_uri(full)
+    if full == location:
+        return fs, path
+    return pafs.PyFileSystem(_Resolving(location, fs)), path
+
+
+def _resolving_handler():
+    import pyarrow.fs as pafs
+
+    class Resolving(pafs.FileSystemHandler):
+        """Delegates to the filesystem of ``location`` with credentials from the environment of the process using it."""
+
+        def __init__(self, location: str, fs=None):
+            self.location, self._fs = location, fs
+
+        def __reduce__(self):
+            return _Resolving, (self.location,)
+
+        def __eq__(self, other):
+            return isinstance(other, type(self)) and other.location == self.location
+
+        def __ne__(self, other):
+            return not self == other
+
+        @property
+        def fs(self):
+            if self._fs is None:
+                full = _with_credentials(self.location)
+                if full == self.location:
+                    raise PermissionError(f"storage {self.location}: its credentials were given in the URI to the "
+                                          f"driver, and this process has none ({CREDENTIALS_ENV} is not set here)")
+                self._fs = _from_uri(full)[0]
+            return self._fs
+
+        def get_type_name(self):
+            return f"raytrain+{self.fs.type_name}"
+
+        def normalize_path(self, path):
+            return self.fs.normalize_path(path)
+
+        def get_file_info(self, paths):
+            return self.fs.get_file_info(paths)
+
+        def get_file_info_selector(self, selector):
+            return self.fs.get_file_info(selector)
+
+        def create_dir(self, path, recursive):
+            self.fs.create_dir(path, recursive=recursive)
+
+        def delete_dir(self, path):
+            self.fs.delete_dir(path)
+
+        def delete_dir_contents(self, path, missing_dir_ok=False):
+            self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+        def delete_root_dir_contents(self):
+            self.fs.delete_dir_contents("/", accept_root_dir=True)
+
+        def delete_file(self, path):
+            self.fs.delete_file(path)
+
+        def move(self, src, dest):
+            self.fs.move(src, dest)
+
+        def copy_file(self, src, dest):
+            self.fs.copy_file(src, dest)
+
+        def open_input_stream(self, path):
+            return self.fs.open_input_stream(path)
+
+        def open_input_file(self, path):
+            return self.fs.open_input_file(path)
+
+        def open_output_stream(self, path, metadata):
+            return self.fs.open_output_stream(path, metadata=metadata)
+
+        def open_append_stream(self, path, metadata):
+            return self.fs.open_append_stream(path, metadata=metadata)
+
+    return Resolving
+
+
+def _Resolving(location: str, fs=None):  # noqa: N802 - a class made on first use (pyarrow imported lazily)
+    global _RESOLVING
+    if _RESOLVING is None:
+        _RESOLVING = _resolving_handler()
+    return _RESOLVING(location, fs)
+
+
+_RESOLVING = None
 
 
 class Store:
@@ -226,4 +400,7 @@ def materialize(location: str | Path) -> Path:
         raise FileNotFoundError(f"{redact(location)}: nothing there")
     local = mirror_of(location)
     print(f"[raytrain] downloading {redact(location)} -> {local}", flush=True)
+    import shutil
+
+    shutil.rmtree(local, ignore_errors=True)  # a file gone from the store (a removed shard) must not linger here
     return store.download(local)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
 
 from ..errors import RaytrainError, SpecError
+from ..storage import CREDENTIALS_ENV, adopt
 
 
 def _add_spec(p: argparse.ArgumentParser) -> None:
@@ -104,11 +106,15 @@ def cmd_submit(args) -> int:
     spec = load_spec(args.spec, args.overrides)
     if args.storage:
         spec = spec.model_copy(update={"storage": args.storage})
+    if os.environ.get(CREDENTIALS_ENV):  # adopted from a URI of the spec or the command line
+        print("[raytrain] storage credentials given in a URI stay on this machine and are not sent: the cluster "
+              "opens its storage with its own (its nodes' environment, e.g. RAYTRAIN_STORAGE_CREDENTIALS or "
+              "AWS_ACCESS_KEY_ID, or an instance profile)", file=sys.stderr, flush=True)
     request = build_request(prepare_spec(spec), args.submission_id)
     if args.dry_run:
-        print(describe_dry_run(resolve_address(args.address), request, resolve_token(args.token)))
+        print(describe_dry_run(resolve_address(args.address), request, resolve_token(args.token_file)))
         return 0
-    jobs = Jobs(args.address, args.token)
+    jobs = Jobs(args.address, args.token_file)
     job_id = jobs.submit(request)
     print(f"[raytrain] submitted {job_id} to {jobs.address}", flush=True)
     if not args.wait:
@@ -122,7 +128,7 @@ def cmd_submit(args) -> int:
 def _jobs(args):
     from ..submit.jobs import Jobs
 
-    return Jobs(args.address, args.token)
+    return Jobs(args.address, args.token_file)
 
 
 def cmd_status(args) -> int:
@@ -296,11 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _add_cluster(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", default=None, help="the cluster's dashboard, http://HOST:8265 (default: RAY_ADDRESS)")
-    p.add_argument("--token", default=None, help="token of a cluster with RAY_AUTH_MODE=token (default: RAY_AUTH_TOKEN)")
+    p.add_argument("--token-file", default=None,
+                   help="a file holding the token of a cluster with RAY_AUTH_MODE=token (default: RAY_AUTH_TOKEN); "
+                        "never on the command line, where every user of the machine can read it")
+    p.add_argument("--token", default=None, help=argparse.SUPPRESS)
 
 
 # options that take a value: their value is never a KEY.PATH=VALUE override (a token may hold '=')
-VALUE_OPTIONS = {"--url", "--address", "--token", "--storage", "--submission-id", "--image", "--namespace", "--output", "-o",
+VALUE_OPTIONS = {"--url", "--address", "--token", "--token-file",
+                 "--storage", "--submission-id", "--image", "--namespace", "--output", "-o",
                  "--world-size", "--device", "--hbm-gb", "--ddr-gb", "--local-world-size", "--gpus-per-worker", "--gpu"}
 
 
@@ -319,6 +329,13 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = split_overrides(argv)
     args = build_parser().parse_args(rest)
+    if getattr(args, "token", None) is not None:
+        print("error: --token: a token on the command line is visible to every user of this machine (ps); put it "
+              "in RAY_AUTH_TOKEN or a file given as --token-file", file=sys.stderr)
+        return 2
+    for key, value in vars(args).items():  # credentials in a URI argument stay in this process's environment
+        if isinstance(value, str):
+            setattr(args, key, adopt(value))
     if hasattr(args, "overrides"):
         args.overrides = overrides
     return run_reporting_errors(lambda: args.func(args))

@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError
-from ..storage import is_uri, redact
+from ..storage import adopt, is_uri, redact
 from .schema import CUDA_ONLY_SHARDING, ESTIMATORS, IMPLEMENTED_KINDS, STEPS, BanditSpec, JobSpec
 
 
@@ -243,7 +243,7 @@ def parse_spec(doc: Any, source: str | None = None) -> JobSpec:
     if not isinstance(doc, dict):
         raise SpecError(f"the spec must be a mapping of sections, got {type(doc).__name__}", source)
     try:
-        spec = JobSpec.model_validate(doc)
+        spec = JobSpec.model_validate(_adopt_credentials(doc))
     except ValidationError as e:
         raise SpecError(sorted(_format(err) for err in e.errors()), source) from None
     problems = _semantic_checks(spec)
@@ -272,6 +272,16 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> JobSpec:
     if overrides:
         apply_overrides(doc, overrides)
     return parse_spec(doc, str(path))
+
+
+def _adopt_credentials(node):
+    """Every URI of the spec without its credentials, which stay in this process's environment only
+    (raytrain.storage.adopt): the resolved spec, run files and job submissions never hold them."""
+    if isinstance(node, dict):
+        return {k: _adopt_credentials(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_adopt_credentials(v) for v in node]
+    return adopt(node) if isinstance(node, str) else node
 
 
 def resolved_yaml(spec: JobSpec) -> str:

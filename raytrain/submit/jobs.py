@@ -39,8 +39,18 @@ def resolve_address(address: str | None) -> str:
     return address.rstrip("/")
 
 
-def resolve_token(token: str | None) -> str | None:
-    return token or os.environ.get("RAY_AUTH_TOKEN") or None
+def resolve_token(token_file: str | None) -> str | None:
+    """The cluster's token: the first line of ``token_file``, else RAY_AUTH_TOKEN (never a command-line argument,
+    which every user of the machine can read in the process list)."""
+    if token_file:
+        try:
+            token = Path(token_file).expanduser().read_text().strip()
+        except OSError as e:
+            raise SubmissionError(f"--token-file {token_file}: cannot read it ({e.strerror})") from None
+        if not token:
+            raise SubmissionError(f"--token-file {token_file}: empty")
+        return token
+    return os.environ.get("RAY_AUTH_TOKEN") or None
 
 
 def _headers(token: str | None) -> dict[str, str]:
@@ -83,9 +93,9 @@ def describe_dry_run(address: str, request: dict, token: str | None) -> str:
 class Jobs:
     """JobSubmissionClient with errors that say what went wrong and where."""
 
-    def __init__(self, address: str | None, token: str | None):
+    def __init__(self, address: str | None, token_file: str | None):
         self.address = resolve_address(address)
-        self.token = resolve_token(token)
+        self.token = resolve_token(token_file)
         from ray.job_submission import JobSubmissionClient
 
         try:
@@ -103,7 +113,7 @@ class Jobs:
         except AuthenticationError as e:
             why = "the token was rejected" if self.token else "it requires a token and none was given"
             raise SubmissionError(f"the cluster at {self.address} refused the request: {why} "
-                                  f"(pass --token or set RAY_AUTH_TOKEN). {str(e).splitlines()[0]}") from None
+                                  f"(set RAY_AUTH_TOKEN or pass --token-file). {str(e).splitlines()[0]}") from None
         except ConnectionError as e:
             raise SubmissionError(f"cannot reach the Ray Jobs API at {self.address} ({e}); is the head node "
                                   "running with its dashboard on that port?") from None

@@ -11,15 +11,13 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch.distributed.checkpoint as dcp
-
 from ..data.schema import FeatureSchema
 from ..errors import CheckpointError
 from ..models import build_model
 from ..spec import load_spec
 from ..spec.schema import JobSpec
 from ..storage import Store, is_uri, join, materialize, redact
-from .checkpoint import read_marker
+from .checkpoint import cause, load_state, read_marker
 from .distributed import TrainModule
 
 
@@ -77,8 +75,13 @@ def load_model(run_dir: str | Path, checkpoint: str | Path | None = None) -> Loa
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # DCP warns that it runs without a process group: intended
         try:
-            dcp.load(state, checkpoint_id=str(checkpoint))
-        except Exception as e:
+            load_state(state, checkpoint)
+        except CheckpointError:
+            raise
+        except Exception as e:  # noqa: BLE001 - DCP raises several types for missing / mismatched shards
+            refused = cause(e, checkpoint)
+            if "cannot load into this model" not in str(refused):
+                raise refused from None
             raise CheckpointError(f"{checkpoint}: cannot load into {spec.model.arch} ({type(e).__name__}: {e})") from None
     module.load_state_dict(state["model"])
     module.eval()

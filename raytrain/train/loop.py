@@ -15,9 +15,10 @@ import torch.distributed as dist
 from ray.train import CheckpointUploadMode
 
 from ..data import PreparedData
+from ..errors import CheckpointError
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank
 from ..spec.schema import JobSpec
-from ..storage import Store
+from ..storage import Store, is_uri, redact
 from . import checkpoint as ckpt
 from .distributed import shard_model
 from .loaders import EvalData, TrainData
@@ -148,8 +149,7 @@ def train_loop_per_worker(config: dict) -> None:
     train = TrainData(prepared, spec.train.batch_size, rank, world, spec.train.seed,
                       buffer_rows=spec.train.ingest.shuffle_buffer_rows, prefetch=spec.train.ingest.prefetch_batches)
     if restored is not None:
-        with restored.as_directory() as d:
-            info = ckpt.load(sharded, d)
+        info = _restore(sharded, restored, store)
         start_epoch, start_step = _resume_point(info, train, world)
         last_metrics = dict(info.get("metrics", {}))
         if rank == 0:
@@ -223,6 +223,28 @@ def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, store:
         _log(f"test: auc {t['auc']:.4f} logloss {t['logloss']:.4f} over {t['rows']:,} rows")
         _write_json(store, "metrics/test.json", {**metrics, **out})
     return out
+
+
+def _restore(sharded, restored, store: Store) -> dict:
+    """Load the checkpoint Ray hands back; when it is incomplete (a rank's shard never arrived), the newest complete
+    checkpoint beside it instead. Every rank reads the same storage, so every rank makes the same choice."""
+    with restored.as_directory() as d:
+        try:
+            return ckpt.load(sharded, d)
+        except CheckpointError as e:
+            problem = e
+    where = restored.path
+    if store.remote and not is_uri(str(where)):
+        where = store.location_of(str(where))
+    found = ckpt.latest_complete(where)
+    if found is None:
+        raise CheckpointError(f"{problem}; no complete checkpoint beside it to resume from") from None
+    location, _ = found
+    _log(f"{problem}: resuming from {redact(location)}, the newest complete checkpoint, instead")
+    if not is_uri(location):
+        return ckpt.load(sharded, location)
+    with tempfile.TemporaryDirectory(prefix="raytrain-restore-") as d:
+        return ckpt.load(sharded, Store(location).download(d))
 
 
 def _resume_point(info: dict, train: TrainData, world: int) -> tuple[int, int]:

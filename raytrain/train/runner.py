@@ -14,7 +14,7 @@ import pandas as pd
 from ..data import PreparedData, prepare
 from ..spec import resolved_yaml
 from ..spec.schema import JobSpec
-from ..storage import Mirror, Store, filesystem, is_uri, join, mirror_of, redact
+from ..storage import CREDENTIALS_ENV, Mirror, Store, filesystem, is_uri, join, mirror_of, redact
 
 
 def _log(msg: str) -> None:
@@ -60,21 +60,27 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
 
     A local Ray gets more logical CPUs than this machine has cores when the job needs them: each
     Ray Train worker holds ``resources_per_worker.cpu`` and data preparation needs room for its tasks.
+
+    Storage credentials adopted from a URI (raytrain.storage) reach the job's Ray processes in its runtime env, in
+    memory; a Ray already initialized by the caller must have been given them (or its nodes have their own).
     """
     import ray
 
     if ray.is_initialized():
         return
+    runtime_env = {"env_vars": dict(RUNTIME_ENV["env_vars"])}
+    if os.environ.get(CREDENTIALS_ENV):
+        runtime_env["env_vars"][CREDENTIALS_ENV] = os.environ[CREDENTIALS_ENV]
     address = address or spec.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         # a submitted job (raytrain submit) already runs in a runtime env holding these variables, and Ray
         # refuses a driver runtime env that repeats a job's keys
         in_job = "RAYTRAIN_SPEC" in os.environ
-        ray.init(address=address, log_to_driver=True, runtime_env=None if in_job else RUNTIME_ENV)
+        ray.init(address=address, log_to_driver=True, runtime_env=None if in_job else runtime_env)
         return
     need = spec.train.workers * spec.train.resources_per_worker.cpu + 2
     num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
 
 
 def process_group_backend(device: str) -> str:

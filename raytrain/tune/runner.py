@@ -224,21 +224,22 @@ def _progress(metric: str, mode: str, epochs: int) -> Any:
     return Progress()
 
 
-def remove_trial_placement_groups(run: str) -> int:
+def remove_trial_placement_groups(run: str) -> list[str]:
     """Remove the worker-group placement groups a trial's training runs recorded (in its run directory ``run``),
-    if still there."""
+    if still there; returns the ids removed. Only groups this run recorded are touched: on a shared cluster the
+    other placement groups belong to other jobs."""
     import ray
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
     store, record = Store(run), "workers/placement_groups.txt"
     if not store.exists(record):
-        return 0
+        return []
     table = ray.util.placement_group_table()
-    removed = 0
-    for pg_hex in set(store.read_text(record).split()):
-        if table.get(pg_hex, {}).get("state") == "CREATED":
+    removed = []
+    for pg_hex in sorted(set(store.read_text(record).split())):
+        if table.get(pg_hex, {}).get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
             remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_hex))))
-            removed += 1
+            removed.append(pg_hex)
     return removed
 
 
@@ -250,7 +251,7 @@ def _release(location: str) -> Any:
     class Release(Callback):
         def _free(self, trial) -> None:
             try:
-                n = remove_trial_placement_groups(trial_location(location, trial.path))
+                n = len(remove_trial_placement_groups(trial_location(location, trial.path)))
             except Exception as e:  # noqa: BLE001 - cleanup must never break the experiment
                 _log(f"could not release trial {trial.trial_id}'s placement group: {e}")
                 return
@@ -266,20 +267,24 @@ def _release(location: str) -> Any:
     return Release()
 
 
-def _cleanup_placement_groups() -> int:
-    """Remove placement groups left behind by trials the scheduler stopped (ray issue 54305)."""
+def release_run(location: str, trial_paths: list[str], timeout_s: float = 60) -> list[str]:
+    """After the experiment: remove the placement groups this run's trials recorded and still hold (a trial stopped
+    by the scheduler can leave its worker group's behind, ray issue 54305), then wait until Ray reports exactly
+    those removed. Nothing else on the cluster is touched or waited on."""
     import ray
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    removed = 0
-    for pg_id, info in ray.util.placement_group_table().items():
-        if info.get("state") == "CREATED":
-            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
-            removed += 1
-    deadline = time.time() + 60
-    total = ray.cluster_resources().get("CPU", 0)
-    while time.time() < deadline and ray.available_resources().get("CPU", 0) < total - 1e-6:
-        time.sleep(0.5)
+    removed: list[str] = []
+    for path in trial_paths:
+        try:
+            removed += remove_trial_placement_groups(trial_location(location, path))
+        except Exception as e:  # noqa: BLE001 - a trial that never started has no record; cleanup never fails a run
+            _log(f"could not release the placement groups of {Path(str(path)).name}: {e}")
+    deadline = time.time() + timeout_s
+    while removed and time.time() < deadline:
+        table = ray.util.placement_group_table()
+        if all(table.get(pg, {}).get("state", "REMOVED") == "REMOVED" for pg in removed):
+            break
+        time.sleep(0.2)
     return removed
 
 
@@ -338,9 +343,9 @@ def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = N
     _log(f"tuning {len(t.space)} parameter(s) with {t.search.algorithm} + {t.scheduler.name}: "
          f"{t.num_samples} trials, {t.max_concurrent_trials} at a time, {spec.train.workers} workers each")
     results = _tuner(spec, prepared, location, restore=restore).fit()
-    removed = _cleanup_placement_groups()
+    removed = release_run(location, [r.path for r in results if r.path])
     if removed:
-        _log(f"removed {removed} placement group(s) left by stopped trials")
+        _log(f"removed {len(removed)} placement group(s) left by this run's stopped trials")
     from .report import write_report
 
     summary = write_report(spec, results, run_dir, location)

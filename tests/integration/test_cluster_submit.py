@@ -67,10 +67,13 @@ def test_submit_follow_logs_list_stop_with_token_auth(cluster, tmp_path):
     refused = _cli("submit", spec, "--address", cluster["jobs"], *small)
     assert refused.returncode == 1
     assert "refused the request: it requires a token and none was given" in refused.stderr
-    wrong = _cli("submit", spec, "--address", cluster["jobs"], "--token", "not-the-token", *small)
+    (tmp_path / "wrong").write_text("not-the-token")
+    wrong = _cli("submit", spec, "--address", cluster["jobs"], "--token-file", str(tmp_path / "wrong"), *small)
     assert wrong.returncode == 1 and "the token was rejected" in wrong.stderr and "not-the-token" not in wrong.stderr
 
-    done = _cli("submit", spec, "--address", cluster["jobs"], "--token", TOKEN, "--submission-id", "rt-train-1", *small)
+    (tmp_path / "token").write_text(TOKEN)
+    done = _cli("submit", spec, "--address", cluster["jobs"], "--token-file", str(tmp_path / "token"),
+                "--submission-id", "rt-train-1", *small)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "job rt-train-1: SUCCEEDED" in done.stdout and TOKEN not in done.stdout + done.stderr
     run_dir = next((tmp_path / "train-ml100k").iterdir())
@@ -100,16 +103,73 @@ def test_submit_follow_logs_list_stop_with_token_auth(cluster, tmp_path):
     assert unknown.returncode == 1 and f"no job 'no-such-job' on the cluster at {cluster['jobs']}" in unknown.stderr
 
 
-def test_tune_trials_spread_over_the_nodes(cluster, tmp_path):
-    env = _env()
-    cmd = [sys.executable, "-m", "raytrain.cli.main", "run", str(ROOT / "jobs/tune_ml100k_asha.yaml"),
-           "--address", cluster["gcs"], f"storage={tmp_path}", "train.workers=1", "train.batch_size=1024",
-           "train.epochs=1", "tune.num_samples=2", "tune.max_concurrent_trials=2", "tune.scheduler={name: fifo}",
-           "tune.search={algorithm: random, seed: 0}",
-           "tune.space={model.embedding_dim: 'choice([8, 16])'}"]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900, cwd=ROOT)
-    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    run_dir = next((tmp_path / "tune-ml100k-asha").iterdir())
-    board = pd.read_parquet(run_dir / "leaderboard.parquet")
-    assert len(board) == 2 and (board["status"] == "completed").all()
-    assert board["node_id"].nunique() >= 2, board[["trial", "node_id"]]
+# another tenant's job: a placement group with an actor in it (like a Ray Train worker group) and a reserved, idle
+# one (like a Serve replica's), kept while the process lives; it appends a heartbeat that only the actor can give
+TENANT = """
+import sys, time, ray
+from ray.util.placement_group import placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+ray.init(address=sys.argv[1])
+busy, idle = placement_group([{"CPU": 0.5}]), placement_group([{"CPU": 0.5}])
+ray.get([busy.ready(), idle.ready()])
+@ray.remote(num_cpus=0.5)
+class Beat:
+    def beat(self):
+        return time.time()
+actor = Beat.options(scheduling_strategy=PlacementGroupSchedulingStrategy(busy)).remote()
+print(busy.id.hex(), idle.id.hex(), flush=True)
+while True:
+    with open(sys.argv[2], "a") as f:
+        f.write(f"{ray.get(actor.beat.remote(), timeout=30)}\\n")
+    time.sleep(0.5)
+"""
+
+
+def _tune(cluster, storage: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "raytrain.cli.main", "run", str(ROOT / "jobs/tune_ml100k_asha.yaml"),
+         "--address", cluster["gcs"], f"storage={storage}", "train.workers=1", "train.batch_size=1024",
+         "train.resources_per_worker={cpu: 0.5}", "tune.max_concurrent_trials=2", "tune.search={algorithm: random, seed: 0}",
+         *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=ROOT)
+
+
+def test_concurrent_tune_runs_spread_over_the_nodes_and_leave_other_jobs_alone(cluster, tmp_path):
+    beats = tmp_path / "beats.txt"
+    tenant = subprocess.Popen([sys.executable, "-c", TENANT, cluster["gcs"], str(beats)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=_env())
+    try:
+        pgs = tenant.stdout.readline().split()
+        assert len(pgs) == 2, tenant.stderr.read() if tenant.poll() is not None else pgs
+        # two tune runs at once on the same cluster: an ASHA run that stops trials, and a FIFO run
+        asha = _tune(cluster, tmp_path / "a", "train.epochs=2", "tune.num_samples=4",
+                     "tune.scheduler={name: asha, grace_period: 1, reduction_factor: 2, max_t: 2}",
+                     "tune.space={train.optimizer.sparse_lr: 'loguniform(0.0005, 0.2)', "
+                     "model.embedding_dim: 'choice([8, 32])'}")
+        fifo = _tune(cluster, tmp_path / "b", "train.epochs=1", "tune.num_samples=2", "tune.scheduler={name: fifo}",
+                     "tune.space={model.embedding_dim: 'choice([8, 16])'}")
+        out_a, _ = asha.communicate(timeout=1200)
+        out_b, _ = fifo.communicate(timeout=600)
+        assert asha.returncode == 0, out_a[-4000:]
+        assert fifo.returncode == 0, out_b[-4000:]
+
+        board_a = pd.read_parquet(next((tmp_path / "a" / "tune-ml100k-asha").iterdir()) / "leaderboard.parquet")
+        board_b = pd.read_parquet(next((tmp_path / "b" / "tune-ml100k-asha").iterdir()) / "leaderboard.parquet")
+        assert len(board_a) == 4 and (board_a["status"] == "stopped early").sum() >= 1, board_a
+        assert len(board_b) == 2 and (board_b["status"] == "completed").all(), board_b
+        for board in (board_a, board_b):  # each run's leaderboard has its own trials only
+            assert board["val_auc"].is_monotonic_decreasing and board["val_auc"].between(0.55, 1).all()
+        assert set(board_a["trial"]).isdisjoint(board_b["trial"])
+        assert pd.concat([board_a, board_b])["node_id"].nunique() >= 2
+
+        # the other tenant's job ran throughout and still holds both its placement groups
+        assert tenant.poll() is None, tenant.stderr.read()
+        last = float(beats.read_text().split()[-1])
+        assert time.time() - last < 10
+        probe = subprocess.run([sys.executable, "-c", "import json, sys, ray; ray.init(address=sys.argv[1]); "
+                                "print(json.dumps({k: v['state'] for k, v in ray.util.placement_group_table().items()}))",
+                                cluster["gcs"]], capture_output=True, text=True, env=_env(), timeout=120)
+        states = json.loads(probe.stdout.strip().splitlines()[-1])
+        assert states[pgs[0]] == "CREATED" and states[pgs[1]] == "CREATED", states
+    finally:
+        tenant.kill()
+        tenant.wait(timeout=30)

@@ -1,8 +1,13 @@
-"""Run storage on a pyarrow.fs URI: a real S3 API (moto's S3 server on 127.0.0.1) as a multi-node cluster's bucket."""
+"""Run storage on a pyarrow.fs URI: a real S3 API (moto's S3 server on 127.0.0.1) as a multi-node cluster's bucket.
+
+The credentials are given in the URI, as a user may: raytrain keeps them out of every file it writes (bucket and
+local mirror), its output and the resolved specs; its Ray processes get them from the environment of the run that
+adopted them. So these tests start Ray the way `raytrain run` does, after the spec is loaded."""
 
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -19,6 +24,7 @@ from raytrain.spec import load_spec
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 BUCKET = "raytrain-runs"
+KEY_ID, SECRET = "RTKEYID7Q2", "rt-secret-9f41c7e0b2"
 
 
 @pytest.fixture(scope="module")
@@ -39,15 +45,53 @@ def s3_uri(tmp_path_factory):
         except OSError:
             time.sleep(0.3)
     options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-    pafs.S3FileSystem(access_key="test", secret_key="test", endpoint_override=f"127.0.0.1:{port}", scheme="http",
-                      region="us-east-1", allow_bucket_creation=True).create_dir(BUCKET)
-    # credentials in the URI keep this test's fake keys out of the environment of the suite's Ray workers
-    yield f"s3://test:test@{BUCKET}/runs?{options}"
+    bucket = pafs.S3FileSystem(access_key=KEY_ID, secret_key=SECRET, endpoint_override=f"127.0.0.1:{port}",
+                               scheme="http", region="us-east-1", allow_bucket_creation=True)
+    bucket.create_dir(BUCKET)
+    yield f"s3://{KEY_ID}:{SECRET}@{BUCKET}/runs?{options}"
+    # no object in the bucket holds a credential
+    infos = bucket.get_file_info(pafs.FileSelector(BUCKET, recursive=True))
+    objects = [i.path for i in infos if i.type == pafs.FileType.File]
+    assert len(objects) > 50
+    for path in objects:
+        with bucket.open_input_stream(path) as f:
+            data = f.read()
+        assert SECRET.encode() not in data and KEY_ID.encode() not in data, path
     proc.terminate()
     proc.wait(timeout=30)
 
 
-def test_train_run_on_s3_storage(ray_local, s3_uri):
+@pytest.fixture(scope="module", autouse=True)
+def fresh_ray(ray_local, tmp_path_factory):
+    """Each run starts its own embedded Ray after its spec is loaded, as `raytrain run` does (the session's Ray was
+    started before any credential was adopted); local mirrors go to a folder scanned at the end. The session's
+    Ray is back afterwards."""
+    from raytrain.train.runner import RUNTIME_ENV
+
+    cache = tmp_path_factory.mktemp("cache")
+    before = os.environ.get("RAYTRAIN_CACHE")
+    os.environ["RAYTRAIN_CACHE"] = str(cache)
+    ray_local.shutdown()
+    yield cache
+    ray_local.shutdown()
+    if before is None:
+        os.environ.pop("RAYTRAIN_CACHE")
+    else:
+        os.environ["RAYTRAIN_CACHE"] = before
+    ray_local.init(num_cpus=8, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
+    files = [f for f in cache.rglob("*") if f.is_file()]
+    assert len(files) > 20
+    for f in files:  # the local mirrors and caches hold no credential either
+        data = f.read_bytes()
+        assert SECRET.encode() not in data and KEY_ID.encode() not in data, f
+
+
+def _no_secret(*texts: str) -> None:
+    for text in texts:
+        assert SECRET not in text and KEY_ID not in text
+
+
+def test_train_run_on_s3_storage(s3_uri, capfd):
     from raytrain.ensemble.members import Member, score
     from raytrain.serve.sources import resolve
     from raytrain.spec.schema import VariantSpec
@@ -55,11 +99,12 @@ def test_train_run_on_s3_storage(ray_local, s3_uri):
     from raytrain.train.export import load_model
     from raytrain.train.runner import run_train
 
-    spec = load_spec(ROOT / "jobs/train_ml100k.yaml", [f"storage={s3_uri}", "name=uri-run", "train.epochs=2",
+    spec = load_spec(ROOT / "jobs/train_ml100k.yaml", [f"storage={s3_uri}", "name=uri-run", "train.epochs=2", "ray.num_cpus=8",
                                                        "train.batch_size=2048"])
+    assert spec.storage == s3_uri.replace(f"{KEY_ID}:{SECRET}@", "")
     summary = run_train(spec)
     location = summary["run_dir"]
-    assert location.startswith(f"s3://test:test@{BUCKET}/runs/uri-run/") and "endpoint_override" in location
+    assert location.startswith(f"s3://{BUCKET}/runs/uri-run/") and "endpoint_override" in location
     files = Store(location).files()
     for name in ("spec.yaml", "schema.json", "plan.txt", "result.json", "metrics.parquet", "metrics/epoch_0001.json",
                  "metrics/test.json", "workers/rank0.pid", "workers/rank1.pid"):
@@ -84,9 +129,25 @@ def test_train_run_on_s3_storage(ray_local, s3_uri):
     variant = resolve("v", VariantSpec(run=location))
     assert Path(variant.members[0].checkpoint).is_dir() and not variant.members[0].run_dir.startswith("s3://")
     assert np.isfinite(logits).all()
+    # a rank's shard that never arrived: the checkpoint is refused, naming the file, and resuming (and loading the
+    # run's model) falls back to the newest complete checkpoint
+    from raytrain.errors import CheckpointError
+    from raytrain.storage import join
+    from raytrain.train.checkpoint import latest_complete, read_marker
+
+    last = join(location, "ray", "epoch_0002")
+    Store(last).fs.delete_file(Store(last).path("__1_0.distcp"))
+    with pytest.raises(CheckpointError, match=r"incomplete checkpoint: __1_0.distcp is missing \(\d+ bytes expected"):
+        read_marker(last)
+    where, info = latest_complete(last)
+    assert where == join(location, "ray", "epoch_0001") and info["epoch"] == 0
+    assert load_model(location).epoch == 0
+    out = capfd.readouterr()
+    assert "test_auc" in out.out + out.err or "test: auc" in out.out + out.err
+    _no_secret(out.out, out.err, json.dumps(summary))
 
 
-def test_tune_and_distill_runs_on_s3_storage(ray_local, s3_uri):
+def test_tune_and_distill_runs_on_s3_storage(s3_uri, capfd):
     """Tune's experiment and every trial's run directory live on the bucket; ensembles and a distillation read the
     trials from there, the student's run goes there too; a tune run resumes from the bucket."""
     from raytrain.distill.runner import run_distill
@@ -102,7 +163,7 @@ def test_tune_and_distill_runs_on_s3_storage(ray_local, s3_uri):
         "tune.search={algorithm: random, seed: 0}", "tune.space={model.embedding_dim: 'choice([8, 16])'}"])
     summary = run_tune(spec)
     location = summary["run_dir"]
-    assert location.startswith(f"s3://test:test@{BUCKET}/runs/uri-tune/"), location
+    assert location.startswith(f"s3://{BUCKET}/runs/uri-tune/"), location
     store = Store(location)
     files = store.files()
     for name in ("spec.yaml", "schema.json", "leaderboard.parquet", "best_spec.yaml", "result.json",
@@ -136,7 +197,7 @@ def test_tune_and_distill_runs_on_s3_storage(ray_local, s3_uri):
     doc["distill"]["teacher"] = {"tune_run": location}
     report = run_distill(parse_spec(doc))
     student = report["student"]["run_dir"]
-    assert student.startswith(f"s3://test:test@{BUCKET}/runs/uri-distill/"), student
+    assert student.startswith(f"s3://{BUCKET}/runs/uri-distill/"), student
     student_files = Store(student).files()
     for name in ("distill.json", "result.json", "metrics/test.json", "ray/epoch_0001/__0_0.distcp",
                  "ray/epoch_0001/raytrain.json", "teacher/train.parquet"):
@@ -149,3 +210,6 @@ def test_tune_and_distill_runs_on_s3_storage(ray_local, s3_uri):
     assert again["trials"] == 2 and again["completed"] == 2
     for trial, text in tests.items():
         assert Store(join(trial, "run")).read_text("metrics/test.json") == text
+    out = capfd.readouterr()
+    assert "tuning" in out.out + out.err
+    _no_secret(out.out, out.err, json.dumps(summary, default=str), json.dumps(report, default=str))

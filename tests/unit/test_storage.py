@@ -75,8 +75,43 @@ def test_uri_storage_is_for_train_tune_and_distill_runs():
     with pytest.raises(SpecError) as e:
         load_spec(ROOT / "jobs/bandit_obd_bts.yaml", ["storage=s3://bucket/runs?endpoint_override=h:1&secret_key=x"])
     msg = str(e.value)
-    assert "is run storage for kinds train, tune and distill" in msg and "secret_key=***" in msg and "secret_key=x" not in msg
+    assert "is run storage for kinds train, tune and distill" in msg and "s3://bucket/runs?endpoint_override=h:1" in msg
+    assert "secret_key" not in msg  # the credential was taken out of the URI when the spec was read
     for job in ("train_ml100k.yaml", "tune_ml100k_asha.yaml", "distill_ml100k.yaml"):
         assert load_spec(ROOT / "jobs" / job, ["storage=s3://bucket/runs"]).storage == "s3://bucket/runs"
     with pytest.raises(ValueError, match="not a usable pyarrow.fs URI"):
         Store("nosuchscheme://x/y")
+
+
+def test_credentials_leave_the_uri_for_the_environment_and_come_back_when_opening(monkeypatch):
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    from raytrain.storage import CREDENTIALS_ENV, adopt, filesystem, has_credentials
+
+    monkeypatch.delenv(CREDENTIALS_ENV, raising=False)
+    uri = "s3://KEYID9:S3CRETVALUE@bkt/runs/x?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
+    clean = adopt(uri)
+    assert clean == "s3://bkt/runs/x?endpoint_override=127.0.0.1:9&scheme=http&region=us-east-1"
+    assert has_credentials(uri) and not has_credentials(clean) and adopt(clean) == clean
+    assert adopt("/local/path") == "/local/path" and adopt("s3://plain/p") == "s3://plain/p"
+    assert "S3CRETVALUE" in os.environ[CREDENTIALS_ENV]
+    # secret-like query values go the same way; other options stay in the URI
+    assert adopt("gs://b2/p?access_token=T0K&x=1") == "gs://b2/p?x=1"
+    # the filesystem for the clean URI carries the credentials, but pickles (what Ray ships and Tune saves) do not
+    fs, path = filesystem(clean)
+    assert path == "bkt/runs/x" and fs.type_name == "py::raytrain+s3"
+    blob = pickle.dumps(fs)
+    assert b"S3CRETVALUE" not in blob and b"KEYID9" not in blob
+    # another process resolves them from its environment, and refuses with a clear message without it
+    code = ("import pickle, sys; fs = pickle.loads(sys.stdin.buffer.read()); print(fs.type_name); "
+            "print(fs.handler.fs.type_name)")
+    env = dict(os.environ)
+    ok = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, env=env)
+    assert ok.returncode == 0 and ok.stdout.decode().split() == ["py::raytrain+s3", "s3"], ok.stderr
+    env.pop(CREDENTIALS_ENV)
+    bad = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, env=env)
+    assert bad.returncode != 0 and b"this process has none (RAYTRAIN_STORAGE_CREDENTIALS is not set here)" in bad.stderr
+    assert b"S3CRETVALUE" not in bad.stderr

@@ -75,8 +75,9 @@ def test_request_is_self_contained_and_the_dry_run_never_shows_the_token(capsys,
     assert request["entrypoint"] == "python -m raytrain.submit.entry" and request["submission_id"] == "job-1"
     assert parse_spec(yaml.safe_load(request["runtime_env"]["env_vars"]["RAYTRAIN_SPEC"])) == spec
     token = "tok3n==with=equals"
+    (tmp_path / "token").write_text(token + "\n")
     rc = main(["submit", str(ROOT / "jobs/train_ml100k.yaml"), "--dry-run", "--address", "http://10.0.0.1:8265",
-               "--token", token, "train.epochs=2", "storage=runs"])
+               "--token-file", str(tmp_path / "token"), "train.epochs=2", "storage=runs"])
     out = capsys.readouterr()
     assert rc == 0 and token not in out.out + out.err
     head, body = out.out.split("\n\n", 1)
@@ -87,9 +88,39 @@ def test_request_is_self_contained_and_the_dry_run_never_shows_the_token(capsys,
     assert "every node of the cluster must see this path" in out.err
 
 
+def test_a_token_on_the_command_line_is_refused(capsys, tmp_path):
+    """Every user of the machine can read a process's arguments: the token comes from RAY_AUTH_TOKEN or a file."""
+    rc = main(["submit", str(ROOT / "jobs/train_ml100k.yaml"), "--dry-run", "--address", "http://h:8265",
+               "--token", "s3cr3t-token"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--token: a token on the command line is visible to every user" in err and "s3cr3t" not in err
+    rc = main(["submit", str(ROOT / "jobs/train_ml100k.yaml"), "--dry-run", "--address", "http://h:8265",
+               "--token-file", str(tmp_path / "absent")])
+    assert rc == 1 and f"--token-file {tmp_path / 'absent'}: cannot read it" in capsys.readouterr().err
+
+
+def test_storage_credentials_in_a_uri_are_never_sent_nor_printed(capsys, monkeypatch):
+    from raytrain.storage import CREDENTIALS_ENV
+
+    monkeypatch.delenv(CREDENTIALS_ENV, raising=False)
+    uri = "s3://AKIAEXAMPLE:wJalrXUtnFEMI@bucket/runs?region=us-east-1&session_token=FwoGZXIvYXdz"
+    rc = main(["submit", str(ROOT / "jobs/train_ml100k.yaml"), "--dry-run", "--address", "http://h:8265",
+               f"storage={uri}"])
+    out = capsys.readouterr()
+    assert rc == 0
+    for secret in ("AKIAEXAMPLE", "wJalrXUtnFEMI", "FwoGZXIvYXdz"):
+        assert secret not in out.out and secret not in out.err
+    body = json.loads(out.out.split("\n\n", 1)[1])
+    sent = parse_spec(yaml.safe_load(body["runtime_env"]["env_vars"]["RAYTRAIN_SPEC"]))
+    assert sent.storage == "s3://bucket/runs?region=us-east-1" == body["metadata"]["raytrain_storage"]
+    assert "storage credentials given in a URI stay on this machine and are not sent" in out.err
+    # they stay in this process's environment, where a local run would open the bucket with them
+    assert "wJalrXUtnFEMI" in __import__("os").environ[CREDENTIALS_ENV]
+
+
 def test_options_values_are_not_taken_for_overrides():
-    rest, overrides = split_overrides(["submit", "s.yaml", "--token", "a=b", "train.epochs=3", "--address", "h:1"])
-    assert overrides == ["train.epochs=3"] and rest == ["submit", "s.yaml", "--token", "a=b", "--address", "h:1"]
+    rest, overrides = split_overrides(["submit", "s.yaml", "--token-file", "a=b", "train.epochs=3", "--address", "h:1"])
+    assert overrides == ["train.epochs=3"] and rest == ["submit", "s.yaml", "--token-file", "a=b", "--address", "h:1"]
 
 
 def test_address_errors(monkeypatch):
