@@ -54,6 +54,14 @@ def expand(path: str) -> list[str]:
     return files
 
 
+def _is_list_of_integers(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
+
+
+def _is_number(t: pa.DataType) -> bool:
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
 def _id_range(rg_meta, col_index: int, column: pa.ChunkedArray) -> tuple[int, int]:
     stats = rg_meta.column(col_index).statistics if col_index >= 0 else None
     if stats is not None and stats.has_min_max and isinstance(stats.min, (int, np.integer)):
@@ -93,15 +101,24 @@ def validate_file(path: str, schema: FeatureSchema) -> int:
         for f in schema.sparse:
             col = table.column(f.name)
             if f.multi_valued:
+                if not _is_list_of_integers(col.type):
+                    raise DataError(f"{where}: column {f.name} must hold lists of integer ids, has {col.type}")
+                if col.null_count:
+                    raise DataError(f"{where}: column {f.name} has {col.null_count} null list(s) (an empty list is "
+                                    "a row without ids)")
                 col = pc.list_flatten(col)
+                if col.null_count:
+                    raise DataError(f"{where}: column {f.name} has {col.null_count} null id(s) inside its lists")
                 if len(col) == 0:
                     continue
                 lo, hi = _id_range(meta, -1, col)
             else:
-                if col.null_count:
-                    raise DataError(f"{where}: column {f.name} has {col.null_count} null id(s)")
                 if not pa.types.is_integer(col.type):
                     raise DataError(f"{where}: column {f.name} must hold integer ids, has {col.type}")
+                if col.null_count:
+                    raise DataError(f"{where}: column {f.name} has {col.null_count} null id(s)")
+                if len(col) == 0:
+                    continue
                 lo, hi = _id_range(meta, leaf_index.get(f.name, -1), col)
             if lo < 0 or hi >= f.cardinality:
                 bad = lo if lo < 0 else hi
@@ -110,6 +127,8 @@ def validate_file(path: str, schema: FeatureSchema) -> int:
                     f"(the declared cardinality)"
                 )
         label = table.column(schema.label)
+        if not _is_number(label.type):
+            raise DataError(f"{where}: label column {schema.label} must be numeric or boolean, has {label.type}")
         if label.null_count:
             raise DataError(f"{where}: label column {schema.label} has {label.null_count} null value(s)")
         if pa.types.is_floating(label.type):
@@ -118,6 +137,8 @@ def validate_file(path: str, schema: FeatureSchema) -> int:
                 raise DataError(f"{where}: label column {schema.label} has {nan} NaN value(s)")
         for d in schema.dense:
             col = table.column(d)
+            if not _is_number(col.type):
+                raise DataError(f"{where}: dense column {d} must be numeric, has {col.type}")
             if col.null_count or (pa.types.is_floating(col.type) and int(pc.sum(pc.is_nan(col)).as_py() or 0)):
                 raise DataError(f"{where}: dense column {d} has null or NaN value(s)")
         total += table.num_rows

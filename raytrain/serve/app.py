@@ -24,6 +24,8 @@ import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
+from ray.exceptions import ActorUnavailableError, RayActorError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
 from ..bandit import slates
 from ..data.batches import Columns
@@ -32,12 +34,33 @@ from .features import FeatureStore, RequestError, concat_wire, from_wire, to_wir
 from .sources import MemberRef, ResolvedVariant
 
 log = logging.getLogger("ray.serve")
+# a member deployment that cannot answer now (replicas dead, restarting, or at their request limit): retryable
+_UNAVAILABLE = (RayActorError, ActorUnavailableError, BackPressureError, DeploymentUnavailableError,
+                ReplicaUnavailableError)
 
 
 def bucket(salt: str, key) -> float:
     """A stable point in [0, 1) for a sticky key: the same user, the same variant, on every replica and restart."""
     digest = hashlib.sha256(f"{salt}\x00{key}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def forced_variant(cfg, body: dict, headers) -> str | None:
+    """The variant a request chose for itself, if the application lets it (``serve.force_variant``): the body's
+    'variant' field, or the ``serve.force_header`` header; None when it chose none. Refused (403) when forcing is
+    off or goes through the other channel, so a client cannot bypass the traffic split unnoticed."""
+    from_body = body.get("variant")
+    from_header = headers.get(cfg.force_header) if cfg.force_variant == "header" else None
+    if from_body is not None and cfg.force_variant != "body":
+        how = ("forcing is off on this application (serve.force_variant)" if cfg.force_variant == "off"
+               else f"this application takes it from the {cfg.force_header} header")
+        raise RequestError(f"variant: a request may not choose its variant: {how}", 403)
+    chosen = from_body if from_body is not None else from_header
+    if chosen is None:
+        return None
+    if not isinstance(chosen, str) or chosen not in cfg.variants:
+        raise RequestError(f"variant: {chosen!r} is not served; variants: {', '.join(cfg.variants)}")
+    return chosen
 
 
 def assign(shares: dict[str, float], salt: str, key) -> str:
@@ -108,7 +131,7 @@ class Ingress:
         table = pa.concat_tables([splits["train"], recent])
         self.store = FeatureStore(prepared.schema, table, recent, user_key=self.cfg.sticky_key)
         self.started = time.time()
-        self.requests = {"predict": 0, "recommend": 0, "feedback": 0, "rejected": 0}
+        self.requests = {"predict": 0, "recommend": 0, "feedback": 0, "rejected": 0, "forced": 0, "failed": 0}
         self.decision_log = decision_log  # a DecisionLog handle when a variant explores
         self.rngs = {name: np.random.default_rng(v.explore.seed) for name, v in self.cfg.variants.items()
                      if v.explore is not None}
@@ -129,12 +152,10 @@ class Ingress:
             raise RequestError(f"body: expected a JSON object, got {type(body).__name__}")
         return body
 
-    def _variant(self, body: dict) -> str | None:
-        forced = body.get("variant")
-        if forced is None:
-            return None
-        if forced not in self.cfg.variants:
-            raise RequestError(f"variant: {forced!r} is not served; variants: {', '.join(self.cfg.variants)}")
+    def _variant(self, body: dict, request: Request) -> str | None:
+        forced = forced_variant(self.cfg, body, request.headers)
+        if forced is not None:
+            self.requests["forced"] += 1
         return forced
 
     @contextmanager
@@ -194,12 +215,21 @@ class Ingress:
             return 1.0 / (1.0 + np.exp(-logits[0]))
         return combiner.predict(np.stack(logits, axis=1))
 
-    @staticmethod
-    def _error(e: Exception) -> JSONResponse:
+    def _error(self, e: Exception) -> JSONResponse:
+        """A bad request: its status and reason. A model really unavailable (its replicas dead, restarting or full):
+        503, retry. Anything else is a bug: 500 with an id that finds its traceback in the log."""
         if isinstance(e, RequestError):
+            self.requests["rejected"] += 1
             return JSONResponse({"error": str(e)}, status_code=e.status)
-        log.exception("request failed")
-        return JSONResponse({"error": f"a model was unavailable ({type(e).__name__}); retry"}, status_code=503)
+        if isinstance(e, _UNAVAILABLE):
+            self.requests["rejected"] += 1
+            log.warning("a model was unavailable: %s: %s", type(e).__name__, e)
+            return JSONResponse({"error": f"a model was unavailable ({type(e).__name__}); retry"}, status_code=503)
+        self.requests["failed"] += 1
+        rid = uuid.uuid4().hex[:16]
+        log.exception("request %s failed", rid)
+        return JSONResponse({"error": f"internal error ({type(e).__name__}); request id {rid}", "request_id": rid},
+                            status_code=500)
 
     # ---- endpoints --------------------------------------------------------------------------------------
 
@@ -212,7 +242,7 @@ class Ingress:
         try:
             body = await self._body(request)
             rows = body.get("rows")
-            forced = self._variant(body)
+            forced = self._variant(body, request)
             extra = sorted(set(body) - {"rows", "variant"})
             if extra:
                 raise RequestError(f"body: unknown field(s) {', '.join(map(repr, extra))}; fields: rows, variant")
@@ -237,10 +267,9 @@ class Ingress:
                 for k, c in parsed[n].unknown.items():
                     unknown[k] = unknown.get(k, 0) + c
         except Exception as e:
-            self.requests["rejected"] += 1
             return self._error(e)
         self.requests["predict"] += 1
-        out = {"probabilities": probs.tolist(), "variants": names, "unknown_ids": unknown}
+        out = {"probabilities": probs.tolist(), "variants": names, "forced": forced is not None, "unknown_ids": unknown}
         if len(groups) == 1:
             out["variant"] = names[0]
         return out
@@ -276,7 +305,8 @@ class Ingress:
             exclude = body.get("exclude_rated", False)
             if not isinstance(exclude, bool):
                 raise RequestError(f"exclude_rated: expected true or false, got {exclude!r}")
-            variant = self._variant(body) or assign(self.cfg.shares, self.name, user)
+            forced = self._variant(body, request)
+            variant = forced or assign(self.cfg.shares, self.name, user)
             parsed = self.store.parse([{key: user, item_key: c} for c in candidates], self.cfg.oov, where="candidates")
             items = parsed.columns.ids[item_key].numpy()
             probs = await self._scores(variant, parsed.columns)
@@ -286,18 +316,18 @@ class Ingress:
                 probs = np.where(np.isin(items, list(rated)), -np.inf, probs)
             if self.cfg.variants[variant].explore is not None:
                 uid = int(parsed.columns.ids[key][0])
-                out = await self._explore(variant, uid, items, probs, k)
+                out = await self._explore(variant, uid, items, probs, k, forced is not None)
             else:
                 order = np.argsort(-probs, kind="stable")[:k]
                 order = order[np.isfinite(probs[order])]
                 out = {"items": [{item_key: int(items[i]), "score": float(probs[i])} for i in order]}
         except Exception as e:
-            self.requests["rejected"] += 1
             return self._error(e)
         self.requests["recommend"] += 1
-        return {key: user, "variant": variant, "unknown_ids": parsed.unknown, **out}
+        return {key: user, "variant": variant, "forced": forced is not None, "unknown_ids": parsed.unknown, **out}
 
-    async def _explore(self, variant: str, uid: int, items: np.ndarray, probs: np.ndarray, k: int) -> dict:
+    async def _explore(self, variant: str, uid: int, items: np.ndarray, probs: np.ndarray, k: int,
+                       forced: bool) -> dict:
         """A slate drawn by the variant's policy from its ``pool`` best candidates; every position is logged
         with its propensity (P(item at that position)) before the reply leaves."""
         ex = self.cfg.variants[variant].explore
@@ -317,7 +347,7 @@ class Ingress:
         policy = json.dumps(ex.model_dump(mode="json"), sort_keys=True)
         context = json.dumps(self.store.user_context(uid))
         cands, score_list = items[pool].tolist(), scores.tolist()
-        rows = [{"request_id": rid, "time": now, "variant": variant, "policy": policy, "user": uid,
+        rows = [{"request_id": rid, "time": now, "variant": variant, "forced": forced, "policy": policy, "user": uid,
                  "context": context, "position": p, "item": int(items[pool[i]]), "propensity": float(marg[i, p]),
                  "score": float(scores[i]), "candidates": cands, "scores": score_list,
                  "probabilities": marg[:, p].tolist()} for p, i in enumerate(slate)]
@@ -352,7 +382,6 @@ class Ingress:
             if status != 200:
                 raise RequestError(message, status)
         except Exception as e:
-            self.requests["rejected"] += 1
             return self._error(e)
         self.requests["feedback"] += 1
         return {"request_id": rid, item_key: item, "reward": float(reward), "status": message}
@@ -403,7 +432,8 @@ def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None)
     if any(v.explore is not None for v in cfg.variants.values()):
         if log_dir is None:
             raise ValueError("serve: an exploring variant needs a run directory for its decision logs")
-        decision_log = DecisionLog.bind(log_dir, cfg.log_flush_s)  # type: ignore[attr-defined]
+        decision_log = DecisionLog.bind(log_dir, cfg.log_flush_s, cfg.feedback_window_s,  # type: ignore[attr-defined]
+                                        cfg.max_open_decisions)
     return Ingress.options(  # type: ignore[attr-defined]
         num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
         max_ongoing_requests=cfg.max_ongoing_requests,

@@ -5,7 +5,13 @@ replica, so ``POST /feedback`` can check a request id wherever it lands. Rows ar
 as a new parquet file every ``flush_s`` seconds (and on shutdown); nothing is rewritten, so a reader
 never sees a half-written file (each file is written under a temporary name and renamed).
 
-``logs/decisions/*.parquet``: one row per (request, position): request_id, time, variant, policy
+Feedback is taken for ``serve.feedback_window_s`` after a decision (default a day): the log remembers each open
+decision's slate (request id -> items) for that long, and at most ``serve.max_open_decisions`` of them (oldest
+forgotten first), so its memory is bounded however long it runs. A restart reads back only the files of the
+window (their names carry their time), not every earlier one.
+
+``logs/decisions/*.parquet``: one row per (request, position): request_id, time, variant, forced (the request chose
+its variant itself: leave it out of comparisons of the traffic split), policy
 (JSON: name and parameters), user, context (JSON: the user's features), position, item, propensity
 (P(item at position) under the policy), score (the ranker's probability), candidates, scores,
 probabilities (P(candidate at this position), sums to 1).
@@ -18,6 +24,7 @@ import asyncio
 import os
 import time
 import uuid
+from collections import OrderedDict
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,7 +32,8 @@ import pyarrow.parquet as pq
 from ray import serve
 
 DECISION_SCHEMA = pa.schema([
-    ("request_id", pa.string()), ("time", pa.float64()), ("variant", pa.string()), ("policy", pa.string()),
+    ("request_id", pa.string()), ("time", pa.float64()), ("variant", pa.string()), ("forced", pa.bool_()),
+    ("policy", pa.string()),
     ("user", pa.int64()), ("context", pa.string()), ("position", pa.int32()), ("item", pa.int64()),
     ("propensity", pa.float64()), ("score", pa.float64()), ("candidates", pa.list_(pa.int64())),
     ("scores", pa.list_(pa.float64())), ("probabilities", pa.list_(pa.float64())),
@@ -36,9 +44,10 @@ FEEDBACK_SCHEMA = pa.schema([
 ])
 
 
-def _write(rows: list[dict], schema: pa.Schema, folder: Path) -> None:
+def _write(rows: list[dict], schema: pa.Schema, folder: Path, at: float) -> None:
+    """A new file named for the time ``at`` (the log's clock) it was written."""
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"part-{time.time_ns()}-{uuid.uuid4().hex[:8]}.parquet"
+    name = f"part-{int(at * 1e9)}-{uuid.uuid4().hex[:8]}.parquet"
     tmp = folder / f".{name}.tmp"
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), tmp)
     os.replace(tmp, folder / name)
@@ -49,30 +58,64 @@ def read_logs(log_dir: str | Path) -> tuple[pa.Table, pa.Table]:
     out = []
     for sub, schema in (("decisions", DECISION_SCHEMA), ("feedback", FEEDBACK_SCHEMA)):
         files = sorted((Path(log_dir) / sub).glob("part-*.parquet"))
-        out.append(pa.concat_tables([pq.read_table(f, schema=schema) for f in files]) if files
-                   else schema.empty_table())
+        out.append(pa.concat_tables([_read(f, schema) for f in files]) if files else schema.empty_table())
     return out[0], out[1]
+
+
+def _read(path: Path, schema: pa.Schema) -> pa.Table:
+    t = pq.read_table(path)
+    if "forced" in schema.names and "forced" not in t.column_names:  # written before forced requests were marked
+        t = t.append_column("forced", pa.array([False] * t.num_rows))
+    return t.select(schema.names).cast(schema)
+
+
+def _file_time(path: Path) -> float:
+    """The time a log file was written, from its name (part-<time_ns>-<id>.parquet); 0 when the name has none."""
+    try:
+        return int(path.name.split("-")[1]) / 1e9
+    except (IndexError, ValueError):
+        return 0.0
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.05})
 class DecisionLog:
-    def __init__(self, log_dir: str, flush_s: float = 1.0):
+    def __init__(self, log_dir: str, flush_s: float = 1.0, window_s: float = 86400.0, max_open: int = 1_000_000,
+                 clock=time.time):
         self.dir = Path(log_dir)
-        self.flush_s = flush_s
+        self.flush_s, self.window_s, self.max_open, self.clock = flush_s, window_s, max_open, clock
         self.decisions: list[dict] = []
         self.feedback: list[dict] = []
-        # request id -> the slate's items, position order; restored from earlier files after a restart
-        self.slates: dict[str, list[int]] = {}
-        decisions, _ = read_logs(self.dir)
-        for rid, pos, item in zip(decisions.column("request_id").to_pylist(), decisions.column("position").to_pylist(),
-                                  decisions.column("item").to_pylist()):
-            self._remember(rid, pos, item)
+        # the open decisions, oldest first: request id -> (time, the slate's items in position order)
+        self.open: OrderedDict[str, tuple[float, tuple[int, ...]]] = OrderedDict()
+        self.restored = self._restore()
         self._task: asyncio.Task | None = None
 
-    def _remember(self, request_id: str, position: int, item: int) -> None:
-        slate = self.slates.setdefault(request_id, [])
-        slate.extend([-1] * (position + 1 - len(slate)))
-        slate[position] = item
+    def _restore(self) -> int:
+        """The decisions of the feedback window, from the files written in it (a file is written after its rows'
+        times, so older files hold only older decisions). Returns the number of files read."""
+        since = self.clock() - self.window_s
+        files = sorted(f for f in (self.dir / "decisions").glob("part-*.parquet") if _file_time(f) >= since)
+        slates: dict[str, tuple[float, dict[int, int]]] = {}
+        for f in files:
+            t = pq.read_table(f, columns=["request_id", "time", "position", "item"])
+            for rid, at, pos, item in zip(*(t.column(c).to_pylist() for c in ("request_id", "time", "position", "item"))):
+                if at >= since:
+                    slates.setdefault(rid, (at, {}))[1][pos] = item
+        for rid, (at, items) in sorted(slates.items(), key=lambda kv: kv[1][0]):
+            self._open(rid, at, tuple(items.get(p, -1) for p in range(max(items) + 1)))
+        return len(files)
+
+    def _open(self, request_id: str, at: float, slate: tuple[int, ...]) -> None:
+        self.open[request_id] = (at, slate)
+        self.open.move_to_end(request_id)
+        self._forget(self.clock())
+
+    def _forget(self, now: float) -> None:
+        while self.open:
+            _, (at, _) = next(iter(self.open.items()))
+            if at >= now - self.window_s and len(self.open) <= self.max_open:
+                break
+            self.open.popitem(last=False)
 
     def _ensure_flusher(self) -> None:
         if self._task is None or self._task.done():
@@ -87,29 +130,40 @@ class DecisionLog:
         n = len(self.decisions) + len(self.feedback)
         if self.decisions:
             rows, self.decisions = self.decisions, []
-            _write(rows, DECISION_SCHEMA, self.dir / "decisions")
+            _write(rows, DECISION_SCHEMA, self.dir / "decisions", self.clock())
         if self.feedback:
             rows, self.feedback = self.feedback, []
-            _write(rows, FEEDBACK_SCHEMA, self.dir / "feedback")
+            _write(rows, FEEDBACK_SCHEMA, self.dir / "feedback", self.clock())
         return n
 
     async def log(self, rows: list[dict]) -> None:
+        """One decision's rows (one per position)."""
         self._ensure_flusher()
-        for r in rows:
-            self._remember(r["request_id"], r["position"], r["item"])
+        if rows:
+            slate = [-1] * (max(r["position"] for r in rows) + 1)
+            for r in rows:
+                slate[r["position"]] = r["item"]
+            self._open(rows[0]["request_id"], rows[0]["time"], tuple(slate))
         self.decisions.extend(rows)
 
     async def record_feedback(self, request_id, item, reward) -> tuple[int, str]:
-        """(HTTP status, message): 200 when recorded; 404 for an unknown request id; 422 for an item not shown."""
+        """(HTTP status, message): 200 when recorded; 404 for an unknown request id or one older than the feedback
+        window; 422 for an item not shown."""
         self._ensure_flusher()
-        slate = self.slates.get(request_id)
-        if slate is None:
-            return 404, f"request_id: {request_id!r} is not a logged exploring decision of this application"
+        self._forget(self.clock())
+        entry = self.open.get(request_id)
+        if entry is None:
+            return 404, (f"request_id: {request_id!r} is not a logged exploring decision of this application, or "
+                         f"older than its feedback window ({self.window_s:g} s)")
+        slate = list(entry[1])
         if item not in slate:
             return 422, f"item_id: {item!r} was not in request {request_id}'s slate {slate}"
         self.feedback.append({"request_id": request_id, "item": item, "position": slate.index(item),
                               "reward": float(reward), "time": time.time()})
         return 200, "recorded"
+
+    def stats(self) -> dict:
+        return {"open_decisions": len(self.open), "restored_files": self.restored}
 
     def __del__(self):  # Serve's graceful shutdown: buffered rows reach storage
         try:

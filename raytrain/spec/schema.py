@@ -509,6 +509,18 @@ class ServeSpec(Section):
     max_request_rows: int = Field(1024, ge=1, description="rows per /predict request (more: HTTP 413)")
     max_recommend_k: int = Field(100, ge=1)
     log_flush_s: float = Field(1.0, gt=0.0, description="exploring variants: seconds between decision-log files")
+    feedback_window_s: float = Field(
+        86400.0, gt=0.0, description="exploring variants: how long a decision takes feedback (its request id is "
+                                     "remembered that long, also across restarts)")
+    max_open_decisions: int = Field(
+        1_000_000, ge=1, description="exploring variants: at most this many decisions take feedback at once (the "
+                                     "oldest are forgotten first): the decision log's memory bound")
+    force_variant: Literal["off", "body", "header"] = Field(
+        "off", description="whether a request may choose its variant, bypassing the traffic split: 'off'; 'body' (its "
+                           "'variant' field: trusted clients only); 'header' (the force_header HTTP header, which a "
+                           "gateway can strip from outside requests). Forced requests are marked forced")
+    force_header: str = Field("X-Raytrain-Variant", pattern=r"^[A-Za-z0-9-]+$",
+                              description="with force_variant: header")
     oov: Literal["unknown", "reject"] = Field(
         "unknown", description="ids never seen or out of range: 'unknown' maps them to the reserved id 0 (and the "
                                "feature store's unknown row) and counts them in the reply; 'reject' answers 422")

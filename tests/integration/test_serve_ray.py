@@ -26,9 +26,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def post(url: str, body, raw: bytes | None = None) -> tuple[int, dict]:
+FORCE = "X-Raytrain-Variant"  # the header the served application takes a forced variant from
+
+
+def post(url: str, body, raw: bytes | None = None, variant: str | None = None) -> tuple[int, dict]:
     data = raw if raw is not None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({FORCE: variant} if variant else {})}
+    req = urllib.request.Request(url, data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=60) as r:
             return r.status, json.loads(r.read())
@@ -47,10 +51,11 @@ def served(pipeline_out, tmp_path_factory):
         f"storage={tmp_path_factory.mktemp('serve')}", f"serve.port={_free_port()}",
         f"serve.variants.ensemble.ensemble={steps['ensemble']['run_dir']}",
         f"serve.variants.student.distill={steps['distill']['run_dir']}",
-        # the student again, exploring on /recommend (forced by "variant"; no share of the traffic)
+        # the student again, exploring on /recommend (reached by forcing it with the header; no share of the traffic)
         f"serve.variants.explore={{distill: {steps['distill']['run_dir']}, "
         "explore: {policy: epsilon_greedy, epsilon: 0.5, pool: 8, seed: 0}}", "serve.log_flush_s=0.5",
-        "serve.traffic={ensemble: 0.8, student: 0.2, explore: 0.0}", "serve.replicas=2", "serve.max_request_rows=500"])
+        "serve.traffic={ensemble: 0.8, student: 0.2, explore: 0.0}", "serve.replicas=2", "serve.max_request_rows=500",
+        "serve.force_variant=header", f"serve.force_header={FORCE}"])
     out = deploy(spec)
     yield spec, out
     serve.delete(spec.name)
@@ -72,7 +77,7 @@ def test_served_scores_equal_the_offline_models(served):
 
     spec, out = served
     rows, table = _test_rows(300)
-    status, body = post(out["url"] + "/predict", {"rows": rows, "variant": "ensemble"})
+    status, body = post(out["url"] + "/predict", {"rows": rows}, variant="ensemble")
     assert status == 200 and body["variant"] == "ensemble" and body["unknown_ids"] == {}
     ens = json.loads((Path(out["variants"]["ensemble"]["source"].split()[1]) / "ensemble.json").read_text())
     logits = np.stack([score(load_member(m["run_dir"], m["name"]), "test")[0][:300] for m in ens["members"]], 1)
@@ -80,21 +85,21 @@ def test_served_scores_equal_the_offline_models(served):
     np.testing.assert_allclose(body["probabilities"], offline, rtol=0, atol=1e-6)
     # ids only: the feature store fills in the rest, with the values the test rows carry
     ids_only = [{"user_id": r["user_id"], "item_id": r["item_id"]} for r in rows]
-    status, body2 = post(out["url"] + "/predict", {"rows": ids_only, "variant": "ensemble"})
+    status, body2 = post(out["url"] + "/predict", {"rows": ids_only}, variant="ensemble")
     assert status == 200
     np.testing.assert_allclose(body2["probabilities"], offline, rtol=0, atol=1e-6)
     # the student variant is the distilled model on its own
     student = load_member(out["variants"]["student"]["members"][0]["run_dir"], "student")
     s_logits = score(student, "test")[0][:300]
-    status, body3 = post(out["url"] + "/predict", {"rows": rows, "variant": "student"})
+    status, body3 = post(out["url"] + "/predict", {"rows": rows}, variant="student")
     assert status == 200 and body3["variant"] == "student"
     np.testing.assert_allclose(body3["probabilities"], 1 / (1 + np.exp(-s_logits)), rtol=0, atol=1e-6)
     # recommend: top-k of all items for a user, best first, and the candidates' own scores agree with /predict
-    status, rec = post(out["url"] + "/recommend", {"user_id": 12, "k": 5, "variant": "ensemble"})
+    status, rec = post(out["url"] + "/recommend", {"user_id": 12, "k": 5}, variant="ensemble")
     assert status == 200 and len(rec["items"]) == 5
     scores = [x["score"] for x in rec["items"]]
     assert scores == sorted(scores, reverse=True)
-    status, check = post(out["url"] + "/predict", {"variant": "ensemble", "rows": [
+    status, check = post(out["url"] + "/predict", variant="ensemble", body={"rows": [
         {"user_id": 12, "item_id": x["item_id"]} for x in rec["items"]]})
     # the same rows scored in a batch of 5 and inside the batch of all items: float32 kernels may round the
     # last bit differently by batch size, so the same 1e-6 as the other score checks
@@ -109,13 +114,13 @@ def test_concurrent_requests_are_merged_and_each_gets_its_own_rows_back(served):
 
     spec, out = served
     rows, _ = _test_rows(64)
-    _, expected = post(out["url"] + "/predict", {"rows": rows, "variant": "ensemble"})
+    _, expected = post(out["url"] + "/predict", {"rows": rows}, variant="ensemble")
     def metadata() -> dict:
         return json.loads(urllib.request.urlopen(out["url"] + "/metadata", timeout=30).read())
 
     before = metadata()
     with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(lambda r: post(out["url"] + "/predict", {"rows": [r], "variant": "ensemble"}), rows))
+        answers = list(pool.map(lambda r: post(out["url"] + "/predict", {"rows": [r]}, variant="ensemble"), rows))
     after = metadata()
     assert all(status == 200 for status, _ in answers)
     np.testing.assert_allclose([b["probabilities"][0] for _, b in answers], expected["probabilities"], rtol=0, atol=1e-6)
@@ -158,7 +163,9 @@ def test_traffic_split_is_sticky_and_close_to_the_shares(served):
     ("/predict", {"rows": [{"user_id": 1, "item_id": 3, "genres": 4}]}, 422, "rows[0].genres: expected a list"),
     ("/predict", {"rows": [{"user_id": 1, "item_id": 3, "age_scaled": "old"}]}, 422,
      "rows[0].age_scaled: expected a finite number"),
-    ("/predict", {"rows": [{"user_id": 1, "item_id": 3}], "variant": "c"}, 422, "variant: 'c' is not served"),
+    ("/predict", {"rows": [{"user_id": 1, "item_id": 3}], "variant": "ensemble"}, 403,
+     "variant: a request may not choose its variant: this application takes it from the X-Raytrain-Variant header"),
+    ("/recommend", {"user_id": 1, "variant": "explore"}, 403, "a request may not choose its variant"),
     ("/predict", {"rows": [{"user_id": 1, "item_id": 3}] * 501}, 413, "more than the 500 allowed"),
     ("/predict", {"rows": [3]}, 422, "rows[0]: expected an object"),
     ("/recommend", {"k": 3}, 422, "missing field 'user_id'"),
@@ -176,11 +183,67 @@ def test_bad_payloads_get_4xx_with_a_reason(served, path, body, code, words):
     assert words in reply["error"]
 
 
+def _json_values():
+    from hypothesis import strategies as st
+
+    scalars = (st.none() | st.booleans() | st.integers(min_value=-2**80, max_value=2**80) | st.text(max_size=12)
+               | st.floats(allow_nan=False, allow_infinity=False))
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                        | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=20)
+
+
+def _bodies():
+    """Arbitrary JSON, and objects shaped like each endpoint's with wrong types and huge numbers in their fields."""
+    from hypothesis import strategies as st
+
+    value = _json_values() | st.sampled_from([1, 50, 0, -1, 10**30, 1e308, "12", [1], {"a": 1}])
+    row = st.dictionaries(st.sampled_from(["user_id", "item_id", "genres", "age_scaled", "occupation", "zz"]), value,
+                          max_size=6)
+    return st.one_of(
+        _json_values(),
+        st.fixed_dictionaries({"rows": st.lists(row, max_size=4) | value}),
+        st.fixed_dictionaries({"user_id": value}, optional={"k": value, "candidates": st.lists(value, max_size=4) | value,
+                                                             "exclude_rated": value}),
+        st.fixed_dictionaries({"request_id": value, "item_id": value}, optional={"reward": value}),
+    )
+
+
+def test_fuzzed_payloads_never_get_a_5xx_and_the_server_stays_healthy(served):
+    """Arbitrary JSON and non-JSON bodies, huge numbers, deep nesting and wrong types on /predict, /recommend and
+    /feedback: a 2xx for what happens to be valid, otherwise a 4xx with a reason; never a 5xx."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    _, out = served
+    seen: dict[int, int] = {}
+
+    @settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(path=st.sampled_from(["/predict", "/recommend", "/feedback"]),
+           body=_bodies() | st.binary(max_size=64) | st.sampled_from([b"[" * 100_000, b'{"rows": ' + b"[" * 5000,
+                                                                      b"1" * 5000, b"\xff\xfe", b""]))
+    def check(path, body):
+        raw = body if isinstance(body, bytes) else None
+        status, reply = post(out["url"] + path, body, raw=raw)
+        seen[status] = seen.get(status, 0) + 1
+        assert status < 500, (path, body, reply)
+        if status >= 400:
+            assert isinstance(reply.get("error"), str) and reply["error"], (path, body, reply)
+
+    check()
+    assert sum(v for k, v in seen.items() if 400 <= k < 500) > 50, seen
+    health = json.loads(urllib.request.urlopen(out["url"] + "/healthz", timeout=30).read())
+    assert health["status"] == "ok"
+    meta = json.loads(urllib.request.urlopen(out["url"] + "/metadata", timeout=30).read())
+    assert meta["requests"]["failed"] == 0 and meta["requests"]["rejected"] > 50
+    status, body = post(out["url"] + "/predict", {"rows": [{"user_id": 1, "item_id": 2}]})
+    assert status == 200 and body["forced"] is False  # routed by the split
+
+
 def test_out_of_vocabulary_ids_are_mapped_and_counted(served):
     _, out = served
     status, body = post(out["url"] + "/predict", {"rows": [
-        {"user_id": 10**9, "item_id": 50}, {"user_id": 3, "item_id": -5}, {"user_id": 3, "item_id": 50}],
-        "variant": "ensemble"})
+        {"user_id": 10**9, "item_id": 50}, {"user_id": 3, "item_id": -5}, {"user_id": 3, "item_id": 50}]},
+        variant="ensemble")
     assert status == 200 and body["unknown_ids"] == {"user_id": 1, "item_id": 1}
     assert all(0 < p < 1 for p in body["probabilities"])
     meta = json.loads(urllib.request.urlopen(out["url"] + "/metadata", timeout=30).read())
@@ -202,9 +265,10 @@ def test_exploring_variant_logs_propensities_and_takes_feedback(served):
     spec, out = served
     replies = []
     for user in range(1, 61):
-        status, rec = post(out["url"] + "/recommend", {"user_id": user, "k": 3, "variant": "explore"})
+        status, rec = post(out["url"] + "/recommend", {"user_id": user, "k": 3}, variant="explore")
         assert status == 200, rec
         assert rec["variant"] == "explore" and len(rec["items"]) == 3 and len(rec["request_id"]) == 32
+        assert rec["forced"] is True
         replies.append(rec)
     # feedback: a click on the first shown item of the first 20 requests; unknown items are refused
     for rec in replies[:20]:
@@ -236,10 +300,11 @@ def test_exploring_variant_logs_propensities_and_takes_feedback(served):
         served_item = by_request[row["request_id"]]["items"][row["position"]]
         assert served_item["item_id"] == row["item"] and served_item["propensity"] == pytest.approx(row["propensity"])
         assert json.loads(row["context"])["user_id"] == row["user"] and row["variant"] == "explore"
+        assert row["forced"] is True  # chosen by the request's header, not by the split: analyses can leave it out
     # the logged scores are the ranker's (the student's) probabilities for these candidates
     row = decisions.slice(0, 1).to_pylist()[0]
-    status, body = post(out["url"] + "/predict", {"variant": "student",
-                                                  "rows": [{"user_id": row["user"], "item_id": c} for c in row["candidates"]]})
+    status, body = post(out["url"] + "/predict", {"rows": [{"user_id": row["user"], "item_id": c}
+                                                           for c in row["candidates"]]}, variant="student")
     np.testing.assert_allclose(body["probabilities"], row["scores"], atol=1e-6)
 
     # a bandit job evaluates policies on these logs: the logging policy itself (IPS = the logged mean reward)
@@ -265,13 +330,13 @@ def test_a_killed_replica_is_replaced_and_one_retry_suffices(served):
     def client():
         while not stop.is_set():
             try:
-                first, _ = post(out["url"] + "/predict", {"rows": rows, "variant": "ensemble"})
+                first, _ = post(out["url"] + "/predict", {"rows": rows}, variant="ensemble")
             except OSError:
                 first = 0
             final = first
             if first != 200:
                 time.sleep(0.2)
-                final, _ = post(out["url"] + "/predict", {"rows": rows, "variant": "ensemble"})
+                final, _ = post(out["url"] + "/predict", {"rows": rows}, variant="ensemble")
             results.append((first, final))
 
     t = threading.Thread(target=client)
@@ -289,6 +354,7 @@ def test_a_killed_replica_is_replaced_and_one_retry_suffices(served):
     print(f"{len(results)} requests while a replica was killed: {retried} needed the client's retry")
     assert len(results) > 10
     assert all(final == 200 for _, final in results), results
+    assert all(first in (0, 200, 503) for first, _ in results), results  # unavailable is 503, never a 500
     assert not any(500 <= final for _, final in results)
     deployment = next(d for n, d in serve.status().applications[spec.name].deployments.items()
                       if n.startswith("member-0-"))

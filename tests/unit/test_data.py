@@ -224,3 +224,73 @@ def test_movielens_local_copy_must_hold_the_files(tmp_path):
     with pytest.raises(DataError) as info:
         prepare(spec.data)
     assert str(info.value) == f"data.path {tmp_path}: missing ml-100k.inter, ml-100k.user, ml-100k.item"
+
+
+def _fuzz_cases():
+    """A valid file with one thing wrong: a column of another type, nulls, lists where scalars belong (and the
+    reverse), or the file cut short."""
+    from hypothesis import strategies as st
+
+    columns = st.sampled_from(["user", "item", "tags", "x", "y"])
+    wrong = st.sampled_from(["string", "float", "bool", "list", "scalar", "nulls", "null_in_list", "struct"])
+    return st.one_of(st.tuples(st.just("column"), columns, wrong, st.integers(0, 99)),
+                     st.tuples(st.just("truncate"), st.just(""), st.just(""), st.integers(0, 10_000)))
+
+
+def _mutated(column: str, how: str, at: int) -> pa.Table:
+    t = _table()
+    n = t.num_rows
+    values = t.column(column).to_pylist()
+    if how == "string":
+        arr = pa.array([str(v) for v in values])
+    elif how == "float":
+        arr = pa.array([float(v[0]) if isinstance(v, list) else float(v) for v in values])
+    elif how == "bool":
+        arr = pa.array([bool(v) for v in values])
+    elif how == "list":
+        arr = pa.array([v if isinstance(v, list) else [v] for v in values])
+    elif how == "scalar":
+        arr = pa.array([v[0] if isinstance(v, list) else v for v in values])
+    elif how == "nulls":
+        arr = pa.array([None if i == at % n else v for i, v in enumerate(values)], t.column(column).type)
+    elif how == "null_in_list":
+        arr = pa.array([[None, *v] if isinstance(v, list) and i == at % n else v for i, v in enumerate(values)],
+                       t.column(column).type)
+    else:
+        arr = pa.array([{"v": v} for v in values])
+    return t.set_column(t.schema.get_field_index(column), column, arr)
+
+
+def test_fuzzed_parquet_files_pass_or_fail_with_a_data_error_naming_file_and_column(tmp_path):
+    from hypothesis import HealthCheck, given, settings
+
+    good = tmp_path / "good.parquet"
+    pq.write_table(_table(), good, row_group_size=50)
+    data = good.read_bytes()
+    outcomes = {"passed": 0, "refused": 0}
+
+    @settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(case=_fuzz_cases())
+    def check(case):
+        kind, column, how, at = case
+        path = tmp_path / "case.parquet"
+        if kind == "truncate":
+            path.write_bytes(data[: at % len(data)])
+        else:
+            pq.write_table(_mutated(column, how, at), path, row_group_size=50)
+        try:
+            rows = validate_files([str(path)], SCHEMA)
+        except DataError as e:
+            outcomes["refused"] += 1
+            assert str(path) in str(e)
+            if kind == "column":
+                assert column in str(e), str(e)
+            return
+        outcomes["passed"] += 1
+        # what passes is what training reads as it is: no change at all (a scalar column made scalar, a list
+        # column made lists), or another numeric type for the dense feature or the label
+        no_change = (how in ("scalar", "null_in_list") and column != "tags") or (how == "list" and column == "tags")
+        assert rows == 100 and kind == "column" and (no_change or (column in ("x", "y") and how in ("float", "bool"))), case
+
+    check()
+    assert outcomes["refused"] > 100, outcomes

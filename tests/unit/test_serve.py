@@ -139,3 +139,100 @@ def test_requests_batched_on_the_wire_equal_one_request():
     assert merged.dense.tolist() == both.dense.tolist()
     batch = merged.batch(torch.arange(3))
     assert batch.size == 3 and batch.sparse.keys() == [f.name for f in SCHEMA.sparse]
+
+
+def _serve_cfg(**kw):
+    from raytrain.spec.schema import ServeSpec
+
+    return ServeSpec.model_validate({"variants": {"a": {"run": "/r/a"}, "b": {"run": "/r/b"}},
+                                     "traffic": {"a": 0.5, "b": 0.5}, **kw})
+
+
+def test_a_request_chooses_its_variant_only_where_the_operator_allows_it():
+    from raytrain.serve.app import forced_variant
+
+    off = _serve_cfg()
+    assert off.force_variant == "off" and forced_variant(off, {}, {}) is None
+    assert forced_variant(off, {"variant": None}, {}) is None
+    with pytest.raises(RequestError) as e:
+        forced_variant(off, {"variant": "a"}, {"X-Raytrain-Variant": "a"})
+    assert e.value.status == 403 and "forcing is off on this application (serve.force_variant)" in str(e.value)
+    assert forced_variant(off, {}, {"X-Raytrain-Variant": "a"}) is None  # the header means nothing when off
+
+    body = _serve_cfg(force_variant="body")
+    assert forced_variant(body, {"variant": "b"}, {}) == "b"
+    with pytest.raises(RequestError, match="variant: 'c' is not served; variants: a, b"):
+        forced_variant(body, {"variant": "c"}, {})
+    with pytest.raises(RequestError, match="variant: \\[1\\] is not served"):
+        forced_variant(body, {"variant": [1]}, {})
+
+    header = _serve_cfg(force_variant="header", force_header="X-Pick")
+    assert forced_variant(header, {}, {"X-Pick": "a"}) == "a" and forced_variant(header, {}, {}) is None
+    with pytest.raises(RequestError, match="this application takes it from the X-Pick header") as e:
+        forced_variant(header, {"variant": "a"}, {"X-Pick": "a"})
+    assert e.value.status == 403
+    with pytest.raises(SpecError, match="force_header"):
+        parse_spec({"name": "s", "kind": "serve", "serve": {"variants": {"a": {"run": "/r"}},
+                                                            "force_variant": "header", "force_header": "bad header"}})
+
+
+def _decision_log(tmp_path, clock, **kw):
+    from raytrain.serve.decisions import DecisionLog
+
+    return DecisionLog.func_or_class(str(tmp_path), clock=clock, **kw)
+
+
+def _decide(log, rid: str, at: float, items=(7, 8)):
+    import asyncio
+
+    rows = [{"request_id": rid, "time": at, "variant": "x", "forced": False, "policy": "{}", "user": 1,
+             "context": "{}", "position": p, "item": i, "propensity": 0.5, "score": 0.5, "candidates": list(items),
+             "scores": [0.5] * len(items), "probabilities": [0.5] * len(items)} for p, i in enumerate(items)]
+
+    async def go():
+        await log.log(rows)
+    asyncio.run(go())
+
+
+def _feedback(log, rid: str, item: int):
+    import asyncio
+
+    return asyncio.run(log.record_feedback(rid, item, 1.0))
+
+
+def test_the_decision_log_forgets_decisions_outside_the_feedback_window_and_past_its_cap(tmp_path):
+    now = [1000.0]
+    log = _decision_log(tmp_path, lambda: now[0], window_s=60.0, max_open=3)
+    _decide(log, "r1", 1000.0)
+    assert _feedback(log, "r1", 8) == (200, "recorded")
+    assert _feedback(log, "r1", 9)[0] == 422
+    now[0] = 1061.0  # past the window: no feedback any more, and the id is forgotten
+    status, message = _feedback(log, "r1", 7)
+    assert status == 404 and "older than its feedback window (60 s)" in message and len(log.open) == 0
+    for i in range(5):  # the cap: the oldest are forgotten first
+        _decide(log, f"c{i}", 1061.0 + i)
+    assert list(log.open) == ["c2", "c3", "c4"]
+    assert _feedback(log, "c1", 7)[0] == 404 and _feedback(log, "c2", 7)[0] == 200
+
+
+def test_a_restarted_decision_log_reads_back_only_the_files_of_its_window(tmp_path):
+    import os
+    import time
+
+    from raytrain.serve.decisions import read_logs
+
+    real = time.time()
+    old = _decision_log(tmp_path, time.time, window_s=3600.0)
+    _decide(old, "old", real - 7200)
+    old.flush()
+    # that file was written "two hours ago": its name carries its time
+    (f,) = (tmp_path / "decisions").glob("part-*.parquet")
+    f.rename(f.with_name(f"part-{int((real - 7200) * 1e9)}-aaaa.parquet"))
+    _decide(old, "recent", real - 60)
+    old.flush()
+    restarted = _decision_log(tmp_path, time.time, window_s=3600.0)
+    assert restarted.restored == 1 and list(restarted.open) == ["recent"]
+    assert _feedback(restarted, "recent", 8)[0] == 200 and _feedback(restarted, "old", 8)[0] == 404
+    decisions, _ = read_logs(tmp_path)  # every file is still there for analyses; "forced" is a column
+    assert decisions.num_rows == 4 and decisions.column("forced").to_pylist() == [False] * 4
+    assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path / "decisions"))

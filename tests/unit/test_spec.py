@@ -197,3 +197,23 @@ def test_a_binary_spec_file_exits_2_with_a_message(tmp_path):
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{path}: 1 problem in the job spec:" in proc.stderr
     assert "not a text (UTF-8) file: byte 0xff at offset 1" in proc.stderr
+
+
+def test_fuzzed_overrides_give_a_spec_or_a_spec_error():
+    """Random KEY.PATH=VALUE overrides of a real job: known and unknown keys, any YAML-ish value."""
+    keys = st.sampled_from(["train.epochs", "train.optimizer.lr", "model.dense_arch", "data.split", "storage",
+                            "serve", "tune.space", "train", "name", "model.arch", "data.label.positive_if",
+                            "train.resources_per_worker.cpu", "ray.num_cpus", "x.y.z", "train.epochs.sub", ""])
+    values = st.text(max_size=30) | st.sampled_from(["[1, 2", "{a: 1}", "null", "-1", "1e999", "[[[[[[]]]]]]", "&a *a",
+                                                     "s3://k:s@b/p?secret_key=x", "!!python/object:os.system"])
+    spec_file = ROOT / "jobs/train_ml100k.yaml"
+
+    @settings(max_examples=200, deadline=None, derandomize=True)
+    @given(st.lists(st.tuples(keys, values).map(lambda kv: f"{kv[0]}={kv[1]}") | st.text(max_size=20), max_size=4))
+    def check(overrides: list[str]) -> None:
+        try:
+            load_spec(spec_file, overrides)
+        except SpecError as e:
+            assert str(e)
+
+    check()
