@@ -149,14 +149,14 @@ def train_loop_per_worker(config: dict) -> None:
     train = TrainData(prepared, spec.train.batch_size, rank, world, spec.train.seed,
                       buffer_rows=spec.train.ingest.shuffle_buffer_rows, prefetch=spec.train.ingest.prefetch_batches)
     if restored is not None:
-        info = _restore(sharded, restored, store)
+        info, loaded_from = _restore(sharded, restored, store)
         start_epoch, start_step = _resume_point(info, train, world)
         last_metrics = dict(info.get("metrics", {}))
         if rank == 0:
             where = f"epoch {start_epoch + 1} step {start_step}" if start_step else f"epoch {start_epoch + 1}"
-            _log(f"resumed from checkpoint {Path(restored.path).name}: continuing at {where}")
+            _log(f"resumed from checkpoint {Path(loaded_from.split('?')[0]).name}: continuing at {where}")
             store.append_text("resumes.jsonl", json.dumps({"from_epoch": info["epoch"] + 1,
-                                                          "from_step": start_step, "checkpoint": restored.path,
+                                                          "from_step": start_step, "checkpoint": loaded_from,
                                                           "time": time.time()}) + "\n")
 
     val = EvalData(prepared, "validation", spec.train.eval_batch_size, rank, world,
@@ -225,12 +225,13 @@ def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, store:
     return out
 
 
-def _restore(sharded, restored, store: Store) -> dict:
+def _restore(sharded, restored, store: Store) -> tuple[dict, str]:
     """Load the checkpoint Ray hands back; when it is incomplete (a rank's shard never arrived), the newest complete
-    checkpoint beside it instead. Every rank reads the same storage, so every rank makes the same choice."""
+    checkpoint beside it instead. Every rank reads the same storage, so every rank makes the same choice.
+    Returns (its marker, where it was loaded from)."""
     with restored.as_directory() as d:
         try:
-            return ckpt.load(sharded, d)
+            return ckpt.load(sharded, d), str(restored.path)
         except CheckpointError as e:
             problem = e
     where = restored.path
@@ -242,9 +243,9 @@ def _restore(sharded, restored, store: Store) -> dict:
     location, _ = found
     _log(f"{problem}: resuming from {redact(location)}, the newest complete checkpoint, instead")
     if not is_uri(location):
-        return ckpt.load(sharded, location)
+        return ckpt.load(sharded, location), location
     with tempfile.TemporaryDirectory(prefix="raytrain-restore-") as d:
-        return ckpt.load(sharded, Store(location).download(d))
+        return ckpt.load(sharded, Store(location).download(d)), redact(location)
 
 
 def _resume_point(info: dict, train: TrainData, world: int) -> tuple[int, int]:

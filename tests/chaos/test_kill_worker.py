@@ -18,18 +18,22 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_killed_worker_resumes_from_last_checkpoint(ray_local, tmp_path):
+@pytest.mark.parametrize("broken_shard", [False, True], ids=["complete", "latest-missing-a-shard"])
+def test_killed_worker_resumes_from_last_checkpoint(ray_local, tmp_path, broken_shard):
+    """broken_shard: rank 1's shard of the newest checkpoint is gone when the worker dies (a shard that never
+    reached storage): the restarted group refuses it and resumes from the checkpoint before."""
     spec = load_spec(ROOT / "jobs/train_ml100k.yaml",
                      [f"storage={tmp_path}", "train.epochs=4", "train.max_failures=2", "train.checkpoint.keep=4"])
     run_dir = new_run_dir(spec)
     killed: dict = {}
+    wait_for = "epoch_0002" if broken_shard else "epoch_0001"
 
     def registered() -> bool:
         # the checkpoint files reach storage before the Train controller registers the report; a kill in
         # between loses it (on a busy machine that took seconds), so wait for the controller's own record
         snapshot = run_dir / "ray" / "checkpoint_manager_snapshot.json"
         try:
-            return "epoch_0001" in snapshot.read_text()
+            return wait_for in snapshot.read_text()
         except OSError:
             return False
 
@@ -37,7 +41,10 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, tmp_path):
         deadline = time.time() + 600
         while not registered() and time.time() < deadline:
             time.sleep(0.2)
-        time.sleep(1.0)  # inside epoch 2 now
+        if broken_shard:
+            (run_dir / "ray" / "epoch_0002" / "__1_0.distcp").unlink()
+        else:
+            time.sleep(1.0)  # inside epoch 2 now
         pid = int((run_dir / "workers" / "rank1.pid").read_text())
         os.kill(pid, signal.SIGKILL)
         killed["pid"] = pid
@@ -50,9 +57,12 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, tmp_path):
 
     assert "pid" in killed, "the worker was never killed"
     assert killed["done_epochs"] < 4  # killed mid-run, not after the end
-    resumes = (run_dir / "resumes.jsonl").read_text().splitlines()
+    resumes = [__import__("json").loads(line) for line in (run_dir / "resumes.jsonl").read_text().splitlines()]
     assert len(resumes) >= 1
-    assert '"from_epoch": 1' in resumes[0] or '"from_epoch": 2' in resumes[0]
+    if broken_shard:  # epoch 2's checkpoint was refused: training went on from epoch 1's
+        assert resumes[0]["from_epoch"] == 1 and resumes[0]["checkpoint"].endswith("epoch_0001"), resumes
+    else:
+        assert resumes[0]["from_epoch"] in (1, 2), resumes
     # a new worker process took rank 1's place
     assert int((run_dir / "workers" / "rank1.pid").read_text()) != killed["pid"]
     metrics = pd.read_parquet(run_dir / "metrics.parquet")
