@@ -16,7 +16,7 @@ from ..data.batches import Columns
 from ..errors import CheckpointError
 from ..storage import Store, join, materialize, redact
 from ..train.checkpoint import read_marker
-from ..train.export import LoadedModel, complete_checkpoints, load_model
+from ..train.export import LoadedModel, best_checkpoint_location, load_model
 
 
 @dataclass
@@ -29,14 +29,10 @@ class Member:
 
 def best_checkpoint(run_dir: Path, metric: str = "val_auc", mode: str = "max") -> Path:
     """The complete checkpoint of a run with the best validation metric (its last one if none recorded it)."""
-    found = complete_checkpoints(run_dir)
-    if not found:
+    found = best_checkpoint_location(run_dir, metric, mode)
+    if found is None:
         raise CheckpointError(f"{run_dir}: no complete checkpoint under ray/")
-    scored = [(read_marker(c).get("metrics", {}).get(metric), c) for c in found]
-    scored = [(v, c) for v, c in scored if v is not None and np.isfinite(v)]
-    if not scored:
-        return found[-1]
-    return (max if mode == "max" else min)(scored, key=lambda vc: vc[0])[1]
+    return Path(found)
 
 
 def top_trials(tune_run_dir: str | Path, k: int) -> list[Path]:

@@ -45,6 +45,19 @@ def checkpoint_locations(run: str | Path) -> list[str]:
     return out
 
 
+def best_checkpoint_location(run: str | Path, metric: str = "val_auc", mode: str = "max") -> str | None:
+    """The complete checkpoint of a run (a path or a URI) with the best validation metric (its last one if none
+    recorded it); None when there is none. Mid-epoch checkpoints score -inf and so are never the best."""
+    import math
+
+    found = checkpoint_locations(run)
+    scored = [(read_marker(c).get("metrics", {}).get(metric), c) for c in found]
+    scored = [(v, c) for v, c in scored if v is not None and math.isfinite(v)]
+    if not scored:
+        return found[-1] if found else None
+    return (max if mode == "max" else min)(scored, key=lambda vc: vc[0])[1]
+
+
 def complete_checkpoints(run_dir: str | Path) -> list[Path]:
     """Checkpoints of a local run directory that finished writing (marker present), oldest first."""
     return [Path(p) for p in checkpoint_locations(Path(run_dir))]

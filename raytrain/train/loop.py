@@ -18,7 +18,7 @@ from ..data import PreparedData
 from ..errors import CheckpointError
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank
 from ..spec.schema import JobSpec
-from ..storage import Store, is_uri, redact
+from ..storage import Store, is_uri, join, redact
 from . import checkpoint as ckpt
 from .distributed import shard_model
 from .loaders import EvalData, TrainData
@@ -98,21 +98,65 @@ def _train_epoch(sharded, data: TrainData, epoch: int, device, rank: int, epochs
             "train_examples_per_s": examples / seconds if seconds > 0 else 0.0}
 
 
-def _save(spec: JobSpec, store: Store, sharded, name: str, epoch: int, metrics: dict, step: int | None = None) -> None:
-    """A sharded checkpoint registered with Ray Train once every rank reported it."""
+def _save(spec: JobSpec, store: Store, sharded, name: str, epoch: int, metrics: dict, step: int | None = None,
+          before_report=None) -> None:
+    """A sharded checkpoint registered with Ray Train once every rank reported it. ``before_report(directory)``: more
+    metrics computed after the checkpoint's files are written (``directory``: where they are on this node) and sent
+    in the same report."""
     if store.remote:
         # every rank saves its shards locally and Ray uploads them: the files of all ranks are merged
         # into one checkpoint directory on the URI, registered once every rank has reported
         with tempfile.TemporaryDirectory(prefix="raytrain-ckpt-") as d:
             ckpt.save(sharded, d, epoch, metrics, step=step)
+            if before_report is not None:
+                metrics = {**metrics, **before_report()}
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
     else:
         # written straight into the run's storage (no copy); Ray registers it once every rank reported
         storage = ray.train.get_context().get_storage()
         directory = Path(storage.experiment_fs_path) / name
         ckpt.save(sharded, directory, epoch, metrics, step=step)
+        if before_report is not None:
+            metrics = {**metrics, **before_report()}
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint(str(directory)),
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+
+
+def _best_checkpoint(store: Store, current: dict) -> tuple[float, int, str | None]:
+    """(val_auc, epoch, location) of the best epoch-end checkpoint of this run by validation AUC: those on storage
+    and ``current`` (the last epoch's metrics, its checkpoint maybe not uploaded yet; location None)."""
+    experiment = ray.train.get_context().get_storage().experiment_fs_path.rstrip("/")
+    root = store.root.rstrip("/")
+    rel = experiment[len(root) + 1:] if experiment.startswith(root + "/") else "ray"
+    best: tuple[float, int, str | None] = (float(current["val_auc"]), int(current["epoch"]), None)
+    for name in store.dirs(rel):
+        if not name.startswith("epoch_"):
+            continue
+        location = join(store.location, rel, name)
+        try:
+            info = ckpt.read_marker(location)
+        except CheckpointError:
+            continue
+        auc, epoch = info.get("metrics", {}).get("val_auc"), int(info["epoch"]) + 1
+        if auc is not None and epoch != best[1] and (auc, epoch) > best[:2]:
+            best = (float(auc), epoch, location)
+    return best
+
+
+def _test_at_best(spec, prepared, sharded, device, rank: int, world: int, store: Store, metrics: dict) -> dict:
+    """Test metrics of the checkpoint this run's model is used from (ensembles, distillation, serving load the
+    best by validation AUC), not of the last epoch: the best checkpoint is loaded first when it is an earlier one.
+    Called at the end, after the last checkpoint is written, so the weights it replaces are saved."""
+    _, epoch, location = _best_checkpoint(store, metrics)
+    if location is not None:
+        if rank == 0:
+            _log(f"test: evaluating epoch {epoch}'s checkpoint, the best by validation AUC")
+        if is_uri(location):
+            with tempfile.TemporaryDirectory(prefix="raytrain-best-") as d:
+                ckpt.load(sharded, Store(location).download(d))
+        else:
+            ckpt.load(sharded, location)
+    return {**_test_metrics(spec, prepared, sharded, device, rank, world, store, metrics, epoch), "test_epoch": epoch}
 
 
 def train_loop_per_worker(config: dict) -> None:
@@ -196,32 +240,34 @@ def train_loop_per_worker(config: dict) -> None:
                  f"{stats['train_examples_per_s']:,.0f} examples/s)")
             _write_json(store, f"metrics/epoch_{epoch + 1:04d}.json", metrics)
         last = epoch == epochs - 1
-        if last:
-            # test metrics ride in the last epoch's report: a scheduler whose max_t is this epoch (ASHA, HyperBand)
-            # stops the trial on this report, so a separate test report after it would never be made
-            metrics.update(_test_metrics(spec, prepared, sharded, device, rank, world, store, metrics))
+        # test metrics ride in the last epoch's report: a scheduler whose max_t is this epoch (ASHA, HyperBand)
+        # stops the trial on this report, so a separate test report after it would never be made
+        test = (lambda m=metrics: _test_at_best(spec, prepared, sharded, device, rank, world, store, m)) if last \
+            else None
         last_metrics = metrics
         if (epoch + 1) % spec.train.checkpoint.every_epochs == 0 or last:
-            _save(spec, store, sharded, f"epoch_{epoch + 1:04d}", epoch, metrics)
+            _save(spec, store, sharded, f"epoch_{epoch + 1:04d}", epoch, metrics, before_report=test)
         else:
             ray.train.report(metrics)
 
     if start_epoch >= epochs:  # resumed from the last epoch's checkpoint: only the test evaluation is left
         final = {**last_metrics, "epoch": epochs}
-        final.update(_test_metrics(spec, prepared, sharded, device, rank, world, store, final))
+        final.update(_test_at_best(spec, prepared, sharded, device, rank, world, store, final))
         ray.train.report(final)
 
 
-def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, store: Store, metrics: dict) -> dict:
-    """Test AUC / log loss over all ranks; rank 0 writes them with ``metrics`` to metrics/test.json."""
+def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, store: Store, metrics: dict,
+                  epoch: int) -> dict:
+    """Test AUC / log loss over all ranks of the model as it is (``epoch``'s weights); rank 0 writes them with
+    ``metrics`` to metrics/test.json."""
 
     test = EvalData(prepared, "test", spec.train.eval_batch_size, rank, world,
                     buffer_rows=spec.train.ingest.shuffle_buffer_rows)
     t = evaluate(sharded.module, test, device)
     out = {"test_auc": t["auc"], "test_logloss": t["logloss"], "test_rows": t["rows"]}
     if rank == 0:
-        _log(f"test: auc {t['auc']:.4f} logloss {t['logloss']:.4f} over {t['rows']:,} rows")
-        _write_json(store, "metrics/test.json", {**metrics, **out})
+        _log(f"test (epoch {epoch}): auc {t['auc']:.4f} logloss {t['logloss']:.4f} over {t['rows']:,} rows")
+        _write_json(store, "metrics/test.json", {**metrics, **out, "test_epoch": epoch})
     return out
 
 

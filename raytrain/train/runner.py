@@ -169,9 +169,10 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
         summary["run_dir"], summary["local_mirror"] = location, str(run_dir)
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     mirror.publish(skip_dirs=("ray/", "data/"))  # what the driver wrote (result, metrics table) joins a URI run
-    _log(f"done in {summary['wall_seconds']:.0f}s: val_auc {summary.get('val_auc', float('nan')):.4f} "
-         f"val_logloss {summary.get('val_logloss', float('nan')):.4f} | test_auc {summary.get('test_auc', float('nan')):.4f} "
-         f"test_logloss {summary.get('test_logloss', float('nan')):.4f}")
+    nan = float("nan")
+    _log(f"done in {summary['wall_seconds']:.0f}s: last epoch val_auc {summary.get('val_auc', nan):.4f} | best epoch "
+         f"{summary.get('best_epoch')}: val_auc {summary.get('best_val_auc', nan):.4f}, test_auc "
+         f"{summary.get('test_auc', nan):.4f} test_logloss {summary.get('test_logloss', nan):.4f} (its checkpoint)")
     return summary
 
 
@@ -183,6 +184,8 @@ def collect_metrics(run_dir: Path) -> dict:
     if rows:
         pd.DataFrame(rows).to_parquet(run_dir / "metrics.parquet", index=False)
         out.update({k: rows[-1][k] for k in ("epoch", "val_auc", "val_logloss")})
+        best = max(rows, key=lambda r: r["val_auc"])  # the checkpoint the model is used from (and tested at)
+        out.update(best_epoch=best["epoch"], best_val_auc=best["val_auc"])
     test = run_dir / "metrics" / "test.json"
     if test.exists():
         out.update({k: v for k, v in json.loads(test.read_text()).items() if k.startswith("test_")})

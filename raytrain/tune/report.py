@@ -17,6 +17,11 @@ def _log(msg: str) -> None:
     print(f"[raytrain] {msg}", flush=True)
 
 
+def _last(df: pd.DataFrame, column: str) -> float:
+    """The column's last reported value (nan when never reported)."""
+    return float(df[column].dropna().iloc[-1]) if column in df and df[column].notna().any() else float("nan")
+
+
 def _trial_rows(spec: JobSpec, results) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     metric, mode = tune_of(spec).metric, tune_of(spec).mode
     rows, curves = [], {}
@@ -26,7 +31,8 @@ def _trial_rows(spec: JobSpec, results) -> tuple[pd.DataFrame, dict[str, pd.Data
         if df is None or df.empty or metric not in df:
             rows.append({"trial": trial_id, "status": "error" if r.error else "no result", "config": json.dumps(r.config),
                          metric: float("nan"), "epochs": 0, "wall_s": float("nan"), "node": None, "node_id": None,
-                         "test_auc": float("nan"), "path": r.path, "finished_at": float("nan")})
+                         "test_auc": float("nan"), "test_epoch": float("nan"), "path": r.path,
+                         "finished_at": float("nan")})
             continue
         per_epoch = df[df[metric].notna()].drop_duplicates("epoch", keep="first")
         curves[trial_id] = per_epoch
@@ -38,8 +44,7 @@ def _trial_rows(spec: JobSpec, results) -> tuple[pd.DataFrame, dict[str, pd.Data
             "trial": trial_id, "status": status, "config": json.dumps(r.config), metric: float(best),
             "epochs": epochs, "wall_s": float(last.get("time_total_s", float("nan"))),
             "node": last.get("node_ip"), "node_id": last.get("node_id"),
-            "test_auc": float(df["test_auc"].dropna().iloc[-1]) if "test_auc" in df and df["test_auc"].notna().any()
-            else float("nan"), "path": r.path,
+            "test_auc": _last(df, "test_auc"), "test_epoch": _last(df, "test_epoch"), "path": r.path,
             "finished_at": float(last.get("timestamp", 0)),
         })
     board = pd.DataFrame(rows).sort_values(metric, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
@@ -96,7 +101,7 @@ def _plots(spec: JobSpec, board: pd.DataFrame, curves: dict[str, pd.DataFrame], 
 def write_report(spec: JobSpec, results, run_dir: Path, location: str | None = None) -> dict:
     """Leaderboard, best spec, best checkpoint and plots into ``run_dir`` (the local mirror of ``location`` when the
     run lives on a URI); the leaderboard's ``path`` is each trial's directory where the run lives."""
-    from ..train.export import checkpoint_locations
+    from ..train.export import best_checkpoint_location
     from .runner import best_spec_yaml
 
     metric = tune_of(spec).metric
@@ -104,7 +109,7 @@ def write_report(spec: JobSpec, results, run_dir: Path, location: str | None = N
     board, curves = _trial_rows(spec, results)
     board["path"] = [None if p is None else join(location, "tune", Path(str(p)).name) for p in board["path"]]
     board.to_parquet(run_dir / "leaderboard.parquet", index=False)
-    shown = board[["trial", "status", metric, "epochs", "wall_s", "test_auc", "config"]].copy()
+    shown = board[["trial", "status", metric, "epochs", "wall_s", "test_auc", "test_epoch", "config"]].copy()
     shown["config"] = shown["config"].str.slice(0, 90)
     if board["node_id"].nunique() > 1:  # trials spread over several nodes: say which ran where
         shown.insert(2, "node", board["node_id"].str.slice(0, 8))
@@ -120,15 +125,20 @@ def write_report(spec: JobSpec, results, run_dir: Path, location: str | None = N
         top = board.iloc[0]
         config = json.loads(top["config"])
         (run_dir / "best_spec.yaml").write_text(best_spec_yaml(spec, config))
-        ckpts = checkpoint_locations(join(str(top["path"]), "run"))
+        # the trial's best checkpoint by validation AUC: what ensembles, distillation and serving load, and what its
+        # test metrics were measured on (raytrain.train.loop evaluates test there)
+        best = best_checkpoint_location(join(str(top["path"]), "run"))
         link = run_dir / "best_checkpoint"
-        if ckpts and not is_uri(location):  # a link beside the leaderboard; on a URI run, result.json names it
+        if best and not is_uri(location):  # a link beside the leaderboard; on a URI run, result.json names it
             if link.is_symlink() or link.exists():
                 link.unlink()
-            os.symlink(os.path.relpath(ckpts[-1], run_dir), link)
+            os.symlink(os.path.relpath(best, run_dir), link)
+        test_epoch = top.get("test_epoch")
+        at = f" (epoch {int(test_epoch)}'s checkpoint)" if test_epoch == test_epoch and test_epoch is not None else ""
         summary.update({"best_trial": top["trial"], f"best_{metric}": float(top[metric]), "best_config": config,
-                        "best_test_auc": float(top["test_auc"]), "best_checkpoint": ckpts[-1] if ckpts else None})
-        _log(f"best trial {top['trial']}: {metric} {top[metric]:.4f}, test_auc {top['test_auc']:.4f}, "
+                        "best_test_auc": float(top["test_auc"]), "best_checkpoint": best,
+                        "best_test_epoch": None if not at else int(test_epoch)})
+        _log(f"best trial {top['trial']}: {metric} {top[metric]:.4f}, test_auc {top['test_auc']:.4f}{at}, "
              f"config {config}; ready-to-run spec: {run_dir / 'best_spec.yaml'}")
     summary["plots"] = _plots(spec, board, curves, run_dir)
     return summary

@@ -81,7 +81,7 @@ def test_submit_follow_logs_list_stop_with_token_auth(cluster, tmp_path):
     assert test["test_auc"] > 0.7 and test["epoch"] == 1
 
     logs = _cli("logs", "rt-train-1", "--address", cluster["jobs"], token=TOKEN)
-    assert logs.returncode == 0 and "test: auc" in logs.stdout
+    assert logs.returncode == 0 and "test (epoch 1): auc" in logs.stdout
     listed = _cli("list", "--address", cluster["jobs"], token=TOKEN)
     assert listed.returncode == 0
     assert any(line.split()[:3] == ["rt-train-1", "SUCCEEDED", "train-ml100k"] for line in listed.stdout.splitlines())

@@ -143,7 +143,7 @@ def test_train_run_on_s3_storage(s3_uri, capfd):
     assert where == join(location, "ray", "epoch_0001") and info["epoch"] == 0
     assert load_model(location).epoch == 0
     out = capfd.readouterr()
-    assert "test_auc" in out.out + out.err or "test: auc" in out.out + out.err
+    assert "test (epoch " in out.out + out.err
     _no_secret(out.out, out.err, json.dumps(summary))
 
 

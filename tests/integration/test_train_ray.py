@@ -26,7 +26,21 @@ def test_movielens_dcn_v2_on_two_workers(ray_local, tmp_path):
     assert metrics["epoch"].tolist() == [1, 2]
     assert (metrics["val_auc"] > 0.74).all()  # well above chance after one epoch on 80k rows
     assert summary["test_auc"] > 0.75 and 0.4 < summary["test_logloss"] < 0.7
-    assert json.loads((run_dir / "metrics/test.json").read_text())["test_rows"] == 10_000
+    test = json.loads((run_dir / "metrics/test.json").read_text())
+    assert test["test_rows"] == 10_000
+    # test metrics are those of the checkpoint the model is used from: the best epoch by validation AUC
+    best_epoch = int(metrics.loc[metrics["val_auc"].idxmax(), "epoch"])
+    assert test["test_epoch"] == best_epoch and summary["test_epoch"] == best_epoch
+    from sklearn.metrics import roc_auc_score
+
+    from raytrain.ensemble.members import Member, best_checkpoint, score
+    from raytrain.train.export import load_model
+
+    best = best_checkpoint(run_dir)
+    assert best.name == f"epoch_{best_epoch:04d}"
+    member = Member("m", run_dir, best, load_model(run_dir, best))
+    logits, labels = score(member, "test")
+    assert roc_auc_score(labels, logits) == pytest.approx(test["test_auc"], abs=2e-4)
     plan = (run_dir / "plan.txt").read_text()
     assert "t_item_id" in plan and "column_wise" in plan and "data_parallel" in plan
     ckpts = sorted((run_dir / "ray").glob("epoch_*"))
