@@ -47,7 +47,9 @@ def arm(window_s: float, requests: int, folder: str) -> dict:
             await log.log([{"request_id": rid, "time": clock[0], "variant": "explore", "forced": False,
                             "policy": "{}", "user": i % 943, "context": "{}", "position": p, "item": items[p],
                             "propensity": 0.1, "score": 0.5, "candidates": items, "scores": [0.5] * k,
-                            "probabilities": [0.1] * k} for p in range(k)])
+                            "probabilities": [0.1] * k} for p in range(k)],
+                          [{"request_id": rid, "time": clock[0], "endpoint": "recommend", "variant": "explore",
+                            "forced": False, "user": str(i % 943), "items": items}])
             if (i + 1) % flush_every == 0:
                 log.flush()
             if i + 1 == requests // 10:
@@ -64,7 +66,7 @@ def arm(window_s: float, requests: int, folder: str) -> dict:
     restarted = DecisionLog.func_or_class(folder, clock=lambda: clock[0], window_s=window_s)
     from pathlib import Path
 
-    out.update(files=len(list((Path(folder) / "decisions").glob("part-*.parquet"))), restart_files_read=restarted.restored,
+    out.update(files=len(list((Path(folder) / "requests").glob("part-*.parquet"))), restart_files_read=restarted.restored,
                restart_open=len(restarted.open))
     return out
 

@@ -39,6 +39,9 @@ def run_pipeline(spec: JobSpec, address: str | None = None, serve_block: bool = 
     steps = spec.pipeline.steps if spec.pipeline is not None else ["tune", "ensemble", "distill"]
     run_dir = new_run_dir(spec)
     (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
+    from . import console
+
+    console.attach(run_dir / "logs")
     _log(f"pipeline {spec.name}: {' -> '.join(steps)}; run directory {run_dir}")
     done: dict[str, dict] = {}
     source: dict[str, str] = {}  # what the next step reads: train run / tune run / ensemble run

@@ -22,3 +22,15 @@ def ray_local():
         ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def without_session_ray(ray_local):
+    """The session's Ray stopped for a module whose runs start their own (as `raytrain run` does): one Ray at a
+    time on these machines. The session's Ray is back afterwards."""
+    from raytrain.train.runner import RUNTIME_ENV
+
+    ray_local.shutdown()
+    yield
+    ray_local.shutdown()
+    ray_local.init(num_cpus=8, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)

@@ -69,6 +69,10 @@ def run_spec(spec, address: str | None) -> None:
         from ..bandit.runner import run_bandit
 
         run_bandit(spec)
+    elif spec.kind == "abtest":
+        from ..abtest import run_abtest
+
+        run_abtest(spec)
     elif spec.kind == "pipeline":
         from ..pipeline import run_pipeline
 
@@ -248,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run a job on an embedded local Ray (or --address)")
     _add_spec(p)
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    _add_verbose(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("submit", help="submit a spec to a Ray cluster as a job (Ray Jobs API)")
@@ -287,6 +292,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true", help="print a running application's health and metadata")
     p.add_argument("--stop", action="store_true", help="delete the spec's application from a running cluster")
     p.add_argument("--url", default=None, help="with --status: the application's URL (default: from the spec)")
+    _add_verbose(p)
     p.set_defaults(func=cmd_serve)
 
     from .data import add_data_commands
@@ -296,8 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("resume", help="resume an interrupted tune run from its run directory")
     p.add_argument("run_dir", help="the run directory (runs/<name>/<timestamp>)")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    _add_verbose(p)
     p.set_defaults(func=cmd_resume)
     return parser
+
+
+def _add_verbose(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verbose", "-v", action="store_true",
+                   help="show Ray's, TorchRec's and the workers' own output too (default: in <run>/logs/ray.log)")
 
 
 def _add_cluster(p: argparse.ArgumentParser) -> None:
@@ -338,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, adopt(value))
     if hasattr(args, "overrides"):
         args.overrides = overrides
+    from .. import console
+
+    console.set_verbose(bool(getattr(args, "verbose", False)))
     return run_reporting_errors(lambda: args.func(args))
 
 

@@ -132,7 +132,7 @@ class Ingress:
         self.store = FeatureStore(prepared.schema, table, recent, user_key=self.cfg.sticky_key)
         self.started = time.time()
         self.requests = {"predict": 0, "recommend": 0, "feedback": 0, "rejected": 0, "forced": 0, "failed": 0}
-        self.decision_log = decision_log  # a DecisionLog handle when a variant explores
+        self.decision_log = decision_log  # the DecisionLog handle: every request, exploring decisions, feedback
         self.rngs = {name: np.random.default_rng(v.explore.seed) for name, v in self.cfg.variants.items()
                      if v.explore is not None}
         self.batching = self.cfg.max_batch_size > 1
@@ -266,10 +266,14 @@ class Ingress:
                 probs[idx] = p
                 for k, c in parsed[n].unknown.items():
                     unknown[k] = unknown.get(k, 0) + c
+            rid = uuid.uuid4().hex
+            await self._log_requests(rid, "predict", names, forced is not None,
+                                     [r.get(key) for r in rows], [r.get(self.store.item_key) for r in rows])
         except Exception as e:
             return self._error(e)
         self.requests["predict"] += 1
-        out = {"probabilities": probs.tolist(), "variants": names, "forced": forced is not None, "unknown_ids": unknown}
+        out = {"request_id": rid, "probabilities": probs.tolist(), "variants": names, "forced": forced is not None,
+               "unknown_ids": unknown}
         if len(groups) == 1:
             out["variant"] = names[0]
         return out
@@ -314,24 +318,44 @@ class Ingress:
                 uid = int(parsed.columns.ids[key][0])
                 rated = set(self.store.values["user_rated_items"][uid]) - {0}  # type: ignore[index]
                 probs = np.where(np.isin(items, list(rated)), -np.inf, probs)
+            rid, decisions = uuid.uuid4().hex, list[dict]()
             if self.cfg.variants[variant].explore is not None:
                 uid = int(parsed.columns.ids[key][0])
-                out = await self._explore(variant, uid, items, probs, k, forced is not None)
+                out, decisions = self._explore(rid, variant, uid, items, probs, k, forced is not None)
             else:
                 order = np.argsort(-probs, kind="stable")[:k]
                 order = order[np.isfinite(probs[order])]
-                out = {"items": [{item_key: int(items[i]), "score": float(probs[i])} for i in order]}
+                out = {"request_id": rid, "items": [{item_key: int(items[i]), "score": float(probs[i])} for i in order]}
+            # the decision (exploring) and the request are on record before the reply leaves
+            await self._log_requests(rid, "recommend", [variant], forced is not None, [user],
+                                     [[x[item_key] for x in out["items"]]], decisions)
         except Exception as e:
             return self._error(e)
         self.requests["recommend"] += 1
         return {key: user, "variant": variant, "forced": forced is not None, "unknown_ids": parsed.unknown, **out}
 
-    async def _explore(self, variant: str, uid: int, items: np.ndarray, probs: np.ndarray, k: int,
-                       forced: bool) -> dict:
-        """A slate drawn by the variant's policy from its ``pool`` best candidates; every position is logged
-        with its propensity (P(item at that position)) before the reply leaves."""
+    async def _log_requests(self, rid: str, endpoint: str, variants: list[str], forced: bool, users: list,
+                            items: list, decisions: list[dict] | None = None) -> None:
+        """One request-log row per (request, user): the variant that served the user, and the items scored or shown
+        to them (what /feedback can reward and an A/B analysis counts); and the exploring decisions, if any."""
+        if self.decision_log is None:
+            return
+        per_user: dict[str, tuple[str, list[int]]] = {}
+        for variant, user, item in zip(variants * len(users) if len(variants) == 1 else variants, users, items):
+            entry = per_user.setdefault(str(user), (variant, []))
+            entry[1].extend(i for i in (item if isinstance(item, list) else [item])
+                            if isinstance(i, int) and not isinstance(i, bool) and -2**63 <= i < 2**63)
+        now = time.time()
+        rows = [{"request_id": rid, "time": now, "endpoint": endpoint, "variant": v, "forced": forced, "user": u,
+                 "items": its} for u, (v, its) in per_user.items()]
+        await self.decision_log.log.remote(decisions or [], rows)
+
+    def _explore(self, rid: str, variant: str, uid: int, items: np.ndarray, probs: np.ndarray, k: int,
+                 forced: bool) -> tuple[dict, list[dict]]:
+        """A slate drawn by the variant's policy from its ``pool`` best candidates, and its decision rows: every
+        position with its propensity (P(item at that position))."""
         ex = self.cfg.variants[variant].explore
-        assert ex is not None and self.decision_log is not None
+        assert ex is not None
         eligible = np.flatnonzero(np.isfinite(probs))
         pool = eligible[np.argsort(-probs[eligible], kind="stable")[:ex.pool]]
         k = min(k, len(pool))
@@ -343,7 +367,7 @@ class Ingress:
         except ValueError as e:
             raise RequestError(f"k: {e} (variant {variant} explores with {ex.policy})") from None
         slate = slates.sample(ex.policy, scores, k, self.rngs[variant], ex.epsilon, ex.temperature)
-        rid, now = uuid.uuid4().hex, time.time()
+        now = time.time()
         policy = json.dumps(ex.model_dump(mode="json"), sort_keys=True)
         context = json.dumps(self.store.user_context(uid))
         cands, score_list = items[pool].tolist(), scores.tolist()
@@ -351,15 +375,15 @@ class Ingress:
                  "context": context, "position": p, "item": int(items[pool[i]]), "propensity": float(marg[i, p]),
                  "score": float(scores[i]), "candidates": cands, "scores": score_list,
                  "probabilities": marg[:, p].tolist()} for p, i in enumerate(slate)]
-        await self.decision_log.log.remote(rows)
         item_key = self.store.item_key
         return {"request_id": rid, "policy": ex.policy,
                 "items": [{item_key: r["item"], "score": r["score"], "position": r["position"],
-                           "propensity": r["propensity"]} for r in rows]}
+                           "propensity": r["propensity"]} for r in rows]}, rows
 
     @api.post("/feedback")
     async def feedback(self, request: Request):
-        """A reward for an item of an exploring decision: {"request_id", item id, "reward" (default 1)}."""
+        """A reward for an item a /recommend reply showed or a /predict request scored: {"request_id", item id,
+        "reward" (default 1)}; taken within serve.feedback_window_s."""
         try:
             body = await self._body(request)
             item_key = self.store.item_key
@@ -376,8 +400,7 @@ class Ingress:
             if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not np.isfinite(reward):
                 raise RequestError(f"reward: expected a finite number, got {reward!r}")
             if self.decision_log is None:
-                raise RequestError("request_id: no variant of this application explores, so no decision is "
-                                   "logged to give feedback on", 404)
+                raise RequestError("request_id: this application keeps no request log (no run directory)", 404)
             status, message = await self.decision_log.record_feedback.remote(rid, item, float(reward))
             if status != 200:
                 raise RequestError(message, status)
@@ -429,9 +452,9 @@ def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None)
     payload = [{"name": v.name, "members": [asdict(m) for m in v.members], "combiner": v.combiner,
                 "source": v.source} for v in variants]
     decision_log = None
-    if any(v.explore is not None for v in cfg.variants.values()):
-        if log_dir is None:
-            raise ValueError("serve: an exploring variant needs a run directory for its decision logs")
+    if log_dir is None and any(v.explore is not None for v in cfg.variants.values()):
+        raise ValueError("serve: an exploring variant needs a run directory for its decision logs")
+    if log_dir is not None:
         decision_log = DecisionLog.bind(log_dir, cfg.log_flush_s, cfg.feedback_window_s,  # type: ignore[attr-defined]
                                         cfg.max_open_decisions)
     return Ingress.options(  # type: ignore[attr-defined]

@@ -1,16 +1,19 @@
-"""Decision and feedback logs of exploring variants: parquet files in the serve run's ``logs/`` folder.
+"""Request, decision and feedback logs of a serving application: parquet files in the serve run's ``logs/`` folder.
 
-One ``DecisionLog`` replica per application receives every exploring decision from every ingress
-replica, so ``POST /feedback`` can check a request id wherever it lands. Rows are buffered and written
+One ``DecisionLog`` replica per application receives every request (which variant served which user, and the
+items scored or shown) and every exploring decision from every ingress replica, so ``POST /feedback`` can check
+a request id wherever it lands, and an A/B analysis (``kind: abtest``) can compare the variants. Rows are buffered and written
 as a new parquet file every ``flush_s`` seconds (and on shutdown); nothing is rewritten, so a reader
 never sees a half-written file (each file is written under a temporary name and renamed).
 
-Feedback is taken for ``serve.feedback_window_s`` after a decision (default a day): the log remembers each open
-decision's slate (request id -> items) for that long, and at most ``serve.max_open_decisions`` of them (oldest
+Feedback is taken for ``serve.feedback_window_s`` after a request (default a day): the log remembers each open
+request's items (request id -> items) for that long, and at most ``serve.max_open_decisions`` of them (oldest
 forgotten first), so its memory is bounded however long it runs. A restart reads back only the files of the
 window (their names carry their time), not every earlier one.
 
-``logs/decisions/*.parquet``: one row per (request, position): request_id, time, variant, forced (the request chose
+``logs/requests/*.parquet``: one row per (request, user): request_id, time, endpoint (predict | recommend), variant,
+forced, user (the sticky key's value, as text), items (the item ids scored for the user, or shown, in order).
+``logs/decisions/*.parquet``: one row per exploring (request, position): request_id, time, variant, forced (the request chose
 its variant itself: leave it out of comparisons of the traffic split), policy
 (JSON: name and parameters), user, context (JSON: the user's features), position, item, propensity
 (P(item at position) under the policy), score (the ranker's probability), candidates, scores,
@@ -38,6 +41,10 @@ DECISION_SCHEMA = pa.schema([
     ("propensity", pa.float64()), ("score", pa.float64()), ("candidates", pa.list_(pa.int64())),
     ("scores", pa.list_(pa.float64())), ("probabilities", pa.list_(pa.float64())),
 ])
+REQUEST_SCHEMA = pa.schema([
+    ("request_id", pa.string()), ("time", pa.float64()), ("endpoint", pa.string()), ("variant", pa.string()),
+    ("forced", pa.bool_()), ("user", pa.string()), ("items", pa.list_(pa.int64())),
+])
 FEEDBACK_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("item", pa.int64()), ("position", pa.int32()), ("reward", pa.float64()),
     ("time", pa.float64()),
@@ -55,11 +62,17 @@ def _write(rows: list[dict], schema: pa.Schema, folder: Path, at: float) -> None
 
 def read_logs(log_dir: str | Path) -> tuple[pa.Table, pa.Table]:
     """(decisions, feedback) of a serve run's ``logs/`` folder; empty tables when none were written."""
-    out = []
-    for sub, schema in (("decisions", DECISION_SCHEMA), ("feedback", FEEDBACK_SCHEMA)):
-        files = sorted((Path(log_dir) / sub).glob("part-*.parquet"))
-        out.append(pa.concat_tables([_read(f, schema) for f in files]) if files else schema.empty_table())
-    return out[0], out[1]
+    return read_log(log_dir, "decisions"), read_log(log_dir, "feedback")
+
+
+SCHEMAS = {"requests": REQUEST_SCHEMA, "decisions": DECISION_SCHEMA, "feedback": FEEDBACK_SCHEMA}
+
+
+def read_log(log_dir: str | Path, kind: str) -> pa.Table:
+    """One log (requests, decisions or feedback) of a serve run's ``logs/`` folder; empty when none was written."""
+    schema = SCHEMAS[kind]
+    files = sorted((Path(log_dir) / kind).glob("part-*.parquet"))
+    return pa.concat_tables([_read(f, schema) for f in files]) if files else schema.empty_table()
 
 
 def _read(path: Path, schema: pa.Schema) -> pa.Table:
@@ -84,25 +97,26 @@ class DecisionLog:
         self.dir = Path(log_dir)
         self.flush_s, self.window_s, self.max_open, self.clock = flush_s, window_s, max_open, clock
         self.decisions: list[dict] = []
+        self.requests: list[dict] = []
         self.feedback: list[dict] = []
-        # the open decisions, oldest first: request id -> (time, the slate's items in position order)
+        # the open requests, oldest first: request id -> (time, the items shown or scored, in order)
         self.open: OrderedDict[str, tuple[float, tuple[int, ...]]] = OrderedDict()
         self.restored = self._restore()
         self._task: asyncio.Task | None = None
 
     def _restore(self) -> int:
-        """The decisions of the feedback window, from the files written in it (a file is written after its rows'
-        times, so older files hold only older decisions). Returns the number of files read."""
+        """The requests of the feedback window, from the files written in it (a file is written after its rows'
+        times, so older files hold only older requests). Returns the number of files read."""
         since = self.clock() - self.window_s
-        files = sorted(f for f in (self.dir / "decisions").glob("part-*.parquet") if _file_time(f) >= since)
-        slates: dict[str, tuple[float, dict[int, int]]] = {}
+        files = sorted(f for f in (self.dir / "requests").glob("part-*.parquet") if _file_time(f) >= since)
+        shown: dict[str, tuple[float, list[int]]] = {}
         for f in files:
-            t = pq.read_table(f, columns=["request_id", "time", "position", "item"])
-            for rid, at, pos, item in zip(*(t.column(c).to_pylist() for c in ("request_id", "time", "position", "item"))):
+            t = pq.read_table(f, columns=["request_id", "time", "items"])
+            for rid, at, items in zip(*(t.column(c).to_pylist() for c in ("request_id", "time", "items"))):
                 if at >= since:
-                    slates.setdefault(rid, (at, {}))[1][pos] = item
-        for rid, (at, items) in sorted(slates.items(), key=lambda kv: kv[1][0]):
-            self._open(rid, at, tuple(items.get(p, -1) for p in range(max(items) + 1)))
+                    shown.setdefault(rid, (at, []))[1].extend(items)
+        for rid, (at, items) in sorted(shown.items(), key=lambda kv: kv[1][0]):
+            self._open(rid, at, tuple(items))
         return len(files)
 
     def _open(self, request_id: str, at: float, slate: tuple[int, ...]) -> None:
@@ -127,24 +141,27 @@ class DecisionLog:
             self.flush()
 
     def flush(self) -> int:
-        n = len(self.decisions) + len(self.feedback)
+        n = len(self.decisions) + len(self.requests) + len(self.feedback)
         if self.decisions:
             rows, self.decisions = self.decisions, []
             _write(rows, DECISION_SCHEMA, self.dir / "decisions", self.clock())
+        if self.requests:
+            rows, self.requests = self.requests, []
+            _write(rows, REQUEST_SCHEMA, self.dir / "requests", self.clock())
         if self.feedback:
             rows, self.feedback = self.feedback, []
             _write(rows, FEEDBACK_SCHEMA, self.dir / "feedback", self.clock())
         return n
 
-    async def log(self, rows: list[dict]) -> None:
-        """One decision's rows (one per position)."""
+    async def log(self, decisions: list[dict], requests: list[dict]) -> None:
+        """One request: its exploring decision's rows (one per position; none when it did not explore) and its
+        request rows (one per user); its items take feedback from now on."""
         self._ensure_flusher()
-        if rows:
-            slate = [-1] * (max(r["position"] for r in rows) + 1)
-            for r in rows:
-                slate[r["position"]] = r["item"]
-            self._open(rows[0]["request_id"], rows[0]["time"], tuple(slate))
-        self.decisions.extend(rows)
+        if requests:
+            self._open(requests[0]["request_id"], requests[0]["time"],
+                       tuple(i for r in requests for i in r["items"]))
+        self.decisions.extend(decisions)
+        self.requests.extend(requests)
 
     async def record_feedback(self, request_id, item, reward) -> tuple[int, str]:
         """(HTTP status, message): 200 when recorded; 404 for an unknown request id or one older than the feedback
@@ -153,11 +170,11 @@ class DecisionLog:
         self._forget(self.clock())
         entry = self.open.get(request_id)
         if entry is None:
-            return 404, (f"request_id: {request_id!r} is not a logged exploring decision of this application, or "
-                         f"older than its feedback window ({self.window_s:g} s)")
+            return 404, (f"request_id: {request_id!r} is not a logged request of this application, or older than "
+                         f"its feedback window ({self.window_s:g} s)")
         slate = list(entry[1])
         if item not in slate:
-            return 422, f"item_id: {item!r} was not in request {request_id}'s slate {slate}"
+            return 422, f"item_id: {item!r} was not among request {request_id}'s items {slate[:20]}"
         self.feedback.append({"request_id": request_id, "item": item, "position": slate.index(item),
                               "reward": float(reward), "time": time.time()})
         return 200, "recorded"

@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from .. import console
 from ..spec import resolved_yaml
 from ..spec.schema import JobSpec
 from .sources import ResolvedVariant, resolve
@@ -40,6 +41,7 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
              f"{len(v.members)} member(s): {', '.join(m.name for m in v.members)}")
     run_dir = run_dir or new_run_dir(spec)
     (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
+    console.attach(run_dir / "logs")
     init_ray(spec, address)
     t0 = time.time()
     serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})
@@ -52,11 +54,10 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
                                   "members": [m.__dict__ for m in v.members], "combine": (v.combiner or {}).get("kind"),
                                   "explore": spec.serve.explore_of(v.name)}
                          for v in variants}}
-    if any(v.explore is not None for v in spec.serve.variants.values()):
-        info["logs"] = str(run_dir / "logs")
+    info["logs"] = str(run_dir / "logs")  # every request (variant, user, items); exploring decisions; feedback
     (run_dir / "serve.json").write_text(json.dumps(info, indent=2))
     _log(f"serving {spec.name} at {url} (ready in {info['ready_s']}s): POST /predict, POST /recommend, "
-         "POST /feedback, GET /healthz, GET /metadata" + (f"; decision logs: {info['logs']}" if "logs" in info else ""))
+         f"POST /feedback, GET /healthz, GET /metadata; request logs: {run_dir / 'logs'}")
     return {"run_dir": str(run_dir), **info}
 
 

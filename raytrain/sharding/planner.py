@@ -233,6 +233,16 @@ def format_plan(rows: list[PlanRow], per_rank: list[int], schema: FeatureSchema,
     return "\n".join(lines)
 
 
+def summarize_plan(rows: list[PlanRow], per_rank: list[int]) -> str:
+    """One line: tables per sharding type and the largest rank's memory (the whole plan is in plan.txt)."""
+    kinds: dict[str, int] = {}
+    for r in rows:
+        kinds[r.sharding_type] = kinds.get(r.sharding_type, 0) + 1
+    by_kind = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    return (f"{len(rows)} tables over {len(per_rank)} rank(s): {by_kind}; largest rank "
+            f"{_fmt_bytes(max(per_rank) if per_rank else 0)} of tables and optimizer state")
+
+
 def meta_model(spec, schema: FeatureSchema) -> nn.Module:
     """The spec's model with unallocated tables, for planning."""
     from ..models import build_model

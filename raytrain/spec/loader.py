@@ -202,6 +202,12 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
         if not bandit.estimators:
             problems.append("bandit.estimators: empty; choose from " + ", ".join(ESTIMATORS))
         return problems
+    if spec.kind == "abtest":
+        if spec.abtest is None:
+            problems.append("abtest: kind abtest needs an 'abtest' section (serve_run, ...)")
+        return problems
+    if spec.abtest is not None:
+        problems.append("abtest: only for kind abtest")
     if spec.bandit is not None:
         problems.append("bandit: only for kind bandit or pipeline")
     if spec.distill is not None and spec.kind not in ("distill", "pipeline"):

@@ -22,8 +22,8 @@ SHARDING_TYPES = (
     "table_row_wise",
 )
 CUDA_ONLY_SHARDING = ("row_wise", "table_row_wise")
-KINDS = ("train", "tune", "ensemble", "distill", "serve", "bandit", "pipeline")
-IMPLEMENTED_KINDS = ("train", "tune", "bandit", "ensemble", "distill", "serve", "pipeline")
+KINDS = ("train", "tune", "ensemble", "distill", "serve", "bandit", "pipeline", "abtest")
+IMPLEMENTED_KINDS = ("train", "tune", "bandit", "ensemble", "distill", "serve", "pipeline", "abtest")
 POLICIES = ("bernoulli_ts", "epsilon_greedy", "softmax", "linucb", "linear_ts")
 ESTIMATORS = ("ips", "snips", "dm", "dr", "switch_dr", "dr_os")
 
@@ -510,11 +510,11 @@ class ServeSpec(Section):
     max_recommend_k: int = Field(100, ge=1)
     log_flush_s: float = Field(1.0, gt=0.0, description="exploring variants: seconds between decision-log files")
     feedback_window_s: float = Field(
-        86400.0, gt=0.0, description="exploring variants: how long a decision takes feedback (its request id is "
-                                     "remembered that long, also across restarts)")
+        86400.0, gt=0.0, description="how long a request takes feedback (its id and items are remembered that "
+                                     "long, also across restarts)")
     max_open_decisions: int = Field(
-        1_000_000, ge=1, description="exploring variants: at most this many decisions take feedback at once (the "
-                                     "oldest are forgotten first): the decision log's memory bound")
+        1_000_000, ge=1, description="at most this many requests take feedback at once (the oldest are "
+                                     "forgotten first): the request log's memory bound")
     force_variant: Literal["off", "body", "header"] = Field(
         "off", description="whether a request may choose its variant, bypassing the traffic split: 'off'; 'body' (its "
                            "'variant' field: trusted clients only); 'header' (the force_header HTTP header, which a "
@@ -559,6 +559,25 @@ class ServeSpec(Section):
         return self
 
 
+class CupedSpec(Section):
+    pre_period_end: float = Field(description="unix time: requests before it are the pre-period, whose clicks per "
+                                              "user are the covariate; the experiment is what comes after")
+
+
+class AbTestSpec(Section):
+    """An A/B analysis of a serve run's variants from its request and feedback logs (raytrain.abtest)."""
+
+    serve_run: str = Field(description="a serve run directory, or a directory above serve runs (its newest)")
+    endpoint: Literal["recommend", "predict"] = Field(
+        "recommend", description="whose impressions count: items /recommend showed, or rows /predict scored")
+    control: Optional[str] = Field(None, description="the variant the others are compared with (default: the "
+                                                     "largest share)")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="1 - the confidence level of the intervals")
+    srm_alpha: float = Field(0.001, gt=0.0, lt=1.0, description="a sample-ratio p-value below it flags the split")
+    include_forced: bool = Field(False, description="count requests that chose their variant (left out by default)")
+    cuped: Optional[CupedSpec] = None
+
+
 Step = Literal["train", "tune", "ensemble", "distill", "serve"]
 STEPS: tuple[Step, ...] = ("train", "tune", "ensemble", "distill", "serve")
 
@@ -591,4 +610,5 @@ class JobSpec(Section):
     distill: Optional[DistillSpec] = None
     pipeline: Optional[PipelineSpec] = None
     serve: Optional[ServeSpec] = None
+    abtest: Optional[AbTestSpec] = None
     ray: RaySpec = Field(default_factory=RaySpec)

@@ -16,7 +16,7 @@ from ray.train import CheckpointUploadMode
 
 from ..data import PreparedData
 from ..errors import CheckpointError
-from ..sharding.planner import describe_plan, format_plan, memory_per_rank
+from ..sharding.planner import describe_plan, format_plan, memory_per_rank, summarize_plan
 from ..spec.schema import JobSpec
 from ..storage import Store, is_uri, join, redact
 from . import checkpoint as ckpt
@@ -182,7 +182,8 @@ def train_loop_per_worker(config: dict) -> None:
         per_rank = memory_per_rank(rows, prepared.schema, spec.model.embedding_dim, spec.train.optimizer.sparse, world)
         text = format_plan(rows, per_rank, prepared.schema, spec.model.embedding_dim)
         store.write_text("plan.txt", text + "\n")
-        _log("sharding plan:\n" + text)
+        print("sharding plan:\n" + text, flush=True)  # the whole plan: in plan.txt and the run's logs/ray.log
+        _log(f"sharding plan: {summarize_plan(rows, per_rank)} (plan.txt)")
 
     start_epoch, start_step = 0, 0
     last_metrics: dict = {}

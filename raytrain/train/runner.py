@@ -11,6 +11,7 @@ from typing import Any
 
 import pandas as pd
 
+from .. import console
 from ..data import PreparedData, prepare
 from ..spec import resolved_yaml
 from ..spec.schema import JobSpec
@@ -66,8 +67,11 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     """
     import ray
 
+    from .. import console
+
     if ray.is_initialized():
         return
+    console.quiet_loggers()
     runtime_env = {"env_vars": dict(RUNTIME_ENV["env_vars"])}
     if os.environ.get(CREDENTIALS_ENV):
         runtime_env["env_vars"][CREDENTIALS_ENV] = os.environ[CREDENTIALS_ENV]
@@ -77,10 +81,12 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
         # refuses a driver runtime env that repeats a job's keys
         in_job = "RAYTRAIN_SPEC" in os.environ
         ray.init(address=address, log_to_driver=True, runtime_env=None if in_job else runtime_env)
+        console.quiet_ray()
         return
     need = spec.train.workers * spec.train.resources_per_worker.cpu + 2
     num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
+    console.quiet_ray()
 
 
 def process_group_backend(device: str) -> str:
@@ -136,6 +142,7 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     location = location or str(run_dir)
     mirror = Mirror(run_dir, location)
     store, put = mirror.store, mirror.put
+    console.attach(run_dir / "logs")
     put("spec.yaml", resolved_yaml(spec))
     _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if store is not None else ""))
     t0 = time.perf_counter()

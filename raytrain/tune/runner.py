@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from .. import console
 from ..data import PreparedData, prepare
 from ..errors import RaytrainError, SpecError
 from ..spec import parse_spec, resolved_yaml
@@ -331,6 +332,7 @@ def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = N
         run_dir, location = new_run_location(spec)
     location = location or str(run_dir)
     mirror = Mirror(run_dir, location)
+    console.attach(Path(run_dir) / "logs")
     if not restore:
         mirror.put("spec.yaml", resolved_yaml(spec))
     _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if mirror.store else ""))

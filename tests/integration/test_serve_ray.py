@@ -171,7 +171,7 @@ def test_traffic_split_is_sticky_and_close_to_the_shares(served):
     ("/recommend", {"k": 3}, 422, "missing field 'user_id'"),
     ("/recommend", {"user_id": 1, "k": 0}, 422, "k: expected an integer in [1, 100]"),
     ("/recommend", {"user_id": 1, "candidates": "all"}, 422, "candidates: expected a non-empty list"),
-    ("/feedback", {"request_id": "f" * 32, "item_id": 3}, 404, "is not a logged exploring decision"),
+    ("/feedback", {"request_id": "f" * 32, "item_id": 3}, 404, "is not a logged request of this application"),
     ("/feedback", {"item_id": 3}, 422, "request_id: expected the request_id string"),
     ("/feedback", {"request_id": "abc", "item_id": 3, "reward": "yes"}, 422, "reward: expected a finite number"),
     ("/feedback", {"request_id": "abc", "item_id": 3, "click": 1}, 422, "unknown field(s) 'click'"),
@@ -278,7 +278,7 @@ def test_exploring_variant_logs_propensities_and_takes_feedback(served):
     shown = {i["item_id"] for i in replies[0]["items"]}
     other = next(i for i in range(1, 2000) if i not in shown)
     status, body = post(out["url"] + "/feedback", {"request_id": replies[0]["request_id"], "item_id": other})
-    assert status == 422 and "was not in request" in body["error"]
+    assert status == 422 and "was not among request" in body["error"]
 
     log_dir = Path(out["run_dir"]) / "logs"
     deadline = time.time() + 60
@@ -316,6 +316,53 @@ def test_exploring_variant_logs_propensities_and_takes_feedback(served):
     greedy = run_bandit(parse_spec({**base, "bandit": {**base["bandit"], "estimators": ["ips", "dm", "dr"],
                                                        "policy": {"name": "epsilon_greedy", "epsilon": 0.0}}}))
     assert all(np.isfinite(e["value"]) and e["ci_low"] <= e["value"] <= e["ci_high"] for e in greedy["estimates"])
+
+
+def test_every_request_is_logged_with_its_variant_and_user_and_an_abtest_reads_them(served, tmp_path):
+    from raytrain.abtest import run_abtest
+    from raytrain.serve.decisions import read_log
+    from raytrain.spec import parse_spec
+
+    spec, out = served
+    users = list(range(300, 380))
+    replies = {}
+    for user in users:  # routed by the split (no header): ensemble 0.8, student 0.2
+        status, rec = post(out["url"] + "/recommend", {"user_id": user, "k": 4})
+        assert status == 200 and rec["forced"] is False and len(rec["request_id"]) == 32
+        replies[user] = rec
+    for user in users[:30]:  # a click on the first item shown to 30 users; feedback now works on any request
+        status, body = post(out["url"] + "/feedback", {"request_id": replies[user]["request_id"],
+                                                       "item_id": replies[user]["items"][0]["item_id"]})
+        assert status == 200, body
+    status, pred = post(out["url"] + "/predict", {"rows": [{"user_id": 390, "item_id": 5}, {"user_id": 391, "item_id": 7}]})
+    assert status == 200 and len(pred["request_id"]) == 32
+    logs = Path(out["run_dir"]) / "logs"
+    ids = {r["request_id"] for r in replies.values()}
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        requests = read_log(logs, "requests").to_pandas()
+        if ids <= set(requests["request_id"]) and pred["request_id"] in set(requests["request_id"]):
+            break
+        time.sleep(0.5)
+    ours = requests[requests["request_id"].isin(ids)].set_index("user")
+    assert len(ours) == 80 and not ours["forced"].any() and (ours["endpoint"] == "recommend").all()
+    for user, rec in replies.items():
+        row = ours.loc[str(user)]
+        assert row["variant"] == rec["variant"] and list(row["items"]) == [i["item_id"] for i in rec["items"]]
+    predicted = requests[requests["request_id"] == pred["request_id"]].set_index("user")
+    assert sorted(predicted.index) == ["390", "391"] and list(predicted.loc["391", "items"]) == [7]
+    assert set(predicted["variant"]) <= {"ensemble", "student"} and (predicted["endpoint"] == "predict").all()
+
+    deadline = time.time() + 60
+    while time.time() < deadline and len(read_log(logs, "feedback")) < 30:
+        time.sleep(0.5)
+    report = run_abtest(parse_spec({"name": "ab", "kind": "abtest", "storage": str(tmp_path),
+                                    "abtest": {"serve_run": out["run_dir"], "control": "ensemble"}}))
+    served_users = requests[(requests["endpoint"] == "recommend") & ~requests["forced"]].groupby("variant")["user"]
+    for variant in ("ensemble", "student"):
+        assert report["variants"][variant]["users"] == served_users.nunique().get(variant, 0)
+    assert report["forced_requests"] >= 60  # the exploring test's forced requests, left out
+    assert sum(v["clicks"] for v in report["variants"].values()) >= 30
 
 
 def test_a_killed_replica_is_replaced_and_one_retry_suffices(served):

@@ -62,23 +62,20 @@ def s3_uri(tmp_path_factory):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def fresh_ray(ray_local, tmp_path_factory):
+def fresh_ray(without_session_ray, tmp_path_factory):
     """Each run starts its own embedded Ray after its spec is loaded, as `raytrain run` does (the session's Ray was
-    started before any credential was adopted); local mirrors go to a folder scanned at the end. The session's
-    Ray is back afterwards."""
-    from raytrain.train.runner import RUNTIME_ENV
+    started before any credential was adopted); local mirrors go to a folder scanned at the end."""
+    import ray
 
     cache = tmp_path_factory.mktemp("cache")
     before = os.environ.get("RAYTRAIN_CACHE")
     os.environ["RAYTRAIN_CACHE"] = str(cache)
-    ray_local.shutdown()
     yield cache
-    ray_local.shutdown()
+    ray.shutdown()  # the runs' own Ray, before the session's comes back
     if before is None:
         os.environ.pop("RAYTRAIN_CACHE")
     else:
         os.environ["RAYTRAIN_CACHE"] = before
-    ray_local.init(num_cpus=8, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
     files = [f for f in cache.rglob("*") if f.is_file()]
     assert len(files) > 20
     for f in files:  # the local mirrors and caches hold no credential either

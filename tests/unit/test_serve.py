@@ -188,9 +188,11 @@ def _decide(log, rid: str, at: float, items=(7, 8)):
     rows = [{"request_id": rid, "time": at, "variant": "x", "forced": False, "policy": "{}", "user": 1,
              "context": "{}", "position": p, "item": i, "propensity": 0.5, "score": 0.5, "candidates": list(items),
              "scores": [0.5] * len(items), "probabilities": [0.5] * len(items)} for p, i in enumerate(items)]
+    request = [{"request_id": rid, "time": at, "endpoint": "recommend", "variant": "x", "forced": False, "user": "1",
+                "items": list(items)}]
 
     async def go():
-        await log.log(rows)
+        await log.log(rows, request)
     asyncio.run(go())
 
 
@@ -226,8 +228,9 @@ def test_a_restarted_decision_log_reads_back_only_the_files_of_its_window(tmp_pa
     _decide(old, "old", real - 7200)
     old.flush()
     # that file was written "two hours ago": its name carries its time
-    (f,) = (tmp_path / "decisions").glob("part-*.parquet")
-    f.rename(f.with_name(f"part-{int((real - 7200) * 1e9)}-aaaa.parquet"))
+    for sub in ("decisions", "requests"):
+        (f,) = (tmp_path / sub).glob("part-*.parquet")
+        f.rename(f.with_name(f"part-{int((real - 7200) * 1e9)}-aaaa.parquet"))
     _decide(old, "recent", real - 60)
     old.flush()
     restarted = _decision_log(tmp_path, time.time, window_s=3600.0)
@@ -235,4 +238,6 @@ def test_a_restarted_decision_log_reads_back_only_the_files_of_its_window(tmp_pa
     assert _feedback(restarted, "recent", 8)[0] == 200 and _feedback(restarted, "old", 8)[0] == 404
     decisions, _ = read_logs(tmp_path)  # every file is still there for analyses; "forced" is a column
     assert decisions.num_rows == 4 and decisions.column("forced").to_pylist() == [False] * 4
+    from raytrain.serve.decisions import read_log
+    assert read_log(tmp_path, "requests").column("request_id").to_pylist() == ["old", "recent"]
     assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path / "decisions"))

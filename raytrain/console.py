@@ -1,0 +1,140 @@
+"""What the terminal shows: raytrain's own lines and progress. Everything else that Ray, Ray Train, Ray Tune,
+TorchRec and FBGEMM print (in the driver and in every worker) goes to ``<run>/logs/ray.log``; ``--verbose`` shows
+it all as before.
+
+Worker output reaches the driver through Ray's log streaming (``log_to_driver``); ``quiet_ray`` replaces Ray's
+printer with one that keeps the lines raytrain's workers print (``[raytrain] ...``) and the tracebacks of
+failures, and files the rest. The driver's own loggers (``ray``, ``torchrec``, ``fbgemm_gpu``) print warnings
+and errors only; their info lines go to the same file. On a terminal, the per-step lines of an epoch become a
+progress bar (tqdm); elsewhere (CI, a log file) they stay plain lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+PREFIX = "[raytrain]"
+_STEP = re.compile(r"^\[raytrain\] epoch (\d+)/(\d+) step (\d+)/(\d+) loss ([\d.naninf]+) ([\d,]+) examples/s")
+_LOGGERS = ("ray", "torchrec", "fbgemm_gpu", "torch.distributed", "optuna")
+
+
+class _Console:
+    def __init__(self) -> None:
+        self.verbose = False
+        self.file: IO[str] | None = None
+        self.pending: list[str] = []  # lines before a run directory is known (bounded)
+        self.lock = threading.Lock()
+        self.bar: Any = None
+        self.bar_epoch: tuple[int, int] | None = None
+        self.handler: logging.Handler | None = None
+
+    # ---- the file ----------------------------------------------------------------------------------------
+
+    def attach(self, log_dir: str | Path) -> None:
+        """Send what the console does not show to ``log_dir``/ray.log from now on (and what came before)."""
+        if self.verbose:
+            return
+        path = Path(log_dir)
+        path.mkdir(parents=True, exist_ok=True)
+        with self.lock:
+            if self.file is not None:
+                self.file.close()
+            self.file = open(path / "ray.log", "a", buffering=1)  # noqa: SIM115 - kept open for the run
+            self.file.writelines(line + "\n" for line in self.pending)
+            self.pending.clear()
+        if self.handler is not None:
+            logging.getLogger().removeHandler(self.handler)
+        self.handler = logging.StreamHandler(self.file)
+        self.handler.setLevel(logging.INFO)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        for name in _LOGGERS:
+            logging.getLogger(name).addHandler(self.handler)
+
+    def file_line(self, line: str) -> None:
+        with self.lock:
+            if self.file is not None:
+                self.file.write(line + "\n")
+            elif len(self.pending) < 10_000:
+                self.pending.append(line)
+
+    # ---- the terminal -------------------------------------------------------------------------------------
+
+    def show(self, line: str, err: bool = False) -> None:
+        """A line of raytrain's: a step line moves the progress bar on a terminal (elsewhere the epoch's summary line
+        is its plain-text progress, and step lines stay in the file); anything else is printed."""
+        m = _STEP.match(line)
+        if m is not None and not sys.stdout.isatty():
+            return
+        with self.lock:
+            if m is not None:
+                epoch, total = (int(m.group(1)), int(m.group(2))), int(m.group(4))
+                if self.bar is None or self.bar_epoch != epoch:
+                    self._close_bar()
+                    from tqdm import tqdm
+
+                    self.bar = tqdm(total=total, desc=f"epoch {epoch[0]}/{epoch[1]}", unit="step", leave=False)
+                    self.bar_epoch = epoch
+                self.bar.update(int(m.group(3)) - self.bar.n)
+                self.bar.set_postfix_str(f"loss {m.group(5)} {m.group(6)} examples/s")
+                return
+            self._close_bar()
+            print(line, file=sys.stderr if err else sys.stdout, flush=True)
+
+    def _close_bar(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar, self.bar_epoch = None, None
+
+    def worker_lines(self, data: dict) -> None:
+        """Ray's log-streaming handler: one batch of lines of one worker process."""
+        lines = data.get("lines") or []
+        who = data.get("actor_name") or data.get("task_name") or ""
+        tag = f"({who} pid={data.get('pid')}) " if data.get("pid") not in ("raylet", "autoscaler") else \
+            f"({data.get('pid')}) "
+        failure = data.get("is_err") and any("Traceback (most recent call last)" in line for line in lines)
+        for line in lines:
+            self.file_line(tag + line)
+            if line.startswith(PREFIX):
+                self.show(line)
+            elif failure:
+                self.show(tag + line, err=True)
+
+
+CONSOLE = _Console()
+
+
+def set_verbose(verbose: bool) -> None:
+    CONSOLE.verbose = verbose
+
+
+def attach(log_dir: str | Path) -> None:
+    CONSOLE.attach(log_dir)
+
+
+def quiet_loggers() -> None:
+    """The driver's loggers print warnings and errors only (unless verbose); their handlers on the console stay."""
+    if CONSOLE.verbose:
+        return
+    for name in _LOGGERS:
+        logger = logging.getLogger(name)
+        for h in logger.handlers:
+            if isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stderr, sys.stdout):
+                h.setLevel(logging.WARNING)
+
+
+def quiet_ray() -> None:
+    """After ``ray.init``: worker output is filtered by ``CONSOLE`` instead of printed whole by Ray."""
+    quiet_loggers()
+    if CONSOLE.verbose:
+        return
+    try:
+        from ray._private.worker import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # another Ray: keep its printer (more lines, nothing lost)
+        return
+    dispatcher.remove_handler("ray_print_logs")
+    dispatcher.add_handler("raytrain_console", CONSOLE.worker_lines)
