@@ -160,6 +160,7 @@ def _test_at_best(spec, prepared, sharded, device, rank: int, world: int, store:
 
 
 def train_loop_per_worker(config: dict) -> None:
+    stamps = {"worker_start": time.time()}  # start-up, by phase (benchmarks/startup.py)
     spec = JobSpec.model_validate(config["spec"])
     prepared = PreparedData.from_dict(config["data"])
     store = Store(config["run_dir"])  # a local path or a pyarrow.fs URI (raytrain.storage)
@@ -176,6 +177,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     device = _device(spec)
     sharded = shard_model(spec, prepared.schema, device, local_world_size=ctx.get_local_world_size())
+    stamps["sharded"] = time.time()
     base_lrs = [g["lr"] for g in sharded.optimizer.param_groups]  # before a checkpoint's state can change them
     if rank == 0:
         rows = describe_plan(sharded.plan, world)
@@ -218,6 +220,10 @@ def train_loop_per_worker(config: dict) -> None:
         audit = _Audit(store, rank, epoch) if spec.train.audit_examples else None
 
         def after_step(step: int, batch, epoch: int = epoch, audit=audit) -> None:
+            if "first_step" not in stamps:
+                stamps["first_step"] = time.time()
+                if rank == 0:
+                    _write_json(store, "workers/startup.json", stamps)
             if audit is not None and batch is not None:
                 audit.record(step, batch)
             if every and step % every == 0 and step < train.steps:

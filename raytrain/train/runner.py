@@ -146,11 +146,14 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     put("spec.yaml", resolved_yaml(spec))
     _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if store is not None else ""))
     t0 = time.perf_counter()
+    stamps = {"driver_start": time.time()}
     init_ray(spec, address)  # first: validation, splitting and conversion fan out as Ray tasks
+    stamps["ray_ready"] = time.time()
     prepared = mirror.share(prepared or prepare(spec.data, work_dir=str(run_dir)))  # on a URI run: data/ there too
     put("schema.json", prepared.schema.to_json())
     _log(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
          f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")
+    stamps["data_ready"] = time.time()
     trainer = make_trainer(spec, prepared, location)
     result = trainer.fit()
     if result.error is not None:
@@ -168,6 +171,7 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
         _log("full-catalogue retrieval on test: " + ", ".join(
             f"{k.removeprefix('test_')} {v:.4f}" for k, v in retrieval.items() if "@" in k))
     summary["wall_seconds"] = time.perf_counter() - t0
+    summary["startup"] = stamps  # the workers' stamps: workers/startup.json
     summary["checkpoint"] = result.checkpoint.path if result.checkpoint else None
     summary["run_dir"] = str(run_dir)
     if store is not None:

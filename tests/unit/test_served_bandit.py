@@ -67,8 +67,8 @@ def _simulate(tmp_path, n_requests=3000, k=2, epsilon=0.5, seed=0):
                 feedback.append({"request_id": rid, "item": int(cands[i]), "position": p, "reward": 1.0, "time": 0.0})
     logs = tmp_path / "serve-run" / "logs"
     for chunk in range(0, len(decisions), 1000):  # several files, as the flusher writes them
-        _write(decisions[chunk:chunk + 1000], DECISION_SCHEMA, logs / "decisions")
-    _write(feedback, FEEDBACK_SCHEMA, logs / "feedback")
+        _write(decisions[chunk:chunk + 1000], DECISION_SCHEMA, logs / "decisions", 1.0 + chunk)
+    _write(feedback, FEEDBACK_SCHEMA, logs / "feedback", 1.0)
     return tmp_path / "serve-run", decisions, bias
 
 
