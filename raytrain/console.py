@@ -116,6 +116,11 @@ def attach(log_dir: str | Path) -> None:
     CONSOLE.attach(log_dir)
 
 
+def ray_logging_level() -> int:
+    """What ``ray.init`` logs on the driver: warnings and errors, or everything when verbose."""
+    return logging.INFO if CONSOLE.verbose else logging.WARNING
+
+
 def quiet_loggers() -> None:
     """The driver's loggers print warnings and errors only (unless verbose); their handlers on the console stay."""
     if CONSOLE.verbose:

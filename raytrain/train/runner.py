@@ -85,7 +85,8 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
         return
     need = spec.train.workers * spec.train.resources_per_worker.cpu + 2
     num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
-    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,
+             logging_level=console.ray_logging_level())
     console.quiet_ray()
 
 
