@@ -60,39 +60,43 @@ def cmd_plan(args) -> int:
 
 
 def run_spec(spec, address: str | None) -> None:
-    """Run a validated spec here (also the entrypoint of a submitted job)."""
+    """Run a validated spec here (also the entrypoint of a submitted job); then track it (raytrain.tracking)."""
     if spec.kind == "serve":
         from ..serve.runner import run_serve
 
         run_serve(spec, address=address)
-    elif spec.kind == "bandit":
+        return
+    if spec.kind == "bandit":
         from ..bandit.runner import run_bandit
 
-        run_bandit(spec)
+        summary = run_bandit(spec)
     elif spec.kind == "abtest":
         from ..abtest import run_abtest
 
-        run_abtest(spec)
+        summary = run_abtest(spec)
     elif spec.kind == "pipeline":
         from ..pipeline import run_pipeline
 
-        run_pipeline(spec, address=address)
+        summary = run_pipeline(spec, address=address)
     elif spec.kind == "distill":
         from ..distill.runner import run_distill
 
-        run_distill(spec, address=address)
+        summary = run_distill(spec, address=address)
     elif spec.kind == "ensemble":
         from ..ensemble.runner import run_ensemble
 
-        run_ensemble(spec)
+        summary = run_ensemble(spec)
     elif spec.kind == "tune":
         from ..tune.runner import run_tune
 
-        run_tune(spec, address=address)
+        summary = run_tune(spec, address=address)
     else:
         from ..train.runner import run_train
 
-        run_train(spec, address=address)
+        summary = run_train(spec, address=address)
+    from ..tracking import record
+
+    record(spec, summary)
 
 
 def cmd_run(args) -> int:

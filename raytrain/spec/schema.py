@@ -559,6 +559,17 @@ class ServeSpec(Section):
         return self
 
 
+class TrackingSpec(Section):
+    """Experiment tracking (raytrain.tracking)."""
+
+    mlflow: bool = Field(False, description="log runs, their parameters, metrics and artifacts to MLflow")
+    tracking_uri: Optional[str] = Field(None, description="an MLflow tracking URI (default: sqlite:///<storage>/"
+                                                          "mlflow.db, artifacts in <storage>/mlartifacts)")
+    experiment: Optional[str] = Field(None, description="the MLflow experiment (default: the spec's name)")
+    tensorboard: bool = Field(False, description="also write per-epoch metrics as TensorBoard event files to "
+                                                 "<run>/tensorboard/")
+
+
 class CupedSpec(Section):
     pre_period_end: float = Field(description="unix time: requests before it are the pre-period, whose clicks per "
                                               "user are the covariate; the experiment is what comes after")
@@ -611,4 +622,5 @@ class JobSpec(Section):
     pipeline: Optional[PipelineSpec] = None
     serve: Optional[ServeSpec] = None
     abtest: Optional[AbTestSpec] = None
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
     ray: RaySpec = Field(default_factory=RaySpec)

@@ -293,6 +293,8 @@ def _tuner(spec: JobSpec, prepared: PreparedData, location: str, restore: bool =
     """The Tuner for a run at ``location`` (a path or a pyarrow.fs URI): Tune's experiment in ``<location>/tune``."""
     from ray import tune
 
+    from ..tracking import tune_callbacks
+
     base = spec.model_dump(mode="json")
     trial_fn = _pbt_trial if tune_of(spec).scheduler.name == "pbt" else _trial
     trainable = tune.with_resources(
@@ -316,7 +318,8 @@ def _tuner(spec: JobSpec, prepared: PreparedData, location: str, restore: bool =
             time_budget_s=t.time_budget_s,
         ),
         run_config=tune.RunConfig(name="tune", **storage, verbose=0,
-                                  callbacks=[_progress(t.metric, t.mode, spec.train.epochs), _release(location)]),
+                                  callbacks=[_progress(t.metric, t.mode, spec.train.epochs), _release(location),
+                                             *tune_callbacks(spec)]),
     )
 
 
