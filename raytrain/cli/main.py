@@ -90,6 +90,10 @@ def run_spec(spec, address: str | None) -> None:
         from ..tune.runner import run_tune
 
         summary = run_tune(spec, address=address)
+    elif spec.train.cross_validation is not None:
+        from ..train.crossval import run_cross_validation
+
+        summary = run_cross_validation(spec, address=address)
     else:
         from ..train.runner import run_train
 

@@ -217,6 +217,20 @@ def _semantic_checks(spec: JobSpec) -> list[str]:
     if spec.data.source in ("open-bandit", "served-logs"):
         problems.append(f"data.source: {spec.data.source} holds logged bandit feedback for kind bandit, not {spec.kind}")
         return problems
+    if spec.train.cross_validation is not None:
+        if spec.kind not in ("train", "tune"):
+            problems.append(f"train.cross_validation: for kinds train and tune, not {spec.kind}")
+        if spec.data.source in ("synthetic", "criteo"):
+            problems.append(f"train.cross_validation: data.source {spec.data.source} is not folded (use parquet or "
+                            "movielens-100k)")
+        if spec.data.source == "movielens-100k" and spec.data.history_features:
+            problems.append("train.cross_validation: the MovieLens history features are computed from the original "
+                            "training split, so validation folds would see them; set data.history_features: false")
+        if is_uri(spec.storage):
+            problems.append("train.cross_validation: writes its folds beside the run; give a path as storage")
+        if spec.train.checkpoint.every_steps:
+            problems.append("train.cross_validation: mid-epoch checkpoints (train.checkpoint.every_steps) are for "
+                            "single runs")
     sharding = spec.train.sharding
     if spec.train.device == "cpu":
         for where, st in [("default", sharding.default)] + [(f"tables.{k}", v) for k, v in sharding.tables.items()]:

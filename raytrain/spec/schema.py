@@ -286,6 +286,13 @@ class ResourcesSpec(Section):
     gpu: float = Field(0.0, ge=0.0)
 
 
+class CrossValidationSpec(Section):
+    """k-fold cross-validation over the pooled training and validation rows (raytrain.train.crossval)."""
+
+    folds: int = Field(ge=2, le=50)
+    seed: int = Field(0, description="the permutation that deals rows into folds")
+
+
 class TrainSpec(Section):
     workers: int = Field(2, ge=1, le=4096)
     device: Literal["cpu", "cuda"] = "cpu"
@@ -304,6 +311,9 @@ class TrainSpec(Section):
     max_failures: int = Field(0, ge=-1, description="-1: retry forever")
     seed: int = 0
     threads_per_worker: Optional[int] = Field(None, ge=1, description="torch intra-op threads per worker")
+    cross_validation: Optional[CrossValidationSpec] = Field(
+        None, description="k-fold cross-validation: k runs, the metrics' mean and spread (kind train; in kind tune "
+                          "each trial runs every fold and reports their mean)")
 
     @model_validator(mode="after")
     def _batch(self):

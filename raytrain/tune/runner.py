@@ -60,9 +60,39 @@ def _trial(config: dict, base: dict, data: dict, location: str) -> None:
     from ..train.runner import make_trainer
 
     spec, run, prepared = _trial_setup(config, base, data, location)
+    if data.get("folds"):
+        return _cv_trial(spec, run, data["folds"])
     # same storage path and name as an interrupted attempt of this trial: Ray Train restores its
     # checkpoint manager from there, so the trial resumes from its last checkpoint
     make_trainer(spec, prepared, run, callbacks=[TuneReportCallback()]).fit()
+
+
+def _cv_trial(spec: JobSpec, run: str, folds: list[dict]) -> None:
+    """A cross-validated trial: every fold a TorchTrainer run in ``<trial run>/fold_<i>``, then each epoch's mean
+    over folds reported to Tune (test metrics: the folds' mean at their best checkpoints, with the last epoch)."""
+    import statistics
+
+    import ray.tune
+
+    from ..train.crossval import fold_epochs
+    from ..train.runner import make_trainer
+
+    runs = []
+    for i, fold in enumerate(folds):
+        fold_run = join(run, f"fold_{i}")
+        result = make_trainer(spec, PreparedData.from_dict(fold), fold_run).fit()
+        if result.error is not None:
+            raise result.error
+        runs.append(Path(fold_run))
+    rows = fold_epochs(runs)
+    tests = [json.loads((r / "metrics" / "test.json").read_text()) for r in runs]
+    for row in rows[:-1]:
+        ray.tune.report(row)
+    last = dict(rows[-1])
+    for key in ("test_auc", "test_logloss"):
+        last[key] = statistics.fmean(t[key] for t in tests)
+        last[f"{key}_std"] = statistics.pstdev(t[key] for t in tests)
+    ray.tune.report(last)
 
 
 def _pbt_trial(config: dict, base: dict, data: dict, location: str) -> None:
@@ -289,8 +319,9 @@ def release_run(location: str, trial_paths: list[str], timeout_s: float = 60) ->
     return removed
 
 
-def _tuner(spec: JobSpec, prepared: PreparedData, location: str, restore: bool = False):
-    """The Tuner for a run at ``location`` (a path or a pyarrow.fs URI): Tune's experiment in ``<location>/tune``."""
+def _tuner(spec: JobSpec, data: dict, location: str, restore: bool = False):
+    """The Tuner for a run at ``location`` (a path or a pyarrow.fs URI): Tune's experiment in ``<location>/tune``.
+    ``data``: the prepared data as a dict (with ``folds``, each fold's, for a cross-validated search)."""
     from ray import tune
 
     from ..tracking import tune_callbacks
@@ -298,7 +329,7 @@ def _tuner(spec: JobSpec, prepared: PreparedData, location: str, restore: bool =
     base = spec.model_dump(mode="json")
     trial_fn = _pbt_trial if tune_of(spec).scheduler.name == "pbt" else _trial
     trainable = tune.with_resources(
-        tune.with_parameters(trial_fn, base=base, data=prepared.to_dict(), location=location),
+        tune.with_parameters(trial_fn, base=base, data=data, location=location),
         {"cpu": tune_of(spec).resources_per_trial.cpu},
     )
     fs, root = filesystem(location)
@@ -347,7 +378,14 @@ def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = N
     t = tune_of(spec)
     _log(f"tuning {len(t.space)} parameter(s) with {t.search.algorithm} + {t.scheduler.name}: "
          f"{t.num_samples} trials, {t.max_concurrent_trials} at a time, {spec.train.workers} workers each")
-    results = _tuner(spec, prepared, location, restore=restore).fit()
+    data = prepared.to_dict()
+    if spec.train.cross_validation is not None:
+        from ..train.crossval import fold_data
+
+        cv = spec.train.cross_validation
+        data["folds"] = [f.to_dict() for f in fold_data(prepared, cv.folds, cv.seed, Path(run_dir) / "cv_data")]
+        _log(f"each trial runs {cv.folds} folds and reports their mean")
+    results = _tuner(spec, data, location, restore=restore).fit()
     removed = release_run(location, [r.path for r in results if r.path])
     if removed:
         _log(f"removed {len(removed)} placement group(s) left by this run's stopped trials")

@@ -40,7 +40,7 @@ def test_all_problems_reported_at_once_with_paths_values_and_suggestions():
     }
     assert _problems(doc) == [
         "dataa: unknown key (did you mean 'data'?); allowed keys: abtest, bandit, data, distill, ensemble, kind, model, name, "
-        "pipeline, ray, serve, storage, train, tune",
+        "pipeline, ray, serve, storage, tracking, train, tune",
         "model.arch: 'dcnv2' is not allowed (did you mean 'dcn_v2'?); allowed values: dlrm, dcn_v2, two_tower",
         "model.embeding_dim: unknown key (did you mean 'embedding_dim'?); allowed keys: arch, dcn, dense_arch, dropout, "
         "embedding_dim, embedding_l2, over_arch, tower",

@@ -31,7 +31,7 @@ def test_bad_space_entries_name_the_entry():
         "tune.space.model.embedding_dim: value -1 gives an invalid spec: model.embedding_dim: -1: "
         "Input should be greater than or equal to 1",
         "tune.space.train.optimzer.lr: value 0.1 gives an invalid spec: train.optimzer: unknown key "
-        "(did you mean 'optimizer'?); allowed keys: audit_examples, batch_size, checkpoint, device, epochs, "
+        "(did you mean 'optimizer'?); allowed keys: audit_examples, batch_size, checkpoint, cross_validation, device, epochs, "
         "eval_batch_size, ingest, lr_decay, max_failures, optimizer, resources_per_worker, seed, sharding, "
         "threads_per_worker, workers",
         "tune.space.train.epochs: empty range: 3 >= 3",
