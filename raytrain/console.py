@@ -32,6 +32,7 @@ class _Console:
         self.bar: Any = None
         self.bar_epoch: tuple[int, int] | None = None
         self.handler: logging.Handler | None = None
+        self.table_lines = 0  # lines of the live table last drawn (redrawn in place on a terminal)
 
     # ---- the file ----------------------------------------------------------------------------------------
 
@@ -84,6 +85,7 @@ class _Console:
                 return
             self._close_bar()
             print(line, file=sys.stderr if err else sys.stdout, flush=True)
+            self.table_lines = 0  # a live table is drawn afresh below this line
 
     def _close_bar(self) -> None:
         if self.bar is not None:
@@ -94,8 +96,8 @@ class _Console:
         """Ray's log-streaming handler: one batch of lines of one worker process."""
         lines = data.get("lines") or []
         who = data.get("actor_name") or data.get("task_name") or ""
-        tag = f"({who} pid={data.get('pid')}) " if data.get("pid") not in ("raylet", "autoscaler") else \
-            f"({data.get('pid')}) "
+        pid = data.get("pid")
+        tag = f"({pid}) " if pid in ("raylet", "autoscaler") else f"({who + ' ' if who else ''}pid={pid}) "
         failure = data.get("is_err") and any("Traceback (most recent call last)" in line for line in lines)
         for line in lines:
             self.file_line(tag + line)
@@ -105,7 +107,25 @@ class _Console:
                 self.show(tag + line, err=True)
 
 
+    def live_table(self, line: str, rows: list[str]) -> None:
+        """On a terminal: ``rows`` redrawn in place of the previous table; elsewhere: ``line``, once."""
+        with self.lock:
+            if not sys.stdout.isatty():
+                print(line, flush=True)
+                return
+            self._close_bar()
+            if self.table_lines:
+                sys.stdout.write(f"\x1b[{self.table_lines}F\x1b[J")  # up to the table's first line, clear below
+            sys.stdout.write("\n".join(rows) + "\n")
+            sys.stdout.flush()
+            self.table_lines = len(rows)
+
+
 CONSOLE = _Console()
+
+
+def live_table(line: str, rows: list[str]) -> None:
+    CONSOLE.live_table(line, rows)
 
 
 def set_verbose(verbose: bool) -> None:

@@ -229,13 +229,15 @@ def preflight(spec: JobSpec, prepared: PreparedData) -> None:
 
 
 def _progress(metric: str, mode: str, epochs: int) -> Any:
-    """A Tune callback printing live progress: trials running / done / pending, and the best so far."""
+    """A Tune callback showing live progress: on a terminal a table of the trials (status, epoch, metric) redrawn
+    in place; elsewhere a line per result (trials running / done / pending, and the best so far)."""
     from ray.tune import Callback
 
     class Progress(Callback):
         def __init__(self):
             self.best = None
             self.t0 = time.time()
+            self.seen: dict[str, tuple[int, float]] = {}  # trial -> (epoch, metric) of its last result
 
         def _better(self, v):
             return self.best is None or (v > self.best[0] if mode == "max" else v < self.best[0])
@@ -246,11 +248,19 @@ def _progress(metric: str, mode: str, epochs: int) -> Any:
                 return
             if self._better(v):
                 self.best = (v, trial.trial_id)
+            self.seen[trial.trial_id] = (int(result.get("epoch", 0)), float(v))
             states = [t.status for t in trials]
-            _log(f"trial {trial.trial_id} epoch {result.get('epoch')}/{epochs} {metric} {v:.4f} | "
-                 f"running {states.count('RUNNING')} done {states.count('TERMINATED')} "
-                 f"pending {states.count('PENDING')} | best {self.best[0]:.4f} ({self.best[1]}) "
-                 f"| {time.time() - self.t0:.0f}s")
+            line = (f"trial {trial.trial_id} epoch {result.get('epoch')}/{epochs} {metric} {v:.4f} | "
+                    f"running {states.count('RUNNING')} done {states.count('TERMINATED')} "
+                    f"pending {states.count('PENDING')} | best {self.best[0]:.4f} ({self.best[1]}) "
+                    f"| {time.time() - self.t0:.0f}s")
+            rows = [f"{'trial':<16} {'status':<11} {'epoch':>7} {metric:>9}"]
+            for t in trials:
+                epoch, value = self.seen.get(t.trial_id, (0, float("nan")))
+                star = " *" if self.best and t.trial_id == self.best[1] else ""
+                rows.append(f"{t.trial_id:<16} {t.status:<11} {epoch:>3}/{epochs:<3} {value:>9.4f}{star}")
+            rows.append(f"best {self.best[0]:.4f} ({self.best[1]}) | {time.time() - self.t0:.0f}s")
+            console.live_table("[raytrain] " + line, rows)
 
     return Progress()
 
