@@ -18,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.distributed as dist
-from sklearn.metrics import log_loss, roc_auc_score
 
 EPS = 1e-7
 SHIFT = 10
@@ -30,6 +29,8 @@ BUCKETS = _HI - _LO + 1
 def binary_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     """Exact metrics of predictions held in one process (the driver's ensembles and reports)."""
     probs = np.clip(probs.astype(np.float64), EPS, 1 - EPS)
+    from sklearn.metrics import log_loss, roc_auc_score  # the driver's check; workers merge histograms instead
+
     out = {"logloss": float(log_loss(labels, probs, labels=[0, 1])), "rows": int(len(labels))}
     out["auc"] = float(roc_auc_score(labels, probs)) if 0 < labels.sum() < len(labels) else float("nan")
     return out
