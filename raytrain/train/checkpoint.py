@@ -73,7 +73,7 @@ class _SafeReader(FileSystemReader):
             metadata = _MetadataUnpickler(f, str(self.path)).load()
         if not isinstance(metadata, dcp.Metadata):
             raise CheckpointError(f"{self.path}/{METADATA}: not DCP metadata ({type(metadata).__name__})")
-        if getattr(metadata, "storage_meta", None) is None:
+        if metadata.storage_meta is None:
             metadata.storage_meta = dcp.metadata.StorageMeta()
         metadata.storage_meta.load_id = self.load_id
         return metadata

@@ -235,7 +235,7 @@ def _progress(metric: str, mode: str, epochs: int) -> Any:
 
     class Progress(Callback):
         def __init__(self):
-            self.best = None
+            self.best: tuple[float, str] | None = None
             self.t0 = time.time()
             self.seen: dict[str, tuple[int, float]] = {}  # trial -> (epoch, metric) of its last result
 
@@ -246,20 +246,21 @@ def _progress(metric: str, mode: str, epochs: int) -> Any:
             v = result.get(metric)
             if v is None:
                 return
-            if self._better(v):
+            if self.best is None or self._better(v):
                 self.best = (v, trial.trial_id)
+            best = self.best
             self.seen[trial.trial_id] = (int(result.get("epoch", 0)), float(v))
             states = [t.status for t in trials]
             line = (f"trial {trial.trial_id} epoch {result.get('epoch')}/{epochs} {metric} {v:.4f} | "
                     f"running {states.count('RUNNING')} done {states.count('TERMINATED')} "
-                    f"pending {states.count('PENDING')} | best {self.best[0]:.4f} ({self.best[1]}) "
+                    f"pending {states.count('PENDING')} | best {best[0]:.4f} ({best[1]}) "
                     f"| {time.time() - self.t0:.0f}s")
             rows = [f"{'trial':<16} {'status':<11} {'epoch':>7} {metric:>9}"]
             for t in trials:
                 epoch, value = self.seen.get(t.trial_id, (0, float("nan")))
-                star = " *" if self.best and t.trial_id == self.best[1] else ""
+                star = " *" if t.trial_id == best[1] else ""
                 rows.append(f"{t.trial_id:<16} {t.status:<11} {epoch:>3}/{epochs:<3} {value:>9.4f}{star}")
-            rows.append(f"best {self.best[0]:.4f} ({self.best[1]}) | {time.time() - self.t0:.0f}s")
+            rows.append(f"best {best[0]:.4f} ({best[1]}) | {time.time() - self.t0:.0f}s")
             console.live_table("[raytrain] " + line, rows)
 
     return Progress()
