@@ -48,13 +48,26 @@ class _Console:
             self.file = open(path / "ray.log", "a", buffering=1)  # noqa: SIM115 - kept open for the run
             self.file.writelines(line + "\n" for line in self.pending)
             self.pending.clear()
-        if self.handler is not None:
-            logging.getLogger().removeHandler(self.handler)
+        self._remove_handler()
         self.handler = logging.StreamHandler(self.file)
         self.handler.setLevel(logging.INFO)
         self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         for name in _LOGGERS:
             logging.getLogger(name).addHandler(self.handler)
+
+    def _remove_handler(self) -> None:
+        if self.handler is not None:
+            for name in _LOGGERS:
+                logging.getLogger(name).removeHandler(self.handler)
+            self.handler = None
+
+    def detach(self) -> None:
+        """Stop filing (the loggers' file handler removed, the file closed)."""
+        self._remove_handler()
+        with self.lock:
+            if self.file is not None:
+                self.file.close()
+                self.file = None
 
     def file_line(self, line: str) -> None:
         with self.lock:

@@ -13,13 +13,12 @@ import json
 import time
 from pathlib import Path
 
+from .log import get_logger
 from .spec import resolved_yaml
 from .spec.loader import parse_spec
 from .spec.schema import JobSpec
 
-
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 def _step_spec(spec: JobSpec, kind: str, run_dir: Path, **sections) -> JobSpec:
@@ -42,12 +41,12 @@ def run_pipeline(spec: JobSpec, address: str | None = None, serve_block: bool = 
     from . import console
 
     console.attach(run_dir / "logs")
-    _log(f"pipeline {spec.name}: {' -> '.join(steps)}; run directory {run_dir}")
+    log.info(f"pipeline {spec.name}: {' -> '.join(steps)}; run directory {run_dir}")
     done: dict[str, dict] = {}
     source: dict[str, str] = {}  # what the next step reads: train run / tune run / ensemble run
     for step in steps:
         t0 = time.time()
-        _log(f"=== step {step} ===")
+        log.info(f"=== step {step} ===")
         if step == "train":
             from .train.runner import run_train
 
@@ -103,8 +102,8 @@ def run_pipeline(spec: JobSpec, address: str | None = None, serve_block: bool = 
                             address=address, block=serve_block, run_dir=serve_dir)
             done[step] = {"run_dir": out["run_dir"], "url": out["url"]}
         done[step]["wall_s"] = time.time() - t0
-        _log(f"step {step} done in {done[step]['wall_s']:.0f}s")
+        log.info(f"step {step} done in {done[step]['wall_s']:.0f}s")
         (run_dir / "pipeline.json").write_text(json.dumps(done, indent=2, default=str))
     total = sum(d["wall_s"] for d in done.values())
-    _log(f"pipeline done in {total:.0f}s: " + ", ".join(f"{k} {v['wall_s']:.0f}s" for k, v in done.items()))
+    log.info(f"pipeline done in {total:.0f}s: " + ", ".join(f"{k} {v['wall_s']:.0f}s" for k, v in done.items()))
     return {"run_dir": str(run_dir), "steps": done}

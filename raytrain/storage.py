@@ -399,7 +399,9 @@ def materialize(location: str | Path) -> Path:
     if not store.exists():
         raise FileNotFoundError(f"{redact(location)}: nothing there")
     local = mirror_of(location)
-    print(f"[raytrain] downloading {redact(location)} -> {local}", flush=True)
+    from .log import get_logger
+
+    get_logger(__name__).info(f"downloading {redact(location)} -> {local}")
     import shutil
 
     shutil.rmtree(local, ignore_errors=True)  # a file gone from the store (a removed shard) must not linger here

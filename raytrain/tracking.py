@@ -23,12 +23,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .log import get_logger
+
 ARTIFACT_SUFFIXES = (".json", ".yaml", ".txt", ".png", ".parquet")
 MAX_ARTIFACT_BYTES = 20 * 2**20
 
 
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 def tracking_uri(spec) -> str:
@@ -99,7 +100,7 @@ def record(spec, summary: dict) -> str | None:
     try:
         return _record_mlflow(spec, summary, run_dir)
     except Exception as e:  # noqa: BLE001 - the run is done and on disk; tracking must not fail it
-        _log(f"warning: MLflow tracking at {tracking_uri(spec)} failed ({type(e).__name__}: {e}); the run's files "
+        log.warning(f"MLflow tracking at {tracking_uri(spec)} failed ({type(e).__name__}: {e}); the run's files "
              f"are complete in {run_dir}")
         return None
 
@@ -133,7 +134,7 @@ def _record_mlflow(spec, summary: dict, run_dir: Path | None) -> str:
         if (run_dir / "tensorboard").is_dir():
             client.log_artifacts(rid, str(run_dir / "tensorboard"), "tensorboard")
     client.set_terminated(rid)
-    _log(f"tracked as MLflow run {rid} in experiment {spec.tracking.experiment or spec.name} ({tracking_uri(spec)})")
+    log.info(f"tracked as MLflow run {rid} in experiment {spec.tracking.experiment or spec.name} ({tracking_uri(spec)})")
     return rid
 
 

@@ -34,10 +34,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import RaytrainError
+from ..log import get_logger
 
-
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 def per_user(requests: pd.DataFrame, feedback: pd.DataFrame) -> pd.DataFrame:
@@ -255,8 +254,8 @@ def run_abtest(spec) -> dict:
     (run_dir / "report.json").write_text(json.dumps(report, indent=2))
     (run_dir / "report.txt").write_text(text + "\n")
     plot(report, run_dir / "ctr.png")
-    _log(f"A/B analysis of {serve_dir} ({cfg.endpoint}; {forced} forced request(s) "
+    log.info(f"A/B analysis of {serve_dir} ({cfg.endpoint}; {forced} forced request(s) "
          f"{'included' if cfg.include_forced else 'left out'}):\n{text}")
-    _log(f"report: {run_dir / 'report.json'}, {run_dir / 'ctr.png'}")
+    log.info(f"report: {run_dir / 'report.json'}, {run_dir / 'ctr.png'}")
     report["run_dir"] = str(run_dir)
     return report

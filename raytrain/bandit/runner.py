@@ -14,15 +14,14 @@ import numpy as np
 import pandas as pd
 
 from ..data.open_bandit import load_open_bandit, zozotown_prior
+from ..log import get_logger
 from ..spec import resolved_yaml
 from ..spec.schema import BanditSpec, JobSpec
 from .estimators import NEEDS_REWARD_MODEL, estimate
 from .policies import make_policy
 from .reward_model import cross_fit
 
-
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 def on_policy_value(reward: np.ndarray, samples: int, alpha: float, seed: int) -> dict:
@@ -47,7 +46,7 @@ def evaluate(spec: JobSpec) -> dict:
     logs = load_open_bandit(ob.behavior_policy, ob.campaign, spec.data.path)
     n_learn = int(round(cfg.learn_fraction * logs.n_rounds))
     learn, held_out = logs.subset(np.arange(n_learn)), logs.subset(np.arange(n_learn, logs.n_rounds))
-    _log(f"{logs.source}: {logs.n_rounds} rounds, {logs.n_actions} actions, {logs.len_list} positions, "
+    log.info(f"{logs.source}: {logs.n_rounds} rounds, {logs.n_actions} actions, {logs.len_list} positions, "
          f"click rate {logs.reward.mean():.4f}; policy learns from {learn.n_rounds}, estimators use "
          f"{held_out.n_rounds}")
     pol = cfg.policy
@@ -57,11 +56,11 @@ def evaluate(spec: JobSpec) -> dict:
     if pol.learns:
         policy.fit(learn)
     action_dist = policy.action_dist(held_out.context)
-    _log(f"policy {pol.name}: action distribution {action_dist.shape} ({time.time() - t0:.1f} s)")
+    log.info(f"policy {pol.name}: action distribution {action_dist.shape} ({time.time() - t0:.1f} s)")
     q = None
     if any(name in NEEDS_REWARD_MODEL for name in cfg.estimators):
         q = cross_fit(held_out, cfg.reward_model.folds, cfg.reward_model.seed)
-        _log(f"reward model: {cfg.reward_model.folds}-fold cross-fitted logistic regression per position "
+        log.info(f"reward model: {cfg.reward_model.folds}-fold cross-fitted logistic regression per position "
              f"({time.time() - t0:.1f} s)")
     bs = cfg.bootstrap
     estimates = estimate(list(cfg.estimators), held_out.reward, held_out.action, held_out.position, held_out.pscore,
@@ -92,7 +91,7 @@ def evaluate_served(spec: JobSpec) -> dict:
     t0 = time.time()
     assert spec.data.path is not None
     logs = load_served_logs(spec.data.path)
-    _log(f"served logs {spec.data.path}: {logs.n_requests} requests, {logs.n} decisions (request x position), "
+    log.info(f"served logs {spec.data.path}: {logs.n_requests} requests, {logs.n} decisions (request x position), "
          f"variants {', '.join(logs.variants)}, mean reward {logs.reward.mean():.4f}")
     dist = action_dist(logs, pol.name, pol.epsilon, pol.temperature)
     q = None
@@ -139,18 +138,18 @@ def run_bandit(spec: JobSpec) -> dict:
     from ..train.runner import new_run_dir
 
     run_dir = new_run_dir(spec)
-    _log(f"run directory: {run_dir}")
+    log.info(f"run directory: {run_dir}")
     (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
     result = evaluate(spec)
     table = pd.DataFrame(result["estimates"])
     table.to_parquet(run_dir / "estimates.parquet", index=False)
     (run_dir / "report.json").write_text(json.dumps(result, indent=2))
     _plot(result, run_dir / "estimates.png")
-    _log("estimates:\n" + table.to_string(index=False, float_format=lambda v: f"{v:.6f}"))
+    log.info("estimates:\n" + table.to_string(index=False, float_format=lambda v: f"{v:.6f}"))
     ref = result["on_policy"] or result.get("logging_policy")
     if ref is not None:
-        _log(f"{'on-policy value of' if result['on_policy'] else 'value of the'} {ref['logs']}: {ref['value']:.6f} "
+        log.info(f"{'on-policy value of' if result['on_policy'] else 'value of the'} {ref['logs']}: {ref['value']:.6f} "
              f"[{ref['ci_low']:.6f}, {ref['ci_high']:.6f}] over {ref['n_rounds']} rounds")
-    _log(f"report: {run_dir / 'report.json'}, plot: {run_dir / 'estimates.png'}")
+    log.info(f"report: {run_dir / 'report.json'}, plot: {run_dir / 'estimates.png'}")
     result["run_dir"] = str(run_dir)
     return result

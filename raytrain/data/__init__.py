@@ -107,7 +107,7 @@ def _validated(data_spec, schema: FeatureSchema, paths: dict[str, list[str]]) ->
 def _split_cached(data_spec, schema: FeatureSchema, files: list[str], validate: bool = True) -> dict[str, list[str]]:
     """The split of ``files`` (validated first unless raytrain wrote them), made once per data spec and input
     files and then reused."""
-    from .parallel import _log, cache_key, cached_dir
+    from .parallel import cache_key, cached_dir, log
     from .parquet import validate_files
     from .split import split_parquet
 
@@ -120,5 +120,5 @@ def _split_cached(data_spec, schema: FeatureSchema, files: list[str], validate: 
 
     out, hit = cached_dir("prepared", key, build)
     if hit:
-        _log(f"data: reusing the split prepared earlier ({out})")
+        log.info(f"data: reusing the split prepared earlier ({out})")
     return {s: sorted(str(p) for p in (out / s).glob("part-*.parquet")) for s in ("train", "validation", "test")}

@@ -196,7 +196,7 @@ def converted(files: list[str], sizes: list[int], bad_lines: str) -> list[str]:
     """Parquet copies of Criteo files, one task per file, made once per (files, sizes, bad_lines) and cached."""
     import json
 
-    from .parallel import _log, cache_key, cached_dir, fan_out
+    from .parallel import cache_key, cached_dir, fan_out, log
 
     def build(tmp: Path) -> None:
         calls = [(src, str(tmp / f"{i:05d}-{Path(src).name.removesuffix('.gz')}.parquet"), sizes, bad_lines)
@@ -204,7 +204,7 @@ def converted(files: list[str], sizes: list[int], bad_lines: str) -> list[str]:
         stats = fan_out(convert_file, calls, f"converted {len(files)} Criteo file(s)")
         (tmp / "stats.json").write_text(json.dumps(stats, indent=1))
         rows, skipped = sum(s["rows"] for s in stats), sum(s["skipped"] for s in stats)
-        _log(f"criteo: {rows:,} rows from {len(files)} file(s)" + (f", {skipped:,} bad line(s) skipped" if skipped else ""))
+        log.info(f"criteo: {rows:,} rows from {len(files)} file(s)" + (f", {skipped:,} bad line(s) skipped" if skipped else ""))
 
     out, _ = cached_dir("criteo", cache_key("criteo", {"sizes": sizes, "bad_lines": bad_lines}, files), build)
     return sorted(str(p) for p in out.glob("*.parquet"))

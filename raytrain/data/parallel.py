@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from ..log import get_logger
 from ..storage import cache_dir
 
 
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 def fan_out(fn: Callable[..., Any], calls: Sequence[tuple], what: str) -> list[Any]:
@@ -47,7 +47,7 @@ def fan_out(fn: Callable[..., Any], calls: Sequence[tuple], what: str) -> list[A
         with ThreadPoolExecutor(max_workers=min(len(calls), os.cpu_count() or 1)) as pool:
             out = list(pool.map(lambda args: fn(*args), calls))
     if len(calls) > 1:
-        _log(f"{what}: {len(calls)} tasks in {time.perf_counter() - t0:.1f}s")
+        log.info(f"{what}: {len(calls)} tasks in {time.perf_counter() - t0:.1f}s")
     return out
 
 

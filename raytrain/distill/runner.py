@@ -20,6 +20,7 @@ import torch
 from ..data import prepare
 from ..data.batches import TEACHER_COLUMN, Columns
 from ..ensemble.members import load_member, score, split_table
+from ..log import get_logger
 from ..spec.loader import parse_spec
 from ..spec.schema import JobSpec
 from ..storage import Mirror
@@ -27,9 +28,7 @@ from ..train.metrics import binary_metrics
 from ..tune.space import set_path
 from .teacher import Teacher, load_teacher
 
-
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 def student_spec(teacher_spec: JobSpec, spec: JobSpec) -> JobSpec:
@@ -74,7 +73,7 @@ def run_distill(spec: JobSpec, address: str | None = None) -> dict:
     assert spec.distill is not None
     t0 = time.time()
     teacher = load_teacher(spec.distill.teacher)
-    _log(f"teacher: {teacher.source}, {len(teacher.members)} model(s), {teacher.parameters():,} parameters")
+    log.info(f"teacher: {teacher.source}, {len(teacher.members)} model(s), {teacher.parameters():,} parameters")
     student = student_spec(teacher.members[0].model.spec, spec)
     run_dir, location = new_run_location(student)  # on a URI: run_dir is its local mirror
     mirror = Mirror(run_dir, location)
@@ -84,7 +83,7 @@ def run_distill(spec: JobSpec, address: str | None = None) -> dict:
     (run_dir / "teacher").mkdir()
     path = run_dir / "teacher" / "train.parquet"
     pq.write_table(table.append_column(TEACHER_COLUMN, pa.array(train_logits.astype(np.float32))), path)
-    _log(f"teacher scored {len(train_logits):,} training rows in {time.time() - t0:.0f}s -> {path}")
+    log.info(f"teacher scored {len(train_logits):,} training rows in {time.time() - t0:.0f}s -> {path}")
     prepared = prepare(student.data, work_dir=str(run_dir))
     prepared.paths["train"] = [str(path)]
     summary = run_train(student, run_dir=run_dir, address=address, prepared=prepared, location=location)
@@ -113,9 +112,9 @@ def run_distill(spec: JobSpec, address: str | None = None) -> dict:
     }
     (run_dir / "distill.json").write_text(json.dumps(report, indent=2, default=str))
     mirror.publish(skip_dirs=("ray/", "data/"))
-    _log(f"teacher: {report['teacher']['parameters']:,} params, test AUC {tm['auc']:.4f}, "
+    log.info(f"teacher: {report['teacher']['parameters']:,} params, test AUC {tm['auc']:.4f}, "
          f"{lat[1]['teacher']:.2f} / {lat[512]['teacher']:.2f} ms (batch 1 / 512)")
-    _log(f"student: {s_params:,} params ({report['parameter_ratio']:.3f}x), test AUC {sm['auc']:.4f} "
+    log.info(f"student: {s_params:,} params ({report['parameter_ratio']:.3f}x), test AUC {sm['auc']:.4f} "
          f"({report['auc_retained_pct']:.2f}% retained), {lat[1]['student']:.2f} / {lat[512]['student']:.2f} ms "
          f"({report['latency_ratio_batch1']:.2f}x / {report['latency_ratio_batch512']:.2f}x)")
     return report

@@ -14,15 +14,14 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CheckpointError
+from ..log import get_logger
 from ..spec import resolved_yaml
 from ..spec.schema import JobSpec
 from ..train.metrics import binary_metrics
 from .combine import Combiner, fit_combiner
 from .members import Member, load_member, member_info, score, top_trials
 
-
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 def member_dirs(cfg) -> list[Path]:
@@ -77,12 +76,12 @@ def run_ensemble(spec: JobSpec) -> dict:
     assert cfg is not None
     t0 = time.time()
     run_dir = new_run_dir(spec)
-    _log(f"run directory: {run_dir}")
+    log.info(f"run directory: {run_dir}")
     (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
     dirs = member_dirs(cfg)
     members = [load_member(d) for d in dirs]
     for m in members:
-        _log(f"member {m.name}: {m.model.spec.model.arch}, dim {m.model.spec.model.embedding_dim}, "
+        log.info(f"member {m.name}: {m.model.spec.model.arch}, dim {m.model.spec.model.embedding_dim}, "
              f"checkpoint {m.checkpoint.name}")
     scores = score_members(members)
     combiners, table = combine_and_report(list(cfg.combine), [m.name for m in members], scores["validation"],
@@ -92,10 +91,10 @@ def run_ensemble(spec: JobSpec) -> dict:
            "combiners": {k: c.to_dict() for k, c in combiners.items()},
            "report": table.to_dict(orient="records"), "wall_s": time.time() - t0}
     (run_dir / "ensemble.json").write_text(json.dumps(doc, indent=2))
-    _log("ensemble (combiners fitted on validation only):\n"
+    log.info("ensemble (combiners fitted on validation only):\n"
          + table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     best_member = table[table["role"] == "member"]["test_auc"].max()
     for kind in combiners:
         auc = float(table.loc[table["model"] == f"ensemble:{kind}", "test_auc"].iloc[0])
-        _log(f"{kind}: test AUC {auc:.4f} ({auc - best_member:+.4f} vs the best member)")
+        log.info(f"{kind}: test AUC {auc:.4f} ({auc - best_member:+.4f} vs the best member)")
     return {"run_dir": str(run_dir), **doc}

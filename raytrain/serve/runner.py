@@ -11,13 +11,12 @@ import urllib.request
 from pathlib import Path
 
 from .. import console
+from ..log import get_logger
 from ..spec import resolved_yaml
 from ..spec.schema import JobSpec
 from .sources import ResolvedVariant, resolve
 
-
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 def url_of(spec: JobSpec) -> str:
@@ -37,7 +36,7 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
     if variants is None:
         variants = [resolve(name, v) for name, v in spec.serve.variants.items()]
     for v in variants:
-        _log(f"variant {v.name} ({spec.serve.shares[v.name]:.0%} of users): {v.source}; "
+        log.info(f"variant {v.name} ({spec.serve.shares[v.name]:.0%} of users): {v.source}; "
              f"{len(v.members)} member(s): {', '.join(m.name for m in v.members)}")
     run_dir = run_dir or new_run_dir(spec)
     (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
@@ -56,7 +55,7 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
                          for v in variants}}
     info["logs"] = str(run_dir / "logs")  # every request (variant, user, items); exploring decisions; feedback
     (run_dir / "serve.json").write_text(json.dumps(info, indent=2))
-    _log(f"serving {spec.name} at {url} (ready in {info['ready_s']}s): POST /predict, POST /recommend, "
+    log.info(f"serving {spec.name} at {url} (ready in {info['ready_s']}s): POST /predict, POST /recommend, "
          f"POST /feedback, GET /healthz, GET /metadata; request logs: {run_dir / 'logs'}")
     return {"run_dir": str(run_dir), **info}
 
@@ -79,7 +78,7 @@ def shutdown(spec: JobSpec) -> None:
     from ray import serve
 
     serve.delete(spec.name)
-    _log(f"application {spec.name} deleted")
+    log.info(f"application {spec.name} deleted")
 
 
 def run_serve(spec: JobSpec, address: str | None = None, block: bool = True,
@@ -90,7 +89,7 @@ def run_serve(spec: JobSpec, address: str | None = None, block: bool = True,
         return out
     stop = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    _log("press Ctrl-C to stop")
+    log.info("press Ctrl-C to stop")
     try:
         while not stop.is_set():
             stop.wait(1.0)

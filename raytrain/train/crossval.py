@@ -19,10 +19,9 @@ from pathlib import Path
 
 from ..data import PreparedData
 from ..errors import DataError
+from ..log import get_logger
 
-
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 def fold_data(prepared: PreparedData, folds: int, seed: int, out_dir: Path) -> list[PreparedData]:
@@ -88,14 +87,14 @@ def run_cross_validation(spec, address: str | None = None) -> dict:
     run_dir = new_run_dir(spec)
     console.attach(run_dir / "logs")
     (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
-    _log(f"run directory: {run_dir}; {cv.folds}-fold cross-validation")
+    log.info(f"run directory: {run_dir}; {cv.folds}-fold cross-validation")
     t0 = time.time()
     init_ray(spec, address)
     prepared = prepare(spec.data, work_dir=str(run_dir))
     folds = fold_data(prepared, cv.folds, cv.seed, run_dir / "cv_data")
     results = []
     for i, fold in enumerate(folds):
-        _log(f"fold {i + 1}/{cv.folds}")
+        log.info(f"fold {i + 1}/{cv.folds}")
         fold_dir = run_dir / "folds" / f"fold_{i}"
         fold_dir.mkdir(parents=True)
         s = run_train(spec, run_dir=fold_dir, address=address, prepared=fold)
@@ -108,9 +107,9 @@ def run_cross_validation(spec, address: str | None = None) -> dict:
     (run_dir / "cv.json").write_text(json.dumps(summary, indent=2))
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     for r in results:
-        _log(f"fold {r['fold']}: best val_auc {r['best_val_auc']:.4f} (epoch {r['best_epoch']}), test_auc "
+        log.info(f"fold {r['fold']}: best val_auc {r['best_val_auc']:.4f} (epoch {r['best_epoch']}), test_auc "
              f"{r['test_auc']:.4f}")
-    _log(f"{cv.folds}-fold cross-validation done in {summary['wall_seconds']:.0f}s: val_auc "
+    log.info(f"{cv.folds}-fold cross-validation done in {summary['wall_seconds']:.0f}s: val_auc "
          f"{summary['best_val_auc_mean']:.4f} +- {summary['best_val_auc_std']:.4f}, test_auc "
          f"{summary['test_auc_mean']:.4f} +- {summary['test_auc_std']:.4f}")
     return summary

@@ -16,6 +16,7 @@ from ray.train import CheckpointUploadMode
 
 from ..data import PreparedData
 from ..errors import CheckpointError
+from ..log import get_logger
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank, summarize_plan
 from ..spec.schema import JobSpec
 from ..storage import Store, is_uri, join, redact
@@ -24,9 +25,7 @@ from .distributed import shard_model
 from .loaders import EvalData, TrainData
 from .metrics import evaluate
 
-
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 def _write_json(store: Store, rel: str, obj) -> None:
@@ -86,7 +85,7 @@ def _train_epoch(sharded, data: TrainData, epoch: int, device, rank: int, epochs
             done = step + 1 - start_step
             if rank == 0 and done % every == 0:
                 rate = done * data.local_batch * data.world / (time.perf_counter() - t0)
-                _log(f"epoch {epoch + 1}/{epochs} step {step + 1}/{data.steps} loss {loss.item():.4f} "
+                log.info(f"epoch {epoch + 1}/{epochs} step {step + 1}/{data.steps} loss {loss.item():.4f} "
                      f"{rate:,.0f} examples/s")
     ran = data.steps - start_step
     if dist.get_world_size() > 1:
@@ -150,7 +149,7 @@ def _test_at_best(spec, prepared, sharded, device, rank: int, world: int, store:
     _, epoch, location = _best_checkpoint(store, metrics)
     if location is not None:
         if rank == 0:
-            _log(f"test: evaluating epoch {epoch}'s checkpoint, the best by validation AUC")
+            log.info(f"test: evaluating epoch {epoch}'s checkpoint, the best by validation AUC")
         if is_uri(location):
             with tempfile.TemporaryDirectory(prefix="raytrain-best-") as d:
                 ckpt.load(sharded, Store(location).download(d))
@@ -185,7 +184,7 @@ def train_loop_per_worker(config: dict) -> None:
         text = format_plan(rows, per_rank, prepared.schema, spec.model.embedding_dim)
         store.write_text("plan.txt", text + "\n")
         print("sharding plan:\n" + text, flush=True)  # the whole plan: in plan.txt and the run's logs/ray.log
-        _log(f"sharding plan: {summarize_plan(rows, per_rank)} (plan.txt)")
+        log.info(f"sharding plan: {summarize_plan(rows, per_rank)} (plan.txt)")
 
     start_epoch, start_step = 0, 0
     last_metrics: dict = {}
@@ -201,7 +200,7 @@ def train_loop_per_worker(config: dict) -> None:
         last_metrics = dict(info.get("metrics", {}))
         if rank == 0:
             where = f"epoch {start_epoch + 1} step {start_step}" if start_step else f"epoch {start_epoch + 1}"
-            _log(f"resumed from checkpoint {Path(loaded_from.split('?')[0]).name}: continuing at {where}")
+            log.info(f"resumed from checkpoint {Path(loaded_from.split('?')[0]).name}: continuing at {where}")
             store.append_text("resumes.jsonl", json.dumps({"from_epoch": info["epoch"] + 1,
                                                           "from_step": start_step, "checkpoint": loaded_from,
                                                           "time": time.time()}) + "\n")
@@ -209,7 +208,7 @@ def train_loop_per_worker(config: dict) -> None:
     val = EvalData(prepared, "validation", spec.train.eval_batch_size, rank, world,
                    buffer_rows=spec.train.ingest.shuffle_buffer_rows)
     if rank == 0:
-        _log(f"{world} workers, {train.steps} steps/epoch of {spec.train.batch_size} examples, "
+        log.info(f"{world} workers, {train.steps} steps/epoch of {spec.train.batch_size} examples, "
              f"{val.total_rows:,} validation rows")
 
     epochs = spec.train.epochs
@@ -242,7 +241,7 @@ def train_loop_per_worker(config: dict) -> None:
         metrics = {"epoch": epoch + 1, **stats, "val_auc": m["auc"], "val_logloss": m["logloss"],
                    "epoch_end_time": time.time(), "node_id": node_id}
         if rank == 0:
-            _log(f"epoch {epoch + 1}/{epochs}: train_loss {stats['train_loss']:.4f} val_auc {m['auc']:.4f} "
+            log.info(f"epoch {epoch + 1}/{epochs}: train_loss {stats['train_loss']:.4f} val_auc {m['auc']:.4f} "
                  f"val_logloss {m['logloss']:.4f} ({stats['train_seconds']:.1f}s, "
                  f"{stats['train_examples_per_s']:,.0f} examples/s)")
             _write_json(store, f"metrics/epoch_{epoch + 1:04d}.json", metrics)
@@ -273,7 +272,7 @@ def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, store:
     t = evaluate(sharded.module, test, device)
     out = {"test_auc": t["auc"], "test_logloss": t["logloss"], "test_rows": t["rows"]}
     if rank == 0:
-        _log(f"test (epoch {epoch}): auc {t['auc']:.4f} logloss {t['logloss']:.4f} over {t['rows']:,} rows")
+        log.info(f"test (epoch {epoch}): auc {t['auc']:.4f} logloss {t['logloss']:.4f} over {t['rows']:,} rows")
         _write_json(store, "metrics/test.json", {**metrics, **out, "test_epoch": epoch})
     return out
 
@@ -294,7 +293,7 @@ def _restore(sharded, restored, store: Store) -> tuple[dict, str]:
     if found is None:
         raise CheckpointError(f"{problem}; no complete checkpoint beside it to resume from") from None
     location, _ = found
-    _log(f"{problem}: resuming from {redact(location)}, the newest complete checkpoint, instead")
+    log.info(f"{problem}: resuming from {redact(location)}, the newest complete checkpoint, instead")
     if not is_uri(location):
         return ckpt.load(sharded, location), location
     with tempfile.TemporaryDirectory(prefix="raytrain-restore-") as d:
@@ -308,7 +307,7 @@ def _resume_point(info: dict, train: TrainData, world: int) -> tuple[int, int]:
     if step is None:
         return info["epoch"] + 1, 0
     if info.get("world_size") != world:
-        _log(f"checkpoint taken mid-epoch with {info.get('world_size')} workers, now {world}: "
+        log.info(f"checkpoint taken mid-epoch with {info.get('world_size')} workers, now {world}: "
              f"epoch {info['epoch'] + 1} starts over")
         return info["epoch"], 0
     return info["epoch"], min(int(step), train.steps)

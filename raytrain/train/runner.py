@@ -13,13 +13,12 @@ import pandas as pd
 
 from .. import console
 from ..data import PreparedData, prepare
+from ..log import get_logger
 from ..spec import resolved_yaml
 from ..spec.schema import JobSpec
 from ..storage import CREDENTIALS_ENV, Mirror, Store, filesystem, is_uri, join, mirror_of, redact
 
-
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 # Ray Train V2 re-logs every worker print through its logger, so each line reached the driver twice
@@ -145,14 +144,14 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     store, put = mirror.store, mirror.put
     console.attach(run_dir / "logs")
     put("spec.yaml", resolved_yaml(spec))
-    _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if store is not None else ""))
+    log.info(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if store is not None else ""))
     t0 = time.perf_counter()
     stamps = {"driver_start": time.time()}
     init_ray(spec, address)  # first: validation, splitting and conversion fan out as Ray tasks
     stamps["ray_ready"] = time.time()
     prepared = mirror.share(prepared or prepare(spec.data, work_dir=str(run_dir)))  # on a URI run: data/ there too
     put("schema.json", prepared.schema.to_json())
-    _log(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
+    log.info(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
          f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")
     stamps["data_ready"] = time.time()
     trainer = make_trainer(spec, prepared, location)
@@ -169,7 +168,7 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
 
         retrieval = retrieval_metrics(load_model(run_dir), prepared.paths)
         summary.update(retrieval)
-        _log("full-catalogue retrieval on test: " + ", ".join(
+        log.info("full-catalogue retrieval on test: " + ", ".join(
             f"{k.removeprefix('test_')} {v:.4f}" for k, v in retrieval.items() if "@" in k))
     summary["wall_seconds"] = time.perf_counter() - t0
     summary["startup"] = stamps  # the workers' stamps: workers/startup.json
@@ -182,7 +181,7 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
     mirror.publish(skip_dirs=("ray/", "data/"))  # what the driver wrote (result, metrics table) joins a URI run
     nan = float("nan")
-    _log(f"done in {summary['wall_seconds']:.0f}s: last epoch val_auc {summary.get('val_auc', nan):.4f} | best epoch "
+    log.info(f"done in {summary['wall_seconds']:.0f}s: last epoch val_auc {summary.get('val_auc', nan):.4f} | best epoch "
          f"{summary.get('best_epoch')}: val_auc {summary.get('best_val_auc', nan):.4f}, test_auc "
          f"{summary.get('test_auc', nan):.4f} test_logloss {summary.get('test_logloss', nan):.4f} (its checkpoint)")
     return summary

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..log import get_logger
 from ..spec.schema import JobSpec
 from ..storage import is_uri, join
 from .space import tune_of
 
-
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 def _last(df: pd.DataFrame, column: str) -> float:
@@ -113,7 +112,7 @@ def write_report(spec: JobSpec, results, run_dir: Path, location: str | None = N
     shown["config"] = shown["config"].str.slice(0, 90)
     if board["node_id"].nunique() > 1:  # trials spread over several nodes: say which ran where
         shown.insert(2, "node", board["node_id"].str.slice(0, 8))
-    _log("leaderboard:\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    log.info("leaderboard:\n" + shown.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     summary: dict = {
         "trials": int(len(board)),
         "completed": int((board["status"] == "completed").sum()),
@@ -138,7 +137,7 @@ def write_report(spec: JobSpec, results, run_dir: Path, location: str | None = N
         summary.update({"best_trial": top["trial"], f"best_{metric}": float(top[metric]), "best_config": config,
                         "best_test_auc": float(top["test_auc"]), "best_checkpoint": best,
                         "best_test_epoch": None if not at else int(test_epoch)})
-        _log(f"best trial {top['trial']}: {metric} {top[metric]:.4f}, test_auc {top['test_auc']:.4f}{at}, "
+        log.info(f"best trial {top['trial']}: {metric} {top[metric]:.4f}, test_auc {top['test_auc']:.4f}{at}, "
              f"config {config}; ready-to-run spec: {run_dir / 'best_spec.yaml'}")
     summary["plots"] = _plots(spec, board, curves, run_dir)
     return summary

@@ -20,14 +20,13 @@ import yaml
 from .. import console
 from ..data import PreparedData, prepare
 from ..errors import RaytrainError, SpecError
+from ..log import get_logger
 from ..spec import parse_spec, resolved_yaml
 from ..spec.schema import JobSpec
 from ..storage import Mirror, Store, filesystem, is_uri, join, mirror_of, redact
 from .space import apply_config, parse_dist, to_param_space, tune_of
 
-
-def _log(msg: str) -> None:
-    print(f"[raytrain] {msg}", flush=True)
+log = get_logger(__name__)
 
 
 class ResourceError(RaytrainError):
@@ -224,7 +223,7 @@ def preflight(spec: JobSpec, prepared: PreparedData) -> None:
             f"trials need {max(per_rank) * min_workers * concurrent / 2**30:.2f} GiB but Ray has "
             f"{memory / 2**30:.2f} GiB"
         )
-    _log(f"preflight: a trial needs {need:g} of {total.get('CPU', 0):g} CPUs; largest tables "
+    log.info(f"preflight: a trial needs {need:g} of {total.get('CPU', 0):g} CPUs; largest tables "
          f"{max(per_rank) / 2**20:.1f} MiB per worker")
 
 
@@ -295,10 +294,10 @@ def _release(location: str) -> Any:
             try:
                 n = len(remove_trial_placement_groups(trial_location(location, trial.path)))
             except Exception as e:  # noqa: BLE001 - cleanup must never break the experiment
-                _log(f"could not release trial {trial.trial_id}'s placement group: {e}")
+                log.info(f"could not release trial {trial.trial_id}'s placement group: {e}")
                 return
             if n:
-                _log(f"released {n} placement group(s) of trial {trial.trial_id}")
+                log.info(f"released {n} placement group(s) of trial {trial.trial_id}")
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self._free(trial)
@@ -320,7 +319,7 @@ def release_run(location: str, trial_paths: list[str], timeout_s: float = 60) ->
         try:
             removed += remove_trial_placement_groups(trial_location(location, path))
         except Exception as e:  # noqa: BLE001 - a trial that never started has no record; cleanup never fails a run
-            _log(f"could not release the placement groups of {Path(str(path)).name}: {e}")
+            log.info(f"could not release the placement groups of {Path(str(path)).name}: {e}")
     deadline = time.time() + timeout_s
     while removed and time.time() < deadline:
         table = ray.util.placement_group_table()
@@ -380,14 +379,14 @@ def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = N
     console.attach(Path(run_dir) / "logs")
     if not restore:
         mirror.put("spec.yaml", resolved_yaml(spec))
-    _log(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if mirror.store else ""))
+    log.info(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if mirror.store else ""))
     t0 = time.time()
     init_ray(spec, address)  # first: validation, splitting and conversion fan out as Ray tasks
     prepared = mirror.share(prepare(spec.data, work_dir=str(run_dir)))  # on a URI run: data/ there too, for every node
     mirror.put("schema.json", prepared.schema.to_json())
     preflight(spec, prepared)
     t = tune_of(spec)
-    _log(f"tuning {len(t.space)} parameter(s) with {t.search.algorithm} + {t.scheduler.name}: "
+    log.info(f"tuning {len(t.space)} parameter(s) with {t.search.algorithm} + {t.scheduler.name}: "
          f"{t.num_samples} trials, {t.max_concurrent_trials} at a time, {spec.train.workers} workers each")
     data = prepared.to_dict()
     if spec.train.cross_validation is not None:
@@ -395,11 +394,11 @@ def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = N
 
         cv = spec.train.cross_validation
         data["folds"] = [f.to_dict() for f in fold_data(prepared, cv.folds, cv.seed, Path(run_dir) / "cv_data")]
-        _log(f"each trial runs {cv.folds} folds and reports their mean")
+        log.info(f"each trial runs {cv.folds} folds and reports their mean")
     results = _tuner(spec, data, location, restore=restore).fit()
     removed = release_run(location, [r.path for r in results if r.path])
     if removed:
-        _log(f"removed {len(removed)} placement group(s) left by this run's stopped trials")
+        log.info(f"removed {len(removed)} placement group(s) left by this run's stopped trials")
     from .report import write_report
 
     summary = write_report(spec, results, run_dir, location)

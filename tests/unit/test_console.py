@@ -23,6 +23,7 @@ def test_worker_lines_are_filed_and_only_raytrains_and_failures_are_shown(tmp_pa
     out = capsys.readouterr()
     assert out.out.splitlines() == ["[raytrain] epoch 1/5: train_loss 0.5 val_auc 0.77"]  # no step line off a tty
     assert "(pid=43) ValueError: boom" in out.err and "torch warning" not in out.err
+    c.detach()
     filed = (tmp_path / "logs" / "ray.log").read_text()
     for text in ("early line", "(RayTrainWorker pid=42) [TBE=1] Feature Gates", "step 31/156", "torch warning"):
         assert text in filed
