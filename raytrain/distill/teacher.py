@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -14,6 +13,7 @@ from ..data.batches import Batch
 from ..ensemble.combine import Combiner
 from ..ensemble.members import Member, load_member, score, top_trials
 from ..errors import CheckpointError
+from ..runs import newest_local_run
 
 
 @dataclass
@@ -52,19 +52,10 @@ class Teacher:
         return sum(int(sum(p.numel() * p.element_size() for p in m.model.module.parameters())) for m in self.members)
 
 
-def _newest(path: Path, marker: str) -> Path:
-    if (path / marker).exists():
-        return path
-    runs = sorted(p.parent for p in path.glob(f"*/{marker}"))
-    if not runs:
-        raise CheckpointError(f"{path}: no {marker} here or in its run directories")
-    return runs[-1]
-
-
 def load_teacher(cfg) -> Teacher:
     """From a distill spec's ``teacher`` section."""
     if cfg.ensemble is not None:
-        run = _newest(Path(cfg.ensemble).expanduser(), "ensemble.json")
+        run = newest_local_run(cfg.ensemble, "ensemble.json")
         doc = json.loads((run / "ensemble.json").read_text())
         if cfg.combine not in doc["combiners"]:
             raise CheckpointError(f"{run}: the ensemble has no {cfg.combine!r} combiner; it has "

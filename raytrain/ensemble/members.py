@@ -14,6 +14,7 @@ import torch
 from ..data import prepare
 from ..data.batches import Columns
 from ..errors import CheckpointError
+from ..runs import newest_run
 from ..storage import Store, join, materialize, redact
 from ..train.checkpoint import read_marker
 from ..train.export import LoadedModel, best_checkpoint_location, load_model
@@ -38,15 +39,9 @@ def best_checkpoint(run_dir: Path, metric: str = "val_auc", mode: str = "max") -
 def top_trials(tune_run_dir: str | Path, k: int) -> list[Path]:
     """Run directories of the k best trials of a tune run (by its leaderboard), best first; the trials of a tune
     run on a pyarrow.fs URI are downloaded into the local cache."""
-    location = str(tune_run_dir)
-    store = Store(location)  # a path or a URI, the same calls
-    if not store.exists("leaderboard.parquet"):  # <storage>/<name>: its newest finished run
-        runs = [d for d in store.dirs() if store.exists(f"{d}/leaderboard.parquet")]
-        if runs:
-            location = join(location, runs[-1])
-            store = Store(location)
-    if not store.exists("leaderboard.parquet"):
-        raise CheckpointError(f"{redact(location)}: no leaderboard.parquet (not a finished tune run)")
+    # the tune run itself, or <storage>/<name>: its newest finished run (a path or a URI, the same calls)
+    location = newest_run(str(tune_run_dir), "leaderboard.parquet")
+    store = Store(location)
     board = store.read_parquet("leaderboard.parquet")
     board = board[board["status"].isin(["completed", "stopped early"]) & board["path"].notna()]
     if len(board) < k:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from ..ensemble.members import best_checkpoint, member_name, top_trials
 from ..errors import CheckpointError
+from ..runs import newest_local_run
 from ..spec.schema import VariantSpec
-from ..storage import materialize
 
 
 @dataclass(frozen=True)
@@ -30,14 +30,9 @@ class ResolvedVariant:
 
 
 def newest(path: str | Path, marker: str) -> Path:
-    """``path`` itself if it holds ``marker``, else the newest run directory below it that does."""
-    p = materialize(path)  # a URI is downloaded into the local cache first
-    if (p / marker).exists():
-        return p
-    found = sorted(p.glob(f"**/{marker}"), key=lambda f: f.stat().st_mtime)
-    if not found:
-        raise CheckpointError(f"{p}: no {marker} in it or below it")
-    return found[-1].parent
+    """``path`` itself if it holds ``marker``, else the newest run directory below it that does (raytrain.runs);
+    a URI is downloaded into the local cache first."""
+    return newest_local_run(path, marker)
 
 
 def _ref(run_dir: str | Path, name: str) -> MemberRef:
