@@ -15,18 +15,14 @@ from pathlib import Path
 
 from .log import get_logger
 from .spec import resolved_yaml
-from .spec.loader import parse_spec
+from .spec.loader import derived, parse_spec
 from .spec.schema import JobSpec
 
 log = get_logger(__name__)
 
 
 def _step_spec(spec: JobSpec, kind: str, run_dir: Path, **sections) -> JobSpec:
-    doc = spec.model_dump(mode="json")
-    for key in ("tune", "ensemble", "distill", "pipeline", "bandit", "serve"):
-        doc.pop(key, None)
-    doc.update(kind=kind, name=kind, storage=str(run_dir))
-    doc.update({k: v for k, v in sections.items() if v is not None})
+    doc = derived(spec.model_dump(mode="json"), kind, name=kind, storage=str(run_dir), **sections)
     return parse_spec(doc, f"pipeline step {kind}")
 
 

@@ -76,7 +76,9 @@ def _format(err: Any) -> str:
     return f"{path}: {shown}{msg}"
 
 
-def _set(doc: dict, dotted: str, value: Any) -> None:
+def set_path(doc: dict, dotted: str, value: Any, what: str = "override") -> None:
+    """``doc[a][b][c] = value`` for ``dotted`` "a.b.c", creating missing sections; a value in the way is a
+    SpecError naming ``what`` (an override, a tune space entry, a student override)."""
     keys = dotted.split(".")
     node = doc
     for k in keys[:-1]:
@@ -84,9 +86,26 @@ def _set(doc: dict, dotted: str, value: Any) -> None:
         if child is None:
             child = node[k] = {}
         if not isinstance(child, dict):
-            raise SpecError(f"override {dotted}: {k!r} holds a value, not a section")
+            raise SpecError(f"{what} {dotted}: {k!r} holds a value, not a section")
         node = child
     node[keys[-1]] = value
+
+
+JOB_SECTIONS = ("tune", "ensemble", "distill", "pipeline", "bandit", "serve", "abtest")
+
+
+def derived(doc: dict, kind: str, **fields: Any) -> dict:
+    """A spec of another kind from ``doc`` (a spec as a dict): a copy without any kind's own section, with ``kind``
+    and ``fields`` (those given as None left out). A tune trial, a pipeline step and a distillation's student are
+    made this way."""
+    import copy
+
+    out = copy.deepcopy(doc)
+    for key in JOB_SECTIONS:
+        out.pop(key, None)
+    out["kind"] = kind
+    out.update({k: v for k, v in fields.items() if v is not None})
+    return out
 
 
 def _parse_value(raw: str) -> Any:
@@ -106,7 +125,7 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
             problems.append(f"override {item!r}: expected KEY.PATH=VALUE")
             continue
         try:
-            _set(doc, key.strip(), _parse_value(raw))
+            set_path(doc, key.strip(), _parse_value(raw))
         except SpecError as e:
             problems.extend(e.problems)
     if problems:

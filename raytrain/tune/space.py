@@ -10,7 +10,6 @@ choice) must make a valid spec.
 from __future__ import annotations
 
 import ast
-import copy
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -85,22 +84,13 @@ def parse_dist(text: Any) -> Dist:
     return Dist(kind, args)
 
 
-def set_path(doc: dict, dotted: str, value: Any) -> None:
-    node = doc
-    keys = dotted.split(".")
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-    node[keys[-1]] = value
-
-
 def apply_config(base: dict, config: dict[str, Any]) -> dict:
-    """The base spec (as a dict) with one trial's sampled values; kind becomes train."""
-    doc = copy.deepcopy(base)
-    doc["kind"] = "train"
-    for section in ("tune", "ensemble", "distill", "pipeline", "bandit"):  # a trial is a train run (in a pipeline too)
-        doc.pop(section, None)
+    """The base spec (as a dict) with one trial's sampled values; a trial is a train run (in a pipeline too)."""
+    from ..spec.loader import derived, set_path
+
+    doc = derived(base, "train")
     for key, value in config.items():
-        set_path(doc, key, value)
+        set_path(doc, key, value, what="tune.space")
     return doc
 
 
