@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,9 +10,8 @@ from scipy.special import logit
 
 from ..data.batches import Batch
 from ..ensemble.combine import Combiner
-from ..ensemble.members import Member, load_member, score, top_trials
+from ..ensemble.members import Member, load_member, read_ensemble, score, top_trials
 from ..errors import CheckpointError
-from ..runs import newest_local_run
 
 
 @dataclass
@@ -55,11 +53,7 @@ class Teacher:
 def load_teacher(cfg) -> Teacher:
     """From a distill spec's ``teacher`` section."""
     if cfg.ensemble is not None:
-        run = newest_local_run(cfg.ensemble, "ensemble.json")
-        doc = json.loads((run / "ensemble.json").read_text())
-        if cfg.combine not in doc["combiners"]:
-            raise CheckpointError(f"{run}: the ensemble has no {cfg.combine!r} combiner; it has "
-                                  f"{', '.join(doc['combiners'])}")
+        run, doc = read_ensemble(cfg.ensemble, cfg.combine, "distill.teacher.combine")
         members = [load_member(m["run_dir"], m["name"]) for m in doc["members"]]
         return Teacher(members, Combiner.from_dict(doc["combiners"][cfg.combine]), f"ensemble {run} ({cfg.combine})")
     if cfg.tune_run is not None:

@@ -49,6 +49,18 @@ def top_trials(tune_run_dir: str | Path, k: int) -> list[Path]:
     return [materialize(join(str(p), "run")) for p in board["path"].iloc[:k]]
 
 
+def read_ensemble(location: str | Path, combine: str, where: str) -> tuple[Path, dict]:
+    """An ensemble run (``location``, or the newest one below it): its directory and ensemble.json, which must have
+    the ``combine`` combiner (``where`` names the spec field asking for it)."""
+    from ..runs import newest_local_run
+
+    run = newest_local_run(location, "ensemble.json")
+    doc = json.loads((run / "ensemble.json").read_text())
+    if combine not in doc["combiners"]:
+        raise CheckpointError(f"{where}: {run} has no {combine!r} combiner (it has {', '.join(doc['combiners'])})")
+    return run, doc
+
+
 def member_name(run_dir: Path) -> str:
     """A run's short name: a tune trial's id (from _trial_<experiment>_<index>_<params...>), else the directory's."""
     base = run_dir.parent.name if run_dir.name == "run" else run_dir.name

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..ensemble.members import best_checkpoint, member_name, top_trials
+from ..ensemble.members import best_checkpoint, member_name, read_ensemble, top_trials
 from ..errors import CheckpointError
 from ..runs import newest_local_run
 from ..spec.schema import VariantSpec
@@ -42,11 +41,7 @@ def _ref(run_dir: str | Path, name: str) -> MemberRef:
 
 def resolve(name: str, v: VariantSpec) -> ResolvedVariant:
     if v.ensemble is not None:
-        run = newest(v.ensemble, "ensemble.json")
-        doc = json.loads((run / "ensemble.json").read_text())
-        if v.combine not in doc["combiners"]:
-            raise CheckpointError(f"serve.variants.{name}: {run} has no {v.combine!r} combiner "
-                                  f"(it has {', '.join(doc['combiners'])})")
+        run, doc = read_ensemble(v.ensemble, v.combine, f"serve.variants.{name}")
         members = [MemberRef(m["name"], m["run_dir"], m["checkpoint"]) for m in doc["members"]]
         return ResolvedVariant(name, members, doc["combiners"][v.combine], f"ensemble {run} ({v.combine})")
     if v.tune_run is not None:
