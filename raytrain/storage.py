@@ -43,15 +43,15 @@ def join(location: str, *parts: str) -> str:
     return f"{out}{sep}{query}"
 
 
-_SECRET_QUERY = re.compile(r"secret|token|key|password|passwd|session|credential|signature|sig$", re.I)
+_SECRET_WORDS = "secret|token|key|password|passwd|session|credential|signature|sig"
+_SECRET_QUERY = re.compile(rf"(?:{_SECRET_WORDS})", re.I)  # a query key holding a credential
 CREDENTIALS_ENV = "RAYTRAIN_STORAGE_CREDENTIALS"
 
 
 def redact(location: str) -> str:
     """A URI fit for logs: no user:password and no query values that look like secrets."""
     s = re.sub(r"://[^/@?]*@", "://***@", str(location))
-    return re.sub(r"((?:secret|token|key|password|passwd|session|credential|signature|sig)[a-z_]*=)[^&]*", r"\1***",
-                  s, flags=re.I)
+    return re.sub(rf"((?:{_SECRET_WORDS})[a-z_]*=)[^&]*", r"\1***", s, flags=re.I)
 
 
 def _split(location: str) -> tuple[str, str, dict[str, str]]:
@@ -104,7 +104,7 @@ def has_credentials(location: str) -> bool:
     return is_uri(location) and _split(location)[0] != location
 
 
-def _with_credentials(location: str) -> str:
+def with_credentials(location: str) -> str:
     from urllib.parse import urlencode
 
     creds = _registered().get(_key(location))
@@ -118,7 +118,7 @@ def _with_credentials(location: str) -> str:
     return f"{scheme}://{rest}"
 
 
-def _from_uri(location: str):
+def open_uri(location: str):
     import pyarrow.fs as pafs
 
     try:
@@ -135,97 +135,15 @@ def filesystem(location: str):
     if not is_uri(location):
         return pafs.LocalFileSystem(), str(Path(str(location).removeprefix("file://")).expanduser().resolve())
     location = adopt(location)
-    full = _with_credentials(location)
-    fs, path = _from_uri(full)
+    full = with_credentials(location)
+    fs, path = open_uri(full)
     if full == location:
         return fs, path
-    return pafs.PyFileSystem(_Resolving(location, fs)), path
+    from .credentials_fs import ResolvingHandler
+
+    return pafs.PyFileSystem(ResolvingHandler(location, fs)), path
 
 
-def _resolving_handler():
-    import pyarrow.fs as pafs
-
-    class Resolving(pafs.FileSystemHandler):
-        """Delegates to the filesystem of ``location`` with credentials from the environment of the process using it."""
-
-        def __init__(self, location: str, fs=None):
-            self.location, self._fs = location, fs
-
-        def __reduce__(self):
-            return _Resolving, (self.location,)
-
-        def __eq__(self, other):
-            return isinstance(other, type(self)) and other.location == self.location
-
-        def __ne__(self, other):
-            return not self == other
-
-        @property
-        def fs(self):
-            if self._fs is None:
-                full = _with_credentials(self.location)
-                if full == self.location:
-                    raise PermissionError(f"storage {self.location}: its credentials were given in the URI to the "
-                                          f"driver, and this process has none ({CREDENTIALS_ENV} is not set here)")
-                self._fs = _from_uri(full)[0]
-            return self._fs
-
-        def get_type_name(self):
-            return f"raytrain+{self.fs.type_name}"
-
-        def normalize_path(self, path):
-            return self.fs.normalize_path(path)
-
-        def get_file_info(self, paths):
-            return self.fs.get_file_info(paths)
-
-        def get_file_info_selector(self, selector):
-            return self.fs.get_file_info(selector)
-
-        def create_dir(self, path, recursive):
-            self.fs.create_dir(path, recursive=recursive)
-
-        def delete_dir(self, path):
-            self.fs.delete_dir(path)
-
-        def delete_dir_contents(self, path, missing_dir_ok=False):
-            self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
-
-        def delete_root_dir_contents(self):
-            self.fs.delete_dir_contents("/", accept_root_dir=True)
-
-        def delete_file(self, path):
-            self.fs.delete_file(path)
-
-        def move(self, src, dest):
-            self.fs.move(src, dest)
-
-        def copy_file(self, src, dest):
-            self.fs.copy_file(src, dest)
-
-        def open_input_stream(self, path):
-            return self.fs.open_input_stream(path)
-
-        def open_input_file(self, path):
-            return self.fs.open_input_file(path)
-
-        def open_output_stream(self, path, metadata):
-            return self.fs.open_output_stream(path, metadata=metadata)
-
-        def open_append_stream(self, path, metadata):
-            return self.fs.open_append_stream(path, metadata=metadata)
-
-    return Resolving
-
-
-def _Resolving(location: str, fs=None):  # noqa: N802 - a class made on first use (pyarrow imported lazily)
-    global _RESOLVING
-    if _RESOLVING is None:
-        _RESOLVING = _resolving_handler()
-    return _RESOLVING(location, fs)
-
-
-_RESOLVING = None
 
 
 class Store:

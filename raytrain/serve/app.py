@@ -336,12 +336,13 @@ class Ingress:
 
     async def _log_requests(self, rid: str, endpoint: str, variants: list[str], forced: bool, users: list,
                             items: list, decisions: list[dict] | None = None) -> None:
-        """One request-log row per (request, user): the variant that served the user, and the items scored or shown
-        to them (what /feedback can reward and an A/B analysis counts); and the exploring decisions, if any."""
+        """One request-log row per (request, user) from parallel lists (a variant, user and item or items per row):
+        the items scored or shown to each user (what /feedback can reward, what abtest counts); and the exploring
+        decisions, if any."""
         if self.decision_log is None:
             return
         per_user: dict[str, tuple[str, list[int]]] = {}
-        for variant, user, item in zip(variants * len(users) if len(variants) == 1 else variants, users, items):
+        for variant, user, item in zip(variants, users, items):
             entry = per_user.setdefault(str(user), (variant, []))
             entry[1].extend(i for i in (item if isinstance(item, list) else [item])
                             if isinstance(i, int) and not isinstance(i, bool) and -2**63 <= i < 2**63)

@@ -96,9 +96,7 @@ class DecisionLog:
                  clock=time.time):
         self.dir = Path(log_dir)
         self.flush_s, self.window_s, self.max_open, self.clock = flush_s, window_s, max_open, clock
-        self.decisions: list[dict] = []
-        self.requests: list[dict] = []
-        self.feedback: list[dict] = []
+        self.pending: dict[str, list[dict]] = {kind: [] for kind in SCHEMAS}  # rows not yet written, per log
         # the open requests, oldest first: request id -> (time, the items shown or scored, in order)
         self.open: OrderedDict[str, tuple[float, tuple[int, ...]]] = OrderedDict()
         self.restored = self._restore()
@@ -141,16 +139,12 @@ class DecisionLog:
             self.flush()
 
     def flush(self) -> int:
-        n = len(self.decisions) + len(self.requests) + len(self.feedback)
-        if self.decisions:
-            rows, self.decisions = self.decisions, []
-            _write(rows, DECISION_SCHEMA, self.dir / "decisions", self.clock())
-        if self.requests:
-            rows, self.requests = self.requests, []
-            _write(rows, REQUEST_SCHEMA, self.dir / "requests", self.clock())
-        if self.feedback:
-            rows, self.feedback = self.feedback, []
-            _write(rows, FEEDBACK_SCHEMA, self.dir / "feedback", self.clock())
+        n = 0
+        for kind, schema in SCHEMAS.items():
+            rows, self.pending[kind] = self.pending[kind], []
+            if rows:
+                _write(rows, schema, self.dir / kind, self.clock())
+                n += len(rows)
         return n
 
     async def log(self, decisions: list[dict], requests: list[dict]) -> None:
@@ -160,8 +154,8 @@ class DecisionLog:
         if requests:
             self._open(requests[0]["request_id"], requests[0]["time"],
                        tuple(i for r in requests for i in r["items"]))
-        self.decisions.extend(decisions)
-        self.requests.extend(requests)
+        self.pending["decisions"].extend(decisions)
+        self.pending["requests"].extend(requests)
 
     async def record_feedback(self, request_id, item, reward) -> tuple[int, str]:
         """(HTTP status, message): 200 when recorded; 404 for an unknown request id or one older than the feedback
@@ -175,8 +169,8 @@ class DecisionLog:
         slate = list(entry[1])
         if item not in slate:
             return 422, f"item_id: {item!r} was not among request {request_id}'s items {slate[:20]}"
-        self.feedback.append({"request_id": request_id, "item": item, "position": slate.index(item),
-                              "reward": float(reward), "time": time.time()})
+        self.pending["feedback"].append({"request_id": request_id, "item": item, "position": slate.index(item),
+                                         "reward": float(reward), "time": time.time()})
         return 200, "recorded"
 
     def stats(self) -> dict:

@@ -67,12 +67,14 @@ class _MetadataUnpickler(pickle.Unpickler):
 
 
 class _SafeReader(FileSystemReader):
+    """DCP's reader with the metadata ``load_state`` already read through ``_MetadataUnpickler`` (read once)."""
+
+    def __init__(self, path: str, metadata) -> None:
+        super().__init__(path)
+        self.metadata = metadata
+
     def read_metadata(self, *args, **kwargs):
-        path = self._get_metadata_path(kwargs.get("rank"))
-        with self.fs.create_stream(path, "rb") as f:
-            metadata = _MetadataUnpickler(f, str(self.path)).load()
-        if not isinstance(metadata, dcp.Metadata):
-            raise CheckpointError(f"{self.path}/{METADATA}: not DCP metadata ({type(metadata).__name__})")
+        metadata = self.metadata
         if metadata.storage_meta is None:
             metadata.storage_meta = dcp.metadata.StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -97,11 +99,12 @@ class _SafePlanner(DefaultLoadPlanner):
 def load_state(state: dict, directory: str | Path) -> None:
     """DCP load of ``state`` in place from ``directory``, without running code from the checkpoint. Its metadata
     is checked first, here, so a refusal is raised as it is (inside ``dcp.load`` it would be wrapped)."""
-    with Store(directory).fs.open_input_stream(Store(directory).path(METADATA)) as f:
-        metadata = _MetadataUnpickler(f, redact(str(directory))).load()
+    store, where = Store(directory), redact(str(directory))
+    with store.fs.open_input_stream(store.path(METADATA)) as f:
+        metadata = _MetadataUnpickler(f, where).load()
     if not isinstance(metadata, dcp.Metadata):
-        raise CheckpointError(f"{redact(str(directory))}/{METADATA}: not DCP metadata ({type(metadata).__name__})")
-    dcp.load(state, storage_reader=_SafeReader(str(directory)), planner=_SafePlanner())
+        raise CheckpointError(f"{where}/{METADATA}: not DCP metadata ({type(metadata).__name__})")
+    dcp.load(state, storage_reader=_SafeReader(str(directory), metadata), planner=_SafePlanner())
 
 
 def _state(sharded) -> dict:

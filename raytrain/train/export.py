@@ -30,19 +30,24 @@ class LoadedModel:
     epoch: int
 
 
-def checkpoint_locations(run: str | Path) -> list[str]:
-    """Checkpoints of a run (a path or a pyarrow.fs URI) that finished writing (marker present), oldest first."""
+def complete_markers(run: str | Path, experiment: str = "ray") -> list[tuple[str, dict]]:
+    """(location, marker) of each complete epoch-end checkpoint of a run (a path or a pyarrow.fs URI) in its
+    ``experiment`` folder, oldest first; each marker read once."""
     out = []
-    for name in Store(run).dirs("ray"):
+    for name in Store(run).dirs(experiment):
         if not name.startswith("epoch_"):
             continue
-        location = join(str(run), "ray", name)
+        location = join(str(run), experiment, name)
         try:
-            read_marker(location)
-            out.append(location)
+            out.append((location, read_marker(location)))
         except CheckpointError:
             continue
     return out
+
+
+def checkpoint_locations(run: str | Path) -> list[str]:
+    """Checkpoints of a run (a path or a pyarrow.fs URI) that finished writing, oldest first."""
+    return [location for location, _ in complete_markers(run)]
 
 
 def best_checkpoint_location(run: str | Path, metric: str = "val_auc", mode: str = "max") -> str | None:
@@ -50,11 +55,11 @@ def best_checkpoint_location(run: str | Path, metric: str = "val_auc", mode: str
     recorded it); None when there is none. Mid-epoch checkpoints score -inf and so are never the best."""
     import math
 
-    found = checkpoint_locations(run)
-    scored = [(read_marker(c).get("metrics", {}).get(metric), c) for c in found]
+    found = complete_markers(run)
+    scored = [(info.get("metrics", {}).get(metric), location) for location, info in found]
     scored = [(v, c) for v, c in scored if v is not None and math.isfinite(v)]
     if not scored:
-        return found[-1] if found else None
+        return found[-1][0] if found else None
     return (max if mode == "max" else min)(scored, key=lambda vc: vc[0])[1]
 
 

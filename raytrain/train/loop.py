@@ -19,9 +19,10 @@ from ..errors import CheckpointError
 from ..log import get_logger
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank, summarize_plan
 from ..spec.schema import JobSpec
-from ..storage import Store, is_uri, join, redact
+from ..storage import Store, is_uri, redact
 from . import checkpoint as ckpt
 from .distributed import shard_model
+from .export import complete_markers
 from .loaders import EvalData, TrainData
 from .metrics import evaluate
 
@@ -99,9 +100,8 @@ def _train_epoch(sharded, data: TrainData, epoch: int, device, rank: int, epochs
 
 def _save(spec: JobSpec, store: Store, sharded, name: str, epoch: int, metrics: dict, step: int | None = None,
           before_report=None) -> None:
-    """A sharded checkpoint registered with Ray Train once every rank reported it. ``before_report(directory)``: more
-    metrics computed after the checkpoint's files are written (``directory``: where they are on this node) and sent
-    in the same report."""
+    """A sharded checkpoint registered with Ray Train once every rank reported it. ``before_report()``: more metrics,
+    computed after the checkpoint's files are written and sent in the same report."""
     if store.remote:
         # every rank saves its shards locally and Ray uploads them: the files of all ranks are merged
         # into one checkpoint directory on the URI, registered once every rank has reported
@@ -128,14 +128,7 @@ def _best_checkpoint(store: Store, current: dict) -> tuple[float, int, str | Non
     root = store.root.rstrip("/")
     rel = experiment[len(root) + 1:] if experiment.startswith(root + "/") else "ray"
     best: tuple[float, int, str | None] = (float(current["val_auc"]), int(current["epoch"]), None)
-    for name in store.dirs(rel):
-        if not name.startswith("epoch_"):
-            continue
-        location = join(store.location, rel, name)
-        try:
-            info = ckpt.read_marker(location)
-        except CheckpointError:
-            continue
+    for location, info in complete_markers(store.location, rel):
         auc, epoch = info.get("metrics", {}).get("val_auc"), int(info["epoch"]) + 1
         if auc is not None and epoch != best[1] and (auc, epoch) > best[:2]:
             best = (float(auc), epoch, location)

@@ -69,11 +69,9 @@ def _trial(config: dict, base: dict, data: dict, location: str) -> None:
 def _cv_trial(spec: JobSpec, run: str, folds: list[dict]) -> None:
     """A cross-validated trial: every fold a TorchTrainer run in ``<trial run>/fold_<i>``, then each epoch's mean
     over folds reported to Tune (test metrics: the folds' mean at their best checkpoints, with the last epoch)."""
-    import statistics
-
     import ray.tune
 
-    from ..train.crossval import fold_epochs
+    from ..train.crossval import fold_epochs, summarize
     from ..train.runner import make_trainer
 
     runs = []
@@ -84,13 +82,12 @@ def _cv_trial(spec: JobSpec, run: str, folds: list[dict]) -> None:
             raise result.error
         runs.append(Path(fold_run))
     rows = fold_epochs(runs)
-    tests = [json.loads((r / "metrics" / "test.json").read_text()) for r in runs]
+    tests = summarize([json.loads((r / "metrics" / "test.json").read_text()) for r in runs])
     for row in rows[:-1]:
         ray.tune.report(row)
     last = dict(rows[-1])
     for key in ("test_auc", "test_logloss"):
-        last[key] = statistics.fmean(t[key] for t in tests)
-        last[f"{key}_std"] = statistics.pstdev(t[key] for t in tests)
+        last[key], last[f"{key}_std"] = tests[f"{key}_mean"], tests[f"{key}_std"]
     ray.tune.report(last)
 
 
@@ -294,7 +291,7 @@ def _release(location: str) -> Any:
             try:
                 n = len(remove_trial_placement_groups(trial_location(location, trial.path)))
             except Exception as e:  # noqa: BLE001 - cleanup must never break the experiment
-                log.info(f"could not release trial {trial.trial_id}'s placement group: {e}")
+                log.warning(f"could not release trial {trial.trial_id}'s placement group: {e}")
                 return
             if n:
                 log.info(f"released {n} placement group(s) of trial {trial.trial_id}")
@@ -319,7 +316,7 @@ def release_run(location: str, trial_paths: list[str], timeout_s: float = 60) ->
         try:
             removed += remove_trial_placement_groups(trial_location(location, path))
         except Exception as e:  # noqa: BLE001 - a trial that never started has no record; cleanup never fails a run
-            log.info(f"could not release the placement groups of {Path(str(path)).name}: {e}")
+            log.warning(f"could not release the placement groups of {Path(str(path)).name}: {e}")
     deadline = time.time() + timeout_s
     while removed and time.time() < deadline:
         table = ray.util.placement_group_table()
