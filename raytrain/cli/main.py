@@ -60,47 +60,15 @@ def cmd_plan(args) -> int:
 
 
 def run_spec(spec, address: str | None) -> None:
-    """Run a validated spec here (also the entrypoint of a submitted job); then track it (raytrain.tracking)."""
-    if spec.kind == "serve":
-        from ..serve.runner import run_serve
+    """Run a validated spec here (also the entrypoint of a submitted job): its kind's runner from the registry
+    (raytrain.kinds); then track the result (raytrain.tracking)."""
+    from ..kinds import kind_of
 
-        run_serve(spec, address=address)
-        return
-    if spec.kind == "bandit":
-        from ..bandit.runner import run_bandit
+    summary = kind_of(spec).run(spec, address)
+    if summary is not None:  # a serve job serves until stopped
+        from ..tracking import record
 
-        summary = run_bandit(spec)
-    elif spec.kind == "abtest":
-        from ..abtest import run_abtest
-
-        summary = run_abtest(spec)
-    elif spec.kind == "pipeline":
-        from ..pipeline import run_pipeline
-
-        summary = run_pipeline(spec, address=address)
-    elif spec.kind == "distill":
-        from ..distill.runner import run_distill
-
-        summary = run_distill(spec, address=address)
-    elif spec.kind == "ensemble":
-        from ..ensemble.runner import run_ensemble
-
-        summary = run_ensemble(spec)
-    elif spec.kind == "tune":
-        from ..tune.runner import run_tune
-
-        summary = run_tune(spec, address=address)
-    elif spec.train.cross_validation is not None:
-        from ..train.crossval import run_cross_validation
-
-        summary = run_cross_validation(spec, address=address)
-    else:
-        from ..train.runner import run_train
-
-        summary = run_train(spec, address=address)
-    from ..tracking import record
-
-    record(spec, summary)
+        record(spec, summary)
 
 
 def cmd_run(args) -> int:

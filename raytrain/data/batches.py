@@ -49,7 +49,7 @@ class Batch:
 def binarise(label: np.ndarray, rule: str | None) -> np.ndarray:
     if rule is None:
         return label.astype(np.float32)
-    from ..spec.schema import LabelSpec
+    from ..spec.sections import LabelSpec
 
     return LabelSpec(positive_if=rule).binarise(label)
 

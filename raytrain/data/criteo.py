@@ -24,7 +24,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from ..errors import DataError
-from ..spec.schema import _KAGGLE
+from ..spec.sections import _KAGGLE
 from .schema import FeatureSchema, SparseFeature
 
 LABEL = "label"

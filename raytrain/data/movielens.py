@@ -40,6 +40,8 @@ FEATURES = [
     ("release_year", "item", False),
 ]
 DENSE = ["age_scaled", "year_scaled"]
+DENSE_GROUPS: dict[str, Group] = {"age_scaled": "user", "year_scaled": "item", "user_mean_rating": "user",
+                                  "item_mean_rating": "item", "user_log_count": "user", "item_log_count": "item"}
 # computed from the training split only (see history_features)
 HISTORY = ["user_mean_rating", "item_mean_rating", "user_log_count", "item_log_count"]
 HISTORY_LISTS = ["user_rated_items", "user_liked_items"]
@@ -209,6 +211,8 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
         schema = FeatureSchema(
             sparse=tuple(SparseFeature(n, card[n], mv, cast(Group, g)) for n, g, mv in features),
             dense=tuple(dense),
+            dense_groups={d: DENSE_GROUPS[d] for d in dense},
+            seen_items="user_rated_items" if data_spec.history_features else None,
             label="label",
             timestamp="timestamp",
             info={

@@ -33,6 +33,7 @@ def schema_for(data_spec) -> FeatureSchema:
     return FeatureSchema(
         sparse=tuple(sparse),
         dense=tuple(cols.dense),
+        dense_groups={d: group(d) for d in cols.dense if group(d) != "context"},
         label=data_spec.label.column,
         timestamp=cols.timestamp,
         positive_if=data_spec.label.positive_if,

@@ -31,6 +31,11 @@ class FeatureSchema:
     label: str = "label"
     timestamp: str | None = None
     positive_if: str | None = None  # label rule applied when batches are built (parquet sources)
+    # which dense columns describe the user or the item (the rest are context: a request must send them); sparse
+    # features carry their group themselves. Serving's feature store fills user and item features in from these.
+    dense_groups: dict[str, Group] = field(default_factory=dict)
+    # a user feature listing the items each user has interacted with (a /recommend can exclude them), if any
+    seen_items: str | None = None
     # free-form facts about the source (row counts, how the label was made), shown in run dirs
     info: dict = field(default_factory=dict, compare=False)
 
@@ -44,6 +49,12 @@ class FeatureSchema:
                 return f
         raise KeyError(name)
 
+    def group_of(self, name: str) -> Group:
+        """The group of a sparse or dense feature: user, item or context."""
+        if name in self.dense:
+            return self.dense_groups.get(name, "context")
+        return self.feature(name).group
+
     def columns(self) -> list[str]:
         cols = [f.name for f in self.sparse] + list(self.dense) + [self.label]
         return cols
@@ -55,6 +66,8 @@ class FeatureSchema:
             "label": self.label,
             "timestamp": self.timestamp,
             "positive_if": self.positive_if,
+            "dense_groups": dict(self.dense_groups),
+            "seen_items": self.seen_items,
             "info": self.info,
         }
 
@@ -66,6 +79,8 @@ class FeatureSchema:
             label=d.get("label", "label"),
             timestamp=d.get("timestamp"),
             positive_if=d.get("positive_if"),
+            dense_groups=dict(d.get("dense_groups", {})),
+            seen_items=d.get("seen_items"),
             info=dict(d.get("info", {})),
         )
 

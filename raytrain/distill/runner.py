@@ -20,9 +20,9 @@ import torch
 from ..data import prepare
 from ..data.batches import TEACHER_COLUMN, Columns
 from ..ensemble.members import load_member, score, split_table
+from ..kinds import JobSpec
 from ..log import get_logger
 from ..spec.loader import derived, parse_spec, set_path
-from ..spec.schema import JobSpec
 from ..storage import Mirror
 from ..train.metrics import binary_metrics
 from .teacher import Teacher, load_teacher

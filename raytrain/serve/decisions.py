@@ -75,6 +75,19 @@ def read_log(log_dir: str | Path, kind: str) -> pa.Table:
     return pa.concat_tables([_read(f, schema) for f in files]) if files else schema.empty_table()
 
 
+def request_rows(rid: str, endpoint: str, variants: list[str], forced: bool, users: list, items: list) -> list[dict]:
+    """One request-log row per (request, user) from parallel lists (a variant, user and item or items per row): the
+    items scored or shown to each user (what /feedback can reward, what abtest counts)."""
+    per_user: dict[str, tuple[str, list[int]]] = {}
+    for variant, user, item in zip(variants, users, items):
+        entry = per_user.setdefault(str(user), (variant, []))
+        entry[1].extend(i for i in (item if isinstance(item, list) else [item])
+                        if isinstance(i, int) and not isinstance(i, bool) and -2**63 <= i < 2**63)
+    now = time.time()
+    return [{"request_id": rid, "time": now, "endpoint": endpoint, "variant": v, "forced": forced, "user": u,
+             "items": its} for u, (v, its) in per_user.items()]
+
+
 def _read(path: Path, schema: pa.Schema) -> pa.Table:
     t = pq.read_table(path)
     if "forced" in schema.names and "forced" not in t.column_names:  # written before forced requests were marked

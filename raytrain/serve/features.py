@@ -3,9 +3,9 @@
 A client sends the user and item ids of each row and may send any other feature; the feature store fills
 in the rest from the prepared data the models were trained on: a user's features from the user's latest row
 (validation and test rows come after training rows, so their history features cover the whole training
-split), an item's from the item's latest row. Which dense column belongs to the user or to the item is read
-off the data: a column constant for every user across the validation and test rows is a user feature, one
-constant for every item an item feature; anything else is a context feature the client must send.
+split), an item's from the item's latest row. Which features belong to the user or to the item is declared by the
+data source in the feature schema (``SparseFeature.group``, ``FeatureSchema.dense_groups``; for parquet, the spec's
+``data.columns.user_features`` and ``item_features``); anything else is a context feature the client must send.
 
 Out-of-vocabulary ids (documented in docs/serving.md): an id outside ``[0, cardinality)`` is mapped to the
 reserved unknown id 0 with policy ``unknown`` (and counted in the reply) or refused with policy ``reject``.
@@ -48,9 +48,8 @@ def _key(schema: FeatureSchema, group: str, preferred: str) -> str | None:
 
 
 class FeatureStore:
-    def __init__(self, schema: FeatureSchema, table: pa.Table, recent: pa.Table, user_key: str = "user_id",
-                 item_key: str = "item_id"):
-        """``table``: all prepared rows, oldest split first; ``recent``: the validation and test rows."""
+    def __init__(self, schema: FeatureSchema, table: pa.Table, user_key: str = "user_id", item_key: str = "item_id"):
+        """``table``: all prepared rows, oldest split first (each user's and item's latest row is its features)."""
         self.schema = schema
         user, item = _key(schema, "user", user_key), _key(schema, "item", item_key)
         if user is None or item is None:
@@ -60,8 +59,8 @@ class FeatureStore:
         self.card = {f.name: f.cardinality for f in schema.sparse}
         self.multi = {f.name for f in schema.sparse if f.multi_valued}
         self.group: dict[str, str] = {f.name: f.group for f in schema.sparse}
-        for d in schema.dense:
-            self.group[d] = self._dense_group(recent, d)
+        for d in schema.dense:  # declared by the source (parquet: data.columns.user_features / item_features)
+            self.group[d] = schema.group_of(d)
         self.values: dict[str, object] = {}
         self.known: dict[str, np.ndarray] = {}
         for key, group in ((self.user_key, "user"), (self.item_key, "item")):
@@ -90,19 +89,6 @@ class FeatureStore:
                     arr[where] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
                     self.values[name] = arr
         self.known_items = np.flatnonzero(self.known["item"])
-
-    def _dense_group(self, recent: pa.Table, col: str) -> str:
-        vals = np.asarray(recent.column(col).to_numpy(zero_copy_only=False), dtype=np.float64)
-        for group, key in (("user", self.user_key), ("item", self.item_key)):
-            ids = np.asarray(recent.column(key).to_numpy(), dtype=np.int64)
-            lo = np.full(self.card[key], np.inf)
-            hi = np.full(self.card[key], -np.inf)
-            np.minimum.at(lo, ids, vals)
-            np.maximum.at(hi, ids, vals)
-            seen = np.isfinite(lo)
-            if np.allclose(lo[seen], hi[seen], rtol=0, atol=1e-6):
-                return group
-        return "context"
 
     def features(self, group: str) -> list[str]:
         names = [f.name for f in self.schema.sparse] + list(self.schema.dense)

@@ -11,9 +11,9 @@ import urllib.request
 from pathlib import Path
 
 from .. import console
+from ..kinds import JobSpec
 from ..log import get_logger
 from ..spec import resolved_yaml
-from ..spec.schema import JobSpec
 from .sources import ResolvedVariant, resolve
 
 log = get_logger(__name__)

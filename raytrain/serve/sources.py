@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..ensemble.members import best_checkpoint, member_name, read_ensemble, top_trials
 from ..errors import CheckpointError
+from ..kinds.serve import VariantSpec
 from ..runs import newest_local_run
-from ..spec.schema import VariantSpec
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import types
 import typing
 from pathlib import Path
@@ -12,13 +11,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError
+from ..kinds import JobSpec
 from ..storage import adopt, is_uri, redact
-from .schema import CUDA_ONLY_SHARDING, ESTIMATORS, IMPLEMENTED_KINDS, STEPS, BanditSpec, JobSpec
-
-
-def _suggest(word: str, choices: list[str]) -> str:
-    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
+from .training import suggest, training_checks
 
 
 def _unwrap(tp: Any) -> list[Any]:
@@ -59,13 +54,13 @@ def _format(err: Any) -> str:
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1])
         allowed = sorted(model.model_fields) if model else []
-        hint = _suggest(loc[-1], allowed) if allowed else ""
+        hint = suggest(loc[-1], allowed) if allowed else ""
         return f"{path}: unknown key{hint}; allowed keys: {', '.join(allowed)}"
     if kind in ("literal_error", "enum"):
         expected = err.get("ctx", {}).get("expected", "")
         choices = [c.strip().strip("'") for c in expected.replace(" or ", ",").split(",") if c.strip()]
         return (
-            f"{path}: {err['input']!r} is not allowed{_suggest(err['input'], choices)}; "
+            f"{path}: {err['input']!r} is not allowed{suggest(err['input'], choices)}; "
             f"allowed values: {', '.join(choices)}"
         )
     if kind == "missing":
@@ -133,148 +128,40 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
     return doc
 
 
-def _semantic_checks(spec: JobSpec) -> list[str]:
-    """Checks that span sections (the schema checks each section on its own)."""
-    from ..data import declared_features
+def _semantic_checks(spec: Any) -> list[str]:
+    """Checks that span sections (the schema checks each section on its own): which kinds' sections the spec may
+    have, then each kind's own checks (``raytrain.kinds``), then the data / model / train checks."""
+    from ..kinds import KINDS
+    from ..kinds.pipeline import steps_of
 
-    problems = []
-    if spec.kind not in IMPLEMENTED_KINDS:
-        problems.append(
-            f"kind: {spec.kind!r} is not available in this version; available: {', '.join(IMPLEMENTED_KINDS)}"
-        )
-    steps = (spec.pipeline.steps if spec.pipeline is not None else ["tune", "ensemble", "distill"]) \
-        if spec.kind == "pipeline" else [spec.kind]
-    if spec.pipeline is not None and spec.kind != "pipeline":
-        problems.append("pipeline: only for kind pipeline")
-    if spec.kind == "pipeline":
-        if len(set(steps)) != len(steps) or steps != sorted(steps, key=STEPS.index):
-            problems.append(f"pipeline.steps: {steps}: each step once, in the order {', '.join(STEPS)}")
-        for name in ("tune", "ensemble", "distill", "serve"):
-            if getattr(spec, name) is not None and name not in steps:
-                problems.append(f"{name}: the pipeline has no {name} step (steps: {', '.join(steps)})")
+    kind = KINDS[spec.kind]
+    steps = steps_of(spec)
     what = "step" if spec.kind == "pipeline" else "spec"
-    if "tune" in steps:
-        if spec.tune is None:
-            problems.append(f"tune: a tune {what} needs a 'tune' section (metric, search, scheduler, space)")
+    problems = []
+    for name in steps:
+        k = KINDS[name]
+        if k.section is not None and getattr(spec, k.section) is None and k.needs:
+            article = "an" if name[0] in "aeiou" else "a"
+            problems.append(f"{name}: {article} {name} {what} needs {article} '{name}' section ({k.needs})")
+        elif k.checks is not None:
+            problems += k.checks(spec, steps)
+    if spec.kind == "pipeline" and kind.checks is not None:
+        problems += kind.checks(spec, steps)
+    for name, k in KINDS.items():
+        if k.section is None or getattr(spec, k.section) is None or name in steps or name == spec.kind:
+            continue
+        if spec.kind == "pipeline" and k.step is not None:
+            problems.append(f"{name}: the pipeline has no {name} step (steps: {', '.join(steps)})")
         else:
-            from ..tune.space import check_space
-
-            problems += check_space(spec)
-    elif spec.tune is not None and spec.kind == "train":
-        problems.append("tune: only for kind tune or pipeline")
-    if spec.train.checkpoint.every_steps is not None and any(s in steps for s in ("tune", "distill")):
-        # a mid-epoch report would count as a training iteration for Tune's schedulers
-        problems.append("train.checkpoint.every_steps: mid-epoch checkpoints are for kind train only")
-    if "ensemble" in steps:
-        if spec.ensemble is None:
-            problems.append(f"ensemble: an ensemble {what} needs an 'ensemble' section (tune_run and top_k, or runs)")
-        elif spec.kind == "pipeline" and "tune" in steps:
-            if spec.ensemble.tune_run is not None or spec.ensemble.runs:
-                problems.append("ensemble: in a pipeline with a tune step the members are its top trials; "
-                                "remove tune_run / runs")
-        else:
-            problems += spec.ensemble.source_problems()
-    if "distill" in steps:
-        if spec.distill is None:
-            problems.append(f"distill: a distill {what} needs a 'distill' section (teacher, student, alpha, temperature)")
-        else:
-            given = spec.distill.teacher.given()
-            fed = spec.kind == "pipeline" and any(s in steps for s in ("train", "tune", "ensemble"))
-            if fed and given:
-                problems.append(f"distill.teacher: the pipeline's earlier step is the teacher; remove {', '.join(given)}")
-            elif not fed and len(given) != 1:
-                problems.append("distill.teacher: give exactly one of 'ensemble', 'run' or 'tune_run' "
-                                f"(got {', '.join(given) or 'none'})")
-    if "serve" in steps:
-        if spec.serve is None:
-            problems.append(f"serve: a serve {what} needs a 'serve' section (variants, traffic, replicas, batching)")
-        else:
-            for name, v in spec.serve.variants.items():
-                if v.step is not None and spec.kind != "pipeline":
-                    problems.append(f"serve.variants.{name}.step: only in a pipeline; give a run path instead")
-                elif v.step is not None and v.step not in steps[:steps.index("serve")]:
-                    problems.append(f"serve.variants.{name}.step: {v.step!r} is not an earlier step of this pipeline "
-                                    f"({', '.join(steps)})")
-    elif spec.serve is not None:
-        problems.append("serve: only for kind serve or pipeline")
-    if is_uri(spec.storage) and spec.kind not in ("train", "tune", "distill"):
-        problems.append(f"storage: a URI ({redact(spec.storage)}) is run storage for kinds train, tune and distill "
-                        f"(checkpoints a multi-node cluster shares); kind {spec.kind} writes to a local or mounted "
-                        "shared path. "
-                        "Models stored at a URI can still be read: give the URI as a serve variant's, an ensemble's "
-                        "or a teacher's run or tune_run")
-    if spec.kind == "bandit":
-        bandit = spec.bandit or BanditSpec()
-        if spec.data.source not in ("open-bandit", "served-logs"):
-            problems.append(f"data.source: kind bandit evaluates logged bandit feedback; use open-bandit or "
-                            f"served-logs, not {spec.data.source!r}")
-        elif spec.data.source == "served-logs":
-            if not spec.data.path:
-                problems.append("data.path: served-logs needs the serve run directory (its logs/ folder)")
-            if bandit.policy.name not in ("epsilon_greedy", "softmax"):
-                problems.append(f"bandit.policy.name: served logs hold a ranker's scores per decision; evaluate "
-                                f"epsilon_greedy or softmax over them, not {bandit.policy.name!r}")
-            return problems
-        if bandit.policy.learns and bandit.learn_fraction == 0.0:
-            problems.append(f"bandit.learn_fraction: policy {bandit.policy.name!r} learns from logged rounds; "
-                            "give it a share in (0, 1) (evaluating on the rounds it learnt from is biased)")
-        if not bandit.estimators:
-            problems.append("bandit.estimators: empty; choose from " + ", ".join(ESTIMATORS))
-        return problems
-    if spec.kind == "abtest":
-        if spec.abtest is None:
-            problems.append("abtest: kind abtest needs an 'abtest' section (serve_run, ...)")
-        return problems
-    if spec.abtest is not None:
-        problems.append("abtest: only for kind abtest")
-    if spec.bandit is not None:
-        problems.append("bandit: only for kind bandit or pipeline")
-    if spec.distill is not None and spec.kind not in ("distill", "pipeline"):
-        problems.append("distill: only for kind distill or pipeline")
-    if spec.ensemble is not None and spec.kind not in ("ensemble", "pipeline"):
-        problems.append("ensemble: only for kind ensemble or pipeline")
-    if spec.data.source in ("open-bandit", "served-logs"):
-        problems.append(f"data.source: {spec.data.source} holds logged bandit feedback for kind bandit, not {spec.kind}")
-        return problems
-    if spec.train.cross_validation is not None:
-        if spec.kind not in ("train", "tune"):
-            problems.append(f"train.cross_validation: for kinds train and tune, not {spec.kind}")
-        if spec.data.source in ("synthetic", "criteo"):
-            problems.append(f"train.cross_validation: data.source {spec.data.source} is not folded (use parquet or "
-                            "movielens-100k)")
-        if spec.data.source == "movielens-100k" and spec.data.history_features:
-            problems.append("train.cross_validation: the MovieLens history features are computed from the original "
-                            "training split, so validation folds would see them; set data.history_features: false")
-        if is_uri(spec.storage):
-            problems.append("train.cross_validation: writes its folds beside the run; give a path as storage")
-        if spec.train.checkpoint.every_steps:
-            problems.append("train.cross_validation: mid-epoch checkpoints (train.checkpoint.every_steps) are for "
-                            "single runs")
-    sharding = spec.train.sharding
-    if spec.train.device == "cpu":
-        for where, st in [("default", sharding.default)] + [(f"tables.{k}", v) for k, v in sharding.tables.items()]:
-            if st in CUDA_ONLY_SHARDING:
-                problems.append(
-                    f"train.sharding.{where}: {st!r} needs train.device: cuda (TorchRec shards row-wise only "
-                    "on CUDA); on CPU use table_wise, column_wise, table_column_wise or data_parallel"
-                )
-    if spec.model.arch == "two_tower" and spec.model.dropout > 0:
-        problems.append("model.dropout: applies to the top MLP of dlrm and dcn_v2; two_tower has none")
-    if spec.model.arch == "two_tower" and spec.model.embedding_l2 > 0:
-        problems.append("model.embedding_l2: applies to dlrm and dcn_v2 (their sparse arch); not to two_tower")
-    features = declared_features(spec.data)
-    if features is not None:
-        for name in sharding.tables:
-            if name not in features:
-                problems.append(
-                    f"train.sharding.tables.{name}: no such sparse feature{_suggest(name, features)}; "
-                    f"features: {', '.join(features)}"
-                )
-        cols = spec.data.columns
-        if spec.model.arch in ("dlrm", "dcn_v2") and cols is not None and not cols.dense:
-            problems.append(f"model.arch: {spec.model.arch} needs at least one dense column (data.columns.dense)")
-        if spec.model.arch == "two_tower" and cols is not None and not cols.item_features:
-            problems.append("model.arch: two_tower needs data.columns.item_features")
+            problems.append(f"{name}: only for kind {name}" + (" or pipeline" if k.step is not None else ""))
+    if is_uri(spec.storage) and not kind.uri_storage:
+        uri_kinds = [n for n, k in KINDS.items() if k.uri_storage]
+        problems.append(f"storage: a URI ({redact(spec.storage)}) is run storage for kinds {', '.join(uri_kinds[:-1])} "
+                        f"and {uri_kinds[-1]} (checkpoints a multi-node cluster shares); kind {spec.kind} writes to a "
+                        "local or mounted shared path. Models stored at a URI can still be read: give the URI as a "
+                        "serve variant's, an ensemble's or a teacher's run or tune_run")
+    if all(KINDS[name].uses_models for name in steps):
+        problems += training_checks(spec, steps)
     return problems
 
 

@@ -48,7 +48,7 @@ class TrainData:
         self._window: dict = {}  # the last window decoded, reused when the next epoch's first window is the same
         if prepared.synthetic is not None:
             from ..data.synthetic import SyntheticRows
-            from ..spec.schema import SyntheticSpec
+            from ..spec.sections import SyntheticSpec
 
             self.rows = SyntheticRows(SyntheticSpec.model_validate(prepared.synthetic), "train")
             local_steps = self.rows.num_rows // global_batch
@@ -97,7 +97,7 @@ class EvalData:
         self.batch_size, self.prefetch, self.buffer_rows = batch_size, prefetch, max(batch_size, buffer_rows)
         if prepared.synthetic is not None:
             from ..data.synthetic import SyntheticRows
-            from ..spec.schema import SyntheticSpec
+            from ..spec.sections import SyntheticSpec
 
             rows = SyntheticRows(SyntheticSpec.model_validate(prepared.synthetic), split)
             n = rows.num_rows

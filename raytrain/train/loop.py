@@ -16,9 +16,9 @@ from ray.train import CheckpointUploadMode
 
 from ..data import PreparedData
 from ..errors import CheckpointError
+from ..kinds import JobSpec
 from ..log import get_logger
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank, summarize_plan
-from ..spec.schema import JobSpec
 from ..storage import Store, is_uri, redact
 from . import checkpoint as ckpt
 from .distributed import shard_model

@@ -13,9 +13,9 @@ import pandas as pd
 
 from .. import console
 from ..data import PreparedData, prepare
+from ..kinds import JobSpec
 from ..log import get_logger
 from ..spec import resolved_yaml
-from ..spec.schema import JobSpec
 from ..storage import CREDENTIALS_ENV, Mirror, Store, filesystem, is_uri, join, mirror_of, redact
 
 log = get_logger(__name__)

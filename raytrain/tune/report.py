@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..kinds import JobSpec
 from ..log import get_logger
-from ..spec.schema import JobSpec
 from ..storage import is_uri, join
 from .space import tune_of
 

@@ -18,210 +18,18 @@ from typing import Any
 import yaml
 
 from .. import console
-from ..data import PreparedData, prepare
+from ..data import prepare
 from ..errors import RaytrainError, SpecError
+from ..kinds import JobSpec
 from ..log import get_logger
-from ..spec import parse_spec, resolved_yaml
-from ..spec.schema import JobSpec
-from ..storage import Mirror, Store, filesystem, is_uri, join, mirror_of, redact
-from .space import apply_config, parse_dist, to_param_space, tune_of
+from ..spec import resolved_yaml
+from ..storage import Mirror, Store, filesystem, is_uri, mirror_of, redact
+from .factories import scheduler, searcher
+from .resources import ResourceError, preflight, release_callback, release_run
+from .space import apply_config, to_param_space, tune_of
+from .trial import pbt_trial, run_trial
 
 log = get_logger(__name__)
-
-
-class ResourceError(RaytrainError):
-    """A trial cannot fit the cluster."""
-
-
-def trial_location(location: str, trial_dir: str) -> str:
-    """A trial's own run directory, ``<tune run>/tune/<trial directory name>/run``, on the run's storage.
-    ``trial_dir``: any path ending in the trial's directory name (Tune's staging directory, or its storage path)."""
-    return join(str(location), "tune", Path(str(trial_dir)).name, "run")
-
-
-def _trial_setup(config: dict, base: dict, data: dict, location: str) -> tuple[JobSpec, str, PreparedData]:
-    """The trial's train spec, and its own run directory on the tune run's storage."""
-    import ray.tune
-
-    spec = parse_spec(apply_config(base, config))
-    run = trial_location(location, ray.tune.get_context().get_trial_dir())
-    store = Store(run)
-    store.write_text("spec.yaml", resolved_yaml(spec))
-    prepared = PreparedData.from_dict(data)
-    store.write_text("schema.json", prepared.schema.to_json())
-    return spec, run, prepared
-
-
-def _trial(config: dict, base: dict, data: dict, location: str) -> None:
-    """One trial: the base spec with this trial's values, trained by a TorchTrainer."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from ..train.runner import make_trainer
-
-    spec, run, prepared = _trial_setup(config, base, data, location)
-    if data.get("folds"):
-        return _cv_trial(spec, run, data["folds"])
-    # same storage path and name as an interrupted attempt of this trial: Ray Train restores its
-    # checkpoint manager from there, so the trial resumes from its last checkpoint
-    make_trainer(spec, prepared, run, callbacks=[TuneReportCallback()]).fit()
-
-
-def _cv_trial(spec: JobSpec, run: str, folds: list[dict]) -> None:
-    """A cross-validated trial: every fold a TorchTrainer run in ``<trial run>/fold_<i>``, then each epoch's mean
-    over folds reported to Tune (test metrics: the folds' mean at their best checkpoints, with the last epoch)."""
-    import ray.tune
-
-    from ..train.crossval import fold_epochs, summarize
-    from ..train.runner import make_trainer
-
-    runs = []
-    for i, fold in enumerate(folds):
-        fold_run = join(run, f"fold_{i}")
-        result = make_trainer(spec, PreparedData.from_dict(fold), fold_run).fit()
-        if result.error is not None:
-            raise result.error
-        runs.append(Path(fold_run))
-    rows = fold_epochs(runs)
-    tests = summarize([json.loads((r / "metrics" / "test.json").read_text()) for r in runs])
-    for row in rows[:-1]:
-        ray.tune.report(row)
-    last = dict(rows[-1])
-    for key in ("test_auc", "test_logloss"):
-        last[key], last[f"{key}_std"] = tests[f"{key}_mean"], tests[f"{key}_std"]
-    ray.tune.report(last)
-
-
-def _pbt_trial(config: dict, base: dict, data: dict, location: str) -> None:
-    """A PBT trial: train in segments of ``perturbation_interval`` epochs, each a TorchTrainer run
-    starting from the previous segment's checkpoint, and report a checkpoint to Tune after each, so
-    PBT can copy a better trial's weights into this one (exploit) with perturbed values (explore).
-
-    The Tune checkpoint is a pointer (a small JSON naming the DCP checkpoint directory): the shards
-    stay where their workers wrote them.
-    """
-    import tempfile
-
-    import ray.tune
-
-    from ..train.checkpoint import read_marker
-    from ..train.runner import make_trainer
-
-    spec, run, prepared = _trial_setup(config, base, data, location)
-    interval = int(base["tune"]["scheduler"]["perturbation_interval"])  # the trial spec is a train spec
-    start, init = 0, None
-    given = ray.tune.get_checkpoint()
-    if given is not None:
-        with given.as_directory() as d:
-            init = json.loads((Path(d) / "pointer.json").read_text())["path"]
-        start = read_marker(init)["epoch"] + 1
-    while start < spec.train.epochs:
-        stop = min(start + interval, spec.train.epochs)
-        seg = spec.model_copy(update={"train": spec.train.model_copy(update={"epochs": stop})})
-        result = make_trainer(seg, prepared, run, name=f"segment_{stop:04d}_{time.time_ns()}",
-                              init_checkpoint=init).fit()
-        # a location the next segment (or another trial, after an exploit) can open: a URI on an object store
-        init = Store(run).location_of(result.checkpoint.path) if is_uri(run) else result.checkpoint.path
-        with tempfile.TemporaryDirectory() as d:
-            (Path(d) / "pointer.json").write_text(json.dumps({"path": init}))
-            ray.tune.report({k: v for k, v in result.metrics.items() if not k.startswith("test_")},
-                            checkpoint=ray.tune.Checkpoint.from_directory(d))
-        start = stop
-
-
-def _searcher(spec: JobSpec):
-    from ray.tune.search import BasicVariantGenerator
-
-    s = tune_of(spec).search
-    points = [dict(p) for p in s.points_to_evaluate] or None
-    if s.algorithm in ("random", "grid"):
-        # Tune ignores TuneConfig.max_concurrent_trials for a BasicVariantGenerator (it warns and starts every
-        # trial the CPUs allow), so the limit goes to the generator itself
-        return BasicVariantGenerator(random_state=s.seed, points_to_evaluate=points,
-                                     max_concurrent=tune_of(spec).max_concurrent_trials)
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    # Optuna samples its first 10 trials at random by default: a 9-trial "TPE" run would be random search
-    startup = s.startup_trials if s.startup_trials is not None else max(2, tune_of(spec).num_samples // 3)
-    sampler = (optuna.samplers.TPESampler(seed=s.seed, n_startup_trials=startup) if s.algorithm == "optuna_tpe"
-               else optuna.samplers.GPSampler(seed=s.seed, n_startup_trials=startup))
-    return OptunaSearch(sampler=sampler, points_to_evaluate=points)
-
-
-def _scheduler(spec: JobSpec):
-    from ray.tune.schedulers import (
-        ASHAScheduler,
-        FIFOScheduler,
-        HyperBandScheduler,
-        MedianStoppingRule,
-        PopulationBasedTraining,
-    )
-
-    sc = tune_of(spec).scheduler
-    if sc.name == "pbt":
-        mutations = {key: parse_dist(text).to_tune() for key, text in tune_of(spec).space.items()}
-        return PopulationBasedTraining(time_attr="epoch", perturbation_interval=sc.perturbation_interval,
-                                       hyperparam_mutations=mutations, quantile_fraction=sc.quantile_fraction,
-                                       resample_probability=sc.resample_probability)
-    max_t = sc.max_t or spec.train.epochs
-    if sc.name == "asha":
-        return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=sc.grace_period,
-                             reduction_factor=sc.reduction_factor)
-    if sc.name == "hyperband":
-        return HyperBandScheduler(time_attr="epoch", max_t=max_t, reduction_factor=sc.reduction_factor)
-    if sc.name == "median_stopping":
-        return MedianStoppingRule(time_attr="epoch", grace_period=sc.grace_period,
-                                  min_samples_required=sc.min_samples_required)
-    return FIFOScheduler()
-
-
-def _largest(spec: JobSpec, key: str, default):
-    text = tune_of(spec).space.get(key)
-    if text is None:
-        return default
-    return max(parse_dist(text).extremes())
-
-
-def preflight(spec: JobSpec, prepared: PreparedData) -> None:
-    """Refuse before launching when one trial cannot fit: CPUs, and the planner's memory estimate."""
-    import ray
-    import torch
-
-    from ..models import build_model
-    from ..sharding import describe_plan, make_plan, make_topology
-    from ..sharding.planner import build_constraints, memory_per_rank
-
-    total = ray.cluster_resources()
-    workers = int(_largest(spec, "train.workers", spec.train.workers))
-    cpu = spec.train.resources_per_worker.cpu
-    need = tune_of(spec).resources_per_trial.cpu + workers * cpu
-    if need > total.get("CPU", 0) + 1e-9:
-        raise ResourceError(
-            f"one trial needs {need:g} CPUs (trial driver {tune_of(spec).resources_per_trial.cpu:g} + {workers} workers x "
-            f"{cpu:g}) but the cluster has {total.get('CPU', 0):g}; lower train.workers or resources_per_worker.cpu, "
-            "or start Ray with more logical CPUs (ray.num_cpus)"
-        )
-    dim = int(_largest(spec, "model.embedding_dim", spec.model.embedding_dim))
-    model_spec = spec.model.model_copy(update={"embedding_dim": dim})
-    model = build_model(model_spec, prepared.schema, device="cpu", ebc_device=torch.device("meta"))
-    min_workers = workers
-    if "train.workers" in tune_of(spec).space:
-        min_workers = int(min(parse_dist(tune_of(spec).space["train.workers"]).extremes()))
-    constraints = build_constraints(prepared.schema, spec.train.sharding)
-    plan = make_plan(model, make_topology(min_workers, spec.train.device), constraints)
-    per_rank = memory_per_rank(describe_plan(plan, min_workers), prepared.schema, dim, spec.train.optimizer.sparse,
-                               min_workers)
-    memory = total.get("memory", 0)
-    concurrent = tune_of(spec).max_concurrent_trials
-    if memory and max(per_rank) * min_workers * concurrent > memory:
-        raise ResourceError(
-            f"the largest configuration (embedding_dim {dim}, {min_workers} workers) needs "
-            f"{max(per_rank) / 2**30:.2f} GiB of tables and optimizer state per worker; {concurrent} concurrent "
-            f"trials need {max(per_rank) * min_workers * concurrent / 2**30:.2f} GiB but Ray has "
-            f"{memory / 2**30:.2f} GiB"
-        )
-    log.info(f"preflight: a trial needs {need:g} of {total.get('CPU', 0):g} CPUs; largest tables "
-         f"{max(per_rank) / 2**20:.1f} MiB per worker")
 
 
 def _progress(metric: str, mode: str, epochs: int) -> Any:
@@ -262,70 +70,6 @@ def _progress(metric: str, mode: str, epochs: int) -> Any:
     return Progress()
 
 
-def remove_trial_placement_groups(run: str) -> list[str]:
-    """Remove the worker-group placement groups a trial's training runs recorded (in its run directory ``run``),
-    if still there; returns the ids removed. Only groups this run recorded are touched: on a shared cluster the
-    other placement groups belong to other jobs."""
-    import ray
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-
-    store, record = Store(run), "workers/placement_groups.txt"
-    if not store.exists(record):
-        return []
-    table = ray.util.placement_group_table()
-    removed = []
-    for pg_hex in sorted(set(store.read_text(record).split())):
-        if table.get(pg_hex, {}).get("state") in ("CREATED", "PENDING", "RESCHEDULING"):
-            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_hex))))
-            removed.append(pg_hex)
-    return removed
-
-
-def _release(location: str) -> Any:
-    """A Tune callback that frees a finished or stopped trial's worker placement group at once (ray issue 54305:
-    a trial stopped by ASHA left it reserved, and after a few stops new trials waited forever for CPUs)."""
-    from ray.tune import Callback
-
-    class Release(Callback):
-        def _free(self, trial) -> None:
-            try:
-                n = len(remove_trial_placement_groups(trial_location(location, trial.path)))
-            except Exception as e:  # noqa: BLE001 - cleanup must never break the experiment
-                log.warning(f"could not release trial {trial.trial_id}'s placement group: {e}")
-                return
-            if n:
-                log.info(f"released {n} placement group(s) of trial {trial.trial_id}")
-
-        def on_trial_complete(self, iteration, trials, trial, **info):
-            self._free(trial)
-
-        def on_trial_error(self, iteration, trials, trial, **info):
-            self._free(trial)
-
-    return Release()
-
-
-def release_run(location: str, trial_paths: list[str], timeout_s: float = 60) -> list[str]:
-    """After the experiment: remove the placement groups this run's trials recorded and still hold (a trial stopped
-    by the scheduler can leave its worker group's behind, ray issue 54305), then wait until Ray reports exactly
-    those removed. Nothing else on the cluster is touched or waited on."""
-    import ray
-
-    removed: list[str] = []
-    for path in trial_paths:
-        try:
-            removed += remove_trial_placement_groups(trial_location(location, path))
-        except Exception as e:  # noqa: BLE001 - a trial that never started has no record; cleanup never fails a run
-            log.warning(f"could not release the placement groups of {Path(str(path)).name}: {e}")
-    deadline = time.time() + timeout_s
-    while removed and time.time() < deadline:
-        table = ray.util.placement_group_table()
-        if all(table.get(pg, {}).get("state", "REMOVED") == "REMOVED" for pg in removed):
-            break
-        time.sleep(0.2)
-    return removed
-
-
 def _tuner(spec: JobSpec, data: dict, location: str, restore: bool = False):
     """The Tuner for a run at ``location`` (a path or a pyarrow.fs URI): Tune's experiment in ``<location>/tune``.
     ``data``: the prepared data as a dict (with ``folds``, each fold's, for a cross-validated search)."""
@@ -334,7 +78,7 @@ def _tuner(spec: JobSpec, data: dict, location: str, restore: bool = False):
     from ..tracking import tune_callbacks
 
     base = spec.model_dump(mode="json")
-    trial_fn = _pbt_trial if tune_of(spec).scheduler.name == "pbt" else _trial
+    trial_fn = pbt_trial if tune_of(spec).scheduler.name == "pbt" else run_trial
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, base=base, data=data, location=location),
         {"cpu": tune_of(spec).resources_per_trial.cpu},
@@ -351,12 +95,12 @@ def _tuner(spec: JobSpec, data: dict, location: str, restore: bool = False):
         trainable,
         param_space=to_param_space(spec),
         tune_config=tune.TuneConfig(
-            metric=t.metric, mode=t.mode, search_alg=_searcher(spec), scheduler=_scheduler(spec),
+            metric=t.metric, mode=t.mode, search_alg=searcher(spec), scheduler=scheduler(spec),
             num_samples=t.num_samples, max_concurrent_trials=None if basic else t.max_concurrent_trials,
             time_budget_s=t.time_budget_s,
         ),
         run_config=tune.RunConfig(name="tune", **storage, verbose=0,
-                                  callbacks=[_progress(t.metric, t.mode, spec.train.epochs), _release(location),
+                                  callbacks=[_progress(t.metric, t.mode, spec.train.epochs), release_callback(location),
                                              *tune_callbacks(spec)]),
     )
 

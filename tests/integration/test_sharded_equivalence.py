@@ -13,7 +13,7 @@ from helpers import run_distributed
 
 from raytrain.data.batches import Columns
 from raytrain.data.schema import FeatureSchema, SparseFeature
-from raytrain.spec.schema import JobSpec
+from raytrain.kinds import JobSpec
 
 SCHEMA = FeatureSchema(
     sparse=(

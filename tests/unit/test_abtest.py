@@ -99,7 +99,7 @@ def test_kind_abtest_reads_a_serve_runs_logs_and_writes_its_report(tmp_path, cap
     (done,) = list(run.iterdir())
     assert json.loads((done / "report.json").read_text())["control"] == "a"
     assert (done / "ctr.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(SpecError, match="abtest: kind abtest needs an 'abtest' section"):
+    with pytest.raises(SpecError, match="abtest: an abtest spec needs an 'abtest' section"):
         parse_spec({"name": "ab", "kind": "abtest"})
     with pytest.raises(SpecError, match="abtest: only for kind abtest"):
         parse_spec({"name": "ab", "kind": "train", "abtest": {"serve_run": "x"}})

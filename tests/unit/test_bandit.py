@@ -18,8 +18,8 @@ from raytrain.bandit.policies import (
 from raytrain.bandit.reward_model import cross_fit
 from raytrain.data.open_bandit import LoggedBandit, load_open_bandit, zozotown_prior
 from raytrain.errors import DataError, SpecError
+from raytrain.kinds import bandit as spec_schema
 from raytrain.spec import parse_spec
-from raytrain.spec import schema as spec_schema
 
 
 def test_registries_match_the_spec():

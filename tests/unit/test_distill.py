@@ -10,8 +10,8 @@ import torch
 from raytrain.data.batches import TEACHER_COLUMN, Columns
 from raytrain.data.schema import FeatureSchema, SparseFeature
 from raytrain.errors import DataError, SpecError
+from raytrain.kinds import JobSpec
 from raytrain.spec import parse_spec
-from raytrain.spec.schema import JobSpec
 
 SCHEMA = FeatureSchema(sparse=(SparseFeature("user", 50, False, "user"), SparseFeature("item", 80, False, "item")),
                        dense=("d0", "d1"))

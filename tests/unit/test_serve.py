@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pyarrow as pa
 import pytest
@@ -9,15 +11,15 @@ import torch
 
 from raytrain.data.schema import FeatureSchema, SparseFeature
 from raytrain.errors import SpecError
-from raytrain.serve.app import assign
 from raytrain.serve.features import FeatureStore, RequestError
+from raytrain.serve.routing import assign
 from raytrain.spec.loader import parse_spec
 
 SCHEMA = FeatureSchema(
     sparse=(SparseFeature("user_id", 10, group="user"), SparseFeature("age", 5, group="user"),
             SparseFeature("item_id", 8, group="item"), SparseFeature("tags", 4, True, "item"),
             SparseFeature("device", 3, group="context")),
-    dense=("user_score", "item_score", "hour"))
+    dense=("user_score", "item_score", "hour"), dense_groups={"user_score": "user", "item_score": "item"})
 
 
 def _table(rows):
@@ -25,7 +27,7 @@ def _table(rows):
     return pa.table(cols)
 
 
-def _store():
+def _store(schema=SCHEMA):
     train = [dict(user_id=1, age=2, item_id=3, tags=[1, 2], device=0, user_score=0.1, item_score=0.7, hour=1.0, label=1.0),
              dict(user_id=2, age=4, item_id=5, tags=[3], device=1, user_score=0.2, item_score=0.5, hour=2.0, label=0.0)]
     recent = [dict(user_id=1, age=2, item_id=5, tags=[3], device=2, user_score=0.3, item_score=0.5, hour=3.0, label=0.0),
@@ -33,14 +35,17 @@ def _store():
                    label=1.0),
               dict(user_id=2, age=4, item_id=3, tags=[1, 2], device=0, user_score=0.4, item_score=0.7, hour=5.0,
                    label=1.0)]
-    return FeatureStore(SCHEMA, _table(train + recent), _table(recent))
+    return FeatureStore(schema, _table(train + recent))
 
 
-def test_dense_groups_come_from_the_data_and_context_features_are_required():
+def test_feature_groups_are_declared_by_the_schema_and_context_features_are_required():
     store = _store()
     assert store.group["user_score"] == "user" and store.group["item_score"] == "item"
     assert store.group["hour"] == "context"
     assert store.describe()["required"] == ["user_id", "item_id", "device", "hour"]
+    # undeclared, a dense column is context (sent with each request) even where the data would suggest otherwise
+    plain = _store(dataclasses.replace(SCHEMA, dense_groups={}))
+    assert plain.describe()["required"] == ["user_id", "item_id", "device", "user_score", "item_score", "hour"]
 
 
 def test_rows_with_ids_only_take_the_latest_known_features():
@@ -142,34 +147,33 @@ def test_requests_batched_on_the_wire_equal_one_request():
 
 
 def _serve_cfg(**kw):
-    from raytrain.spec.schema import ServeSpec
+    from raytrain.kinds.serve import ServeSpec
 
     return ServeSpec.model_validate({"variants": {"a": {"run": "/r/a"}, "b": {"run": "/r/b"}},
                                      "traffic": {"a": 0.5, "b": 0.5}, **kw})
 
 
 def test_a_request_chooses_its_variant_only_where_the_operator_allows_it():
-    from raytrain.serve.app import forced_variant
+    from raytrain.serve.routing import forced_variant
 
     off = _serve_cfg()
-    assert off.force_variant == "off" and forced_variant(off, {}, {}) is None
-    assert forced_variant(off, {"variant": None}, {}) is None
+    assert off.force_variant == "off" and forced_variant(off, None, {}) is None
     with pytest.raises(RequestError) as e:
-        forced_variant(off, {"variant": "a"}, {"X-Raytrain-Variant": "a"})
+        forced_variant(off, "a", {"X-Raytrain-Variant": "a"})
     assert e.value.status == 403 and "forcing is off on this application (serve.force_variant)" in str(e.value)
-    assert forced_variant(off, {}, {"X-Raytrain-Variant": "a"}) is None  # the header means nothing when off
+    assert forced_variant(off, None, {"X-Raytrain-Variant": "a"}) is None  # the header means nothing when off
 
     body = _serve_cfg(force_variant="body")
-    assert forced_variant(body, {"variant": "b"}, {}) == "b"
+    assert forced_variant(body, "b", {}) == "b"
     with pytest.raises(RequestError, match="variant: 'c' is not served; variants: a, b"):
-        forced_variant(body, {"variant": "c"}, {})
+        forced_variant(body, "c", {})
     with pytest.raises(RequestError, match="variant: \\[1\\] is not served"):
-        forced_variant(body, {"variant": [1]}, {})
+        forced_variant(body, [1], {})
 
     header = _serve_cfg(force_variant="header", force_header="X-Pick")
-    assert forced_variant(header, {}, {"X-Pick": "a"}) == "a" and forced_variant(header, {}, {}) is None
+    assert forced_variant(header, None, {"X-Pick": "a"}) == "a" and forced_variant(header, None, {}) is None
     with pytest.raises(RequestError, match="this application takes it from the X-Pick header") as e:
-        forced_variant(header, {"variant": "a"}, {"X-Pick": "a"})
+        forced_variant(header, "a", {"X-Pick": "a"})
     assert e.value.status == 403
     with pytest.raises(SpecError, match="force_header"):
         parse_spec({"name": "s", "kind": "serve", "serve": {"variants": {"a": {"run": "/r"}},

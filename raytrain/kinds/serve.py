@@ -1,0 +1,181 @@
+"""Kind ``serve``: variants on Ray Serve with a traffic split, batching and exploration."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Literal, Optional
+
+from pydantic import Field, model_validator
+
+from ..spec.sections import Section
+from .base import Kind, StepContext
+
+if TYPE_CHECKING:
+    from . import JobSpec
+from .ensemble import Combine
+
+
+class ExploreSpec(Section):
+    """A variant that explores on /recommend: a slate drawn by a policy over the ranker's scores, every
+    decision logged with its propensities (docs/serving.md)."""
+
+    policy: Literal["epsilon_greedy", "softmax"] = "epsilon_greedy"
+    epsilon: float = Field(0.1, ge=0.0, le=1.0, description="epsilon_greedy: share of uniformly random slates")
+    temperature: float = Field(0.05, gt=0.0, description="softmax: click probabilities / temperature; k <= 3")
+    pool: int = Field(50, ge=1, description="explore among the ranker's best `pool` candidates")
+    seed: Optional[int] = Field(None, description="the sampler's seed (none: fresh randomness)")
+
+
+class VariantSpec(Section):
+    """One served model: exactly one source. Paths may be a run directory or a directory above it (the newest
+    matching run under it is used). In a pipeline, ``step`` names an earlier step's output instead."""
+
+    ensemble: Optional[str] = Field(None, description="an ensemble run (ensemble.json): its members and combiner")
+    combine: Combine = Field("stacked", description="with ensemble: which fitted combiner; with tune_run: mean only")
+    tune_run: Optional[str] = Field(None, description="a tune run: its top_k trials, averaged")
+    top_k: int = Field(1, ge=1, description="with tune_run")
+    run: Optional[str] = Field(None, description="a train run directory (a distilled student's run is one too)")
+    distill: Optional[str] = Field(None, description="a distill run (distill.json): its student")
+    step: Optional[Literal["train", "tune", "ensemble", "distill"]] = Field(
+        None, description="pipeline only: the output of this earlier step")
+    explore: Optional[ExploreSpec] = Field(None, description="explore on /recommend and log every decision")
+
+    def given(self) -> list[str]:
+        return [k for k in ("ensemble", "tune_run", "run", "distill", "step") if getattr(self, k) is not None]
+
+
+class AutoscalingSpec(Section):
+    min_replicas: int = Field(1, ge=0)
+    max_replicas: int = Field(2, ge=1)
+    target_ongoing_requests: float = Field(2.0, gt=0.0, description="per replica; more adds replicas")
+
+    @model_validator(mode="after")
+    def _range(self):
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"min_replicas {self.min_replicas} > max_replicas {self.max_replicas}")
+        return self
+
+
+class ServeSpec(Section):
+    """A Ray Serve application: one deployment per member model, an ingress that validates, routes and combines."""
+
+    variants: dict[str, VariantSpec] = Field(min_length=1, description="name -> model source")
+    traffic: dict[str, float] = Field(
+        default_factory=dict, description="variant -> share of users (sums to 1); empty: all on the only variant")
+    sticky_key: str = Field("user_id", description="the request field that pins a user to a variant")
+    replicas: int = Field(1, ge=1, description="replicas per member deployment (without autoscaling)")
+    autoscaling: Optional[AutoscalingSpec] = Field(None, description="replica range per member deployment")
+    num_cpus: float = Field(0.25, gt=0.0, description="per member replica (fractional: 2-core machines)")
+    num_gpus: float = Field(0.0, ge=0.0, description="per member replica")
+    torch_threads: int = Field(1, ge=1, description="torch intra-op threads per member replica")
+    max_ongoing_requests: int = Field(
+        128, ge=1, description="per replica; Serve's router backs off (sleeps) when every replica is at its limit")
+    ingress_replicas: int = Field(1, ge=1)
+    ingress_num_cpus: float = Field(0.25, gt=0.0)
+    max_batch_size: int = Field(
+        16, ge=1, description="concurrent requests the ingress merges into one call per member (1: no batching)"
+    )
+    batch_wait_timeout_s: float = Field(
+        0.02, ge=0.0, description="how long a batch waits to fill (a request alone in the ingress does not wait)"
+    )
+    max_request_rows: int = Field(1024, ge=1, description="rows per /predict request (more: HTTP 413)")
+    max_recommend_k: int = Field(100, ge=1)
+    log_flush_s: float = Field(1.0, gt=0.0, description="exploring variants: seconds between decision-log files")
+    feedback_window_s: float = Field(
+        86400.0, gt=0.0, description="how long a request takes feedback (its id and items are remembered that "
+                                     "long, also across restarts)")
+    max_open_decisions: int = Field(
+        1_000_000, ge=1, description="at most this many requests take feedback at once (the oldest are "
+                                     "forgotten first): the request log's memory bound")
+    force_variant: Literal["off", "body", "header"] = Field(
+        "off", description="whether a request may choose its variant, bypassing the traffic split: 'off'; 'body' (its "
+                           "'variant' field: trusted clients only); 'header' (the force_header HTTP header, which a "
+                           "gateway can strip from outside requests). Forced requests are marked forced")
+    force_header: str = Field("X-Raytrain-Variant", pattern=r"^[A-Za-z0-9-]+$",
+                              description="with force_variant: header")
+    oov: Literal["unknown", "reject"] = Field(
+        "unknown", description="ids never seen or out of range: 'unknown' maps them to the reserved id 0 (and the "
+                               "feature store's unknown row) and counts them in the reply; 'reject' answers 422")
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    route_prefix: str = Field("/", pattern=r"^/")
+
+    def explore_of(self, variant: str) -> dict | None:
+        """A variant's exploration settings as JSON (None: it ranks plainly)."""
+        e = self.variants[variant].explore
+        return e.model_dump(mode="json") if e is not None else None
+
+    @property
+    def shares(self) -> dict[str, float]:
+        return dict(self.traffic) or {next(iter(self.variants)): 1.0}
+
+    @model_validator(mode="after")
+    def _traffic(self):
+        names = set(self.variants)
+        for name, v in self.variants.items():
+            if len(v.given()) != 1:
+                raise ValueError(f"variants.{name}: give exactly one of ensemble, tune_run, run, distill or step "
+                                 f"(got {', '.join(v.given()) or 'none'})")
+            if v.tune_run is not None and v.combine != "mean" and v.top_k > 1:
+                raise ValueError(f"variants.{name}: top_k trials of a tune run are averaged (combine: mean); "
+                                 "for weighted or stacked, run kind ensemble and serve its run")
+        if not self.traffic:
+            if len(names) > 1:
+                raise ValueError(f"traffic: {len(names)} variants need a split, e.g. "
+                                 + ", ".join(f"{n}: {1 / len(names):.2f}" for n in sorted(names)))
+            return self
+        if set(self.traffic) != names:
+            raise ValueError(f"traffic: keys {sorted(self.traffic)} must be the variants {sorted(names)}")
+        if any(w < 0 for w in self.traffic.values()) or abs(sum(self.traffic.values()) - 1.0) > 1e-6:
+            raise ValueError(f"traffic: shares must be >= 0 and sum to 1, got {sum(self.traffic.values()):g}")
+        return self
+
+
+def checks(spec: JobSpec, steps: list[str]) -> list[str]:
+    assert spec.serve is not None
+    problems = []
+    for name, v in spec.serve.variants.items():
+        if v.step is not None and spec.kind != "pipeline":
+            problems.append(f"serve.variants.{name}.step: only in a pipeline; give a run path instead")
+        elif v.step is not None and v.step not in steps[:steps.index("serve")]:
+            problems.append(f"serve.variants.{name}.step: {v.step!r} is not an earlier step of this pipeline "
+                            f"({', '.join(steps)})")
+    return problems
+
+
+def run(spec: JobSpec, address: Optional[str]) -> None:
+    from ..serve.runner import run_serve
+
+    run_serve(spec, address=address)  # serves until stopped: no summary to track
+
+
+_STEP_OUTPUT = {"train": "run", "tune": "tune_run", "ensemble": "ensemble", "distill": "distill"}
+
+
+def step(ctx: StepContext) -> tuple[dict, dict[str, str]]:
+    """Deploys the variants, an earlier step's output where a variant names one; serves until Ctrl-C when the
+    pipeline blocks."""
+    import json
+
+    from ..serve.runner import run_serve
+    from ..train.runner import new_run_dir
+
+    spec = ctx.spec
+    assert spec.serve is not None
+    cfg = spec.serve.model_dump(mode="json", exclude_none=True)
+    for name, v in spec.serve.variants.items():
+        if v.step is not None:
+            cfg["variants"][name] = {**v.model_dump(mode="json", exclude_none=True, exclude={"step"}),
+                                     _STEP_OUTPUT[v.step]: ctx.done[v.step]["run_dir"]}
+    step_spec = ctx.step_spec("serve", serve=cfg)
+    serve_dir = new_run_dir(step_spec)
+    (ctx.run_dir / "pipeline.json").write_text(json.dumps({**ctx.done, "serve": {"run_dir": str(serve_dir)}},
+                                                          indent=2, default=str))
+    out = run_serve(step_spec.model_copy(update={"name": spec.name}),  # the application's name
+                    address=ctx.address, block=ctx.serve_block, run_dir=serve_dir)
+    return {"run_dir": out["run_dir"], "url": out["url"]}, {}
+
+
+KIND = Kind(
+    name="serve", section="serve", needs="variants, traffic, replicas, batching", checks=checks, run=run, step=step,
+    outputs=("spec.yaml", "serve.json", "logs/requests/", "logs/feedback/", "logs/decisions/"),
+)

@@ -1,0 +1,35 @@
+"""Kind ``train``: one training run (or k of them, with ``train.cross_validation``). Its sections are the common
+ones (``spec.training``)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from .base import Kind, StepContext
+
+if TYPE_CHECKING:
+    from . import JobSpec
+
+
+def run(spec: JobSpec, address: Optional[str]) -> dict:
+    if spec.train.cross_validation is not None:
+        from ..train.crossval import run_cross_validation
+
+        return run_cross_validation(spec, address=address)
+    from ..train.runner import run_train
+
+    return run_train(spec, address=address)
+
+
+def step(ctx: StepContext) -> tuple[dict, dict[str, str]]:
+    from ..train.runner import run_train
+
+    out = run_train(ctx.step_spec("train"), address=ctx.address)
+    return {"run_dir": out["run_dir"], "test_auc": out.get("test_auc")}, {"run": out["run_dir"]}
+
+
+KIND = Kind(
+    name="train", run=run, step=step, uri_storage=True,
+    outputs=("spec.yaml", "schema.json", "result.json", "metrics/", "metrics.parquet", "checkpoints/", "logs/",
+             "(cross-validation: cv.json, one run per fold)"),
+)

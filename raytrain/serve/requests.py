@@ -1,0 +1,144 @@
+"""The bodies of /predict, /recommend and /feedback as pydantic models that FastAPI validates, and the error replies.
+
+Every 4xx reply is ``{"error": "<field>: <what is wrong>"}``: FastAPI's validation errors (and its own body-parsing
+errors) are turned into that form here, with the texts the checks below give. What depends on the application (its
+user and item key names, its limits) is checked by each model's ``check`` against the serve config.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Optional
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from starlette.exceptions import HTTPException
+
+from .features import RequestError
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+class _Body(BaseModel):
+    # the user and item fields are named by the application's data: they arrive as extra fields (see ``check``)
+    model_config = ConfigDict(extra="allow")
+
+    def given(self, name: str) -> bool:
+        return name in (self.model_extra or {}) or name in self.model_fields_set
+
+    def value(self, name: str, default: Any = None) -> Any:
+        return (self.model_extra or {}).get(name, default)
+
+    def check_fields(self, named: set[str]) -> None:
+        """Only the model's fields and the application's ``named`` ones (its user or item key)."""
+        allowed = set(type(self).model_fields) | named
+        extra = sorted(set(self.model_extra or {}) - allowed)
+        if extra:
+            raise RequestError(f"body: unknown field(s) {', '.join(map(repr, extra))}; fields: "
+                               f"{', '.join(sorted(allowed))}")
+
+
+class PredictRequest(_Body):
+    rows: Any = Field(None, validate_default=True, description="objects: a user id, an item id, any other feature")
+    variant: Any = Field(None, description="a variant to answer (where serve.force_variant is body)")
+
+    @field_validator("rows", mode="before")
+    @classmethod
+    def _rows(cls, v: Any) -> Any:
+        if not isinstance(v, list) or not v:
+            raise ValueError("expected a non-empty list of objects")
+        return v
+
+    def check(self, max_rows: int) -> None:
+        self.check_fields(set())
+        if len(self.rows) > max_rows:
+            raise RequestError(f"rows: {len(self.rows)} rows, more than the {max_rows} allowed per request "
+                               "(serve.max_request_rows)", 413)
+
+
+class RecommendRequest(_Body):
+    k: Any = Field(10, description="how many items")
+    candidates: Optional[list[Any]] = Field(None, description="item ids to rank (default: every known item)")
+    exclude_rated: Any = Field(False, description="leave out the items the user has interacted with")
+    variant: Any = None
+
+    @field_validator("candidates", mode="before")
+    @classmethod
+    def _candidates(cls, v: Any) -> Any:
+        if v is not None and (not isinstance(v, list) or not v):
+            raise ValueError("expected a non-empty list of item ids")
+        return v
+
+    @field_validator("exclude_rated", mode="before")
+    @classmethod
+    def _exclude(cls, v: Any) -> Any:
+        if not isinstance(v, bool):
+            raise ValueError(f"expected true or false, got {v!r}")
+        return v
+
+    def check(self, user_key: str, max_k: int, max_candidates: int) -> None:
+        self.check_fields({user_key})
+        if not self.given(user_key):
+            raise RequestError(f"body: missing field {user_key!r}")
+        if not _is_int(self.k) or not 1 <= self.k <= max_k:
+            raise RequestError(f"k: expected an integer in [1, {max_k}], got {self.k!r}")
+        if self.candidates is not None and len(self.candidates) > max_candidates:
+            raise RequestError(f"candidates: {len(self.candidates)} ids, more than {max_candidates}", 413)
+
+
+class FeedbackRequest(_Body):
+    request_id: Any = Field(None, validate_default=True, description="the request_id a reply gave")
+    reward: Any = Field(1.0, description="a finite number (default 1)")
+
+    @field_validator("request_id", mode="before")
+    @classmethod
+    def _rid(cls, v: Any) -> Any:
+        if not isinstance(v, str) or not v:
+            raise ValueError("expected the request_id string a /recommend reply gave")
+        return v
+
+    @field_validator("reward", mode="before")
+    @classmethod
+    def _reward(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"expected a finite number, got {v!r}")
+        return float(v)
+
+    def check(self, item_key: str) -> int:
+        """The item id the feedback is for."""
+        self.check_fields({item_key})
+        item = self.value(item_key)
+        if not _is_int(item):
+            raise RequestError(f"{item_key}: expected an integer item id, got {item!r}")
+        return item
+
+
+def _validation_text(errors: list[dict]) -> tuple[str, int]:
+    """One reply for FastAPI's validation errors: the first, as '<field>: <text>', and its status."""
+    err = errors[0]
+    loc = [str(p) for p in err.get("loc", ())[1:]]  # after 'body'
+    if err.get("type") == "json_invalid" or (not loc and err.get("type") == "missing"):
+        return "body: not valid JSON", 400
+    if not loc:
+        return f"body: expected a JSON object, got {type(err.get('input')).__name__}", 422
+    return f"{loc[0]}: {str(err.get('msg', '')).removeprefix('Value error, ')}", 422
+
+
+def install_error_replies(api: FastAPI, counts: dict[str, int]) -> None:
+    """4xx replies as ``{"error": ...}`` for what FastAPI refuses itself, each counted in ``counts["rejected"]``."""
+
+    @api.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        text, status = _validation_text(list(exc.errors()))
+        counts["rejected"] += 1
+        return JSONResponse({"error": text}, status_code=status)
+
+    @api.exception_handler(HTTPException)
+    async def _http(request: Request, exc: HTTPException) -> JSONResponse:
+        if 400 <= exc.status_code < 500:
+            counts["rejected"] += 1
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)

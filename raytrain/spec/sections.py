@@ -1,0 +1,200 @@
+"""The sections every job spec has (pydantic): data, and the base class that forbids unknown keys.
+
+The sections of the model and training are in ``spec.training``; each job kind's own section is declared in its
+module in ``raytrain.kinds``. `docs/spec.md` is the user-facing reference.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from typing import Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+_LABEL_RULE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(\.\d+)?)\s*$")
+_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
+
+
+class LabelSpec(Section):
+    """Which column is the label, and (optionally) how to binarise it: ``positive_if: ">= 4"``."""
+
+    column: str = "label"
+    positive_if: Optional[str] = None
+
+    @field_validator("positive_if")
+    @classmethod
+    def _rule(cls, v: Optional[str]) -> Optional[str]:
+        if v is not None and not _LABEL_RULE.match(v):
+            raise ValueError(f"not a rule like '>= 4' (operators: {', '.join(_OPS)})")
+        return v
+
+    def binarise(self, values):
+        """Apply ``positive_if`` to an array of raw labels (returns float 0/1)."""
+        if self.positive_if is None:
+            return values
+        m = _LABEL_RULE.match(self.positive_if)
+        assert m is not None
+        return _OPS[m.group(1)](values, float(m.group(2))).astype("float32")
+
+
+class SplitSpec(Section):
+    """How one data set becomes train / validation / test: ``random`` (seeded) or by ``time``."""
+
+    method: Literal["random", "time"] = "random"
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+
+    @field_validator("fractions")
+    @classmethod
+    def _sum_to_one(cls, v):
+        if any(f <= 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must be three positive numbers summing to 1, got {list(v)}")
+        return v
+
+
+class SyntheticSpec(Section):
+    """Criteo-like data generated from a seed, never materialised as a whole."""
+
+    num_sparse: int = Field(8, ge=1, le=1024)
+    cardinality: Union[int, list[int]] = Field(100_000, description="ids per sparse feature (one or one each)")
+    num_dense: int = Field(13, ge=0, le=1024)
+    zipf_alpha: float = Field(1.05, gt=0.0, description="power-law exponent of id frequencies")
+    rows: dict[str, int] = Field(default_factory=lambda: {"train": 200_000, "validation": 20_000, "test": 20_000})
+    seed: int = 0
+
+    @field_validator("cardinality")
+    @classmethod
+    def _card(cls, v):
+        vals = v if isinstance(v, list) else [v]
+        if any(c < 1 or c > 2**40 for c in vals):
+            raise ValueError("every cardinality must be in [1, 2^40]")
+        return v
+
+    @field_validator("rows")
+    @classmethod
+    def _rows(cls, v):
+        bad = set(v) - {"train", "validation", "test"}
+        if bad:
+            raise ValueError(f"unknown split {sorted(bad)}; allowed: train, validation, test")
+        if any(n < 1 for n in v.values()):
+            raise ValueError("row counts must be positive")
+        return {"train": 200_000, "validation": 20_000, "test": 20_000} | v
+
+    def cardinalities(self) -> list[int]:
+        if isinstance(self.cardinality, list):
+            return list(self.cardinality)
+        return [self.cardinality] * self.num_sparse
+
+    @model_validator(mode="after")
+    def _card_len(self):
+        if isinstance(self.cardinality, list) and len(self.cardinality) != self.num_sparse:
+            raise ValueError(
+                f"cardinality lists {len(self.cardinality)} values but num_sparse is {self.num_sparse}"
+            )
+        return self
+
+
+class ColumnsSpec(Section):
+    """The declared schema of a parquet data set."""
+
+    sparse: dict[str, int] = Field(default_factory=dict, description="id column -> cardinality")
+    multi_valued: dict[str, int] = Field(default_factory=dict, description="list-of-ids column -> cardinality")
+    dense: list[str] = Field(default_factory=list)
+    user_features: list[str] = Field(default_factory=list, description="features of the user tower (two_tower)")
+    item_features: list[str] = Field(default_factory=list, description="features of the item tower (two_tower)")
+    timestamp: Optional[str] = None
+
+
+class PathsSpec(Section):
+    train: str
+    validation: str
+    test: str
+
+
+class OpenBanditSpec(Section):
+    """Which Open Bandit Dataset sample: the behaviour policy that logged it and the campaign."""
+
+    behavior_policy: Literal["random", "bts"] = "random"
+    campaign: Literal["all", "men", "women"] = "all"
+
+
+# Criteo Kaggle's cardinalities (distinct values of each categorical feature, as DLRM counts them)
+_KAGGLE = (1460, 583, 10131227, 2202608, 305, 24, 12517, 633, 3, 93145, 5683, 8351593, 3194, 27, 14992, 5461306, 10,
+           5652, 2173, 4, 7046547, 18, 15, 286181, 105, 142572)
+
+
+class CriteoSpec(Section):
+    """The Criteo click-log TSV format (raytrain.data.criteo): table sizes the hex values are hashed into."""
+
+    num_embeddings: Union[int, list[int]] = Field(
+        default_factory=lambda: list(_KAGGLE), description="rows of each categorical feature's table (one or 26); "
+                                                           "default: Criteo Kaggle's cardinalities")
+    max_num_embeddings: Optional[int] = Field(None, ge=1, description="cap on every table's rows (DLRM's "
+                                                                      "max-ind-range)")
+    bad_lines: Literal["error", "skip"] = Field("error", description="a bad line stops with its file and line, or "
+                                                                    "is counted and skipped")
+
+    @field_validator("num_embeddings")
+    @classmethod
+    def _sizes(cls, v):
+        vals = v if isinstance(v, list) else [v]
+        if isinstance(v, list) and len(v) != 26:
+            raise ValueError(f"needs one value or 26 (one per categorical feature), got {len(v)}")
+        if any(n < 1 for n in vals):
+            raise ValueError("table sizes must be positive")
+        return v
+
+    def table_sizes(self) -> list[int]:
+        sizes = list(self.num_embeddings) if isinstance(self.num_embeddings, list) else [self.num_embeddings] * 26
+        return [min(n, self.max_num_embeddings or n) for n in sizes]
+
+
+class DataSpec(Section):
+    source: Literal["movielens-100k", "synthetic", "parquet", "criteo", "open-bandit", "served-logs"] = "movielens-100k"
+    path: Optional[str] = Field(None, description="movielens-100k: a local copy; parquet: one data set to split; "
+                                                  "served-logs: a serve run directory")
+    paths: Optional[PathsSpec] = Field(None, description="parquet, criteo: explicit train/validation/test paths "
+                                                         "(criteo: e.g. day files)")
+    criteo: CriteoSpec = Field(default_factory=CriteoSpec)
+    columns: Optional[ColumnsSpec] = None
+    label: LabelSpec = Field(default_factory=LabelSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
+    open_bandit: OpenBanditSpec = Field(default_factory=OpenBanditSpec)
+    history_features: bool = Field(
+        True, description="movielens-100k: add per-user / per-item rating history from the training split"
+    )
+
+    @model_validator(mode="after")
+    def _source_fields(self):
+        problems = []
+        if self.source == "parquet":
+            if (self.path is None) == (self.paths is None):
+                problems.append("parquet needs exactly one of 'path' (one data set to split) or 'paths'")
+            if self.columns is None:
+                problems.append("parquet needs 'columns' (sparse, multi_valued, dense)")
+            elif not (self.columns.sparse or self.columns.multi_valued):
+                problems.append("parquet 'columns' declares no sparse column")
+        elif self.source == "criteo":
+            if (self.path is None) == (self.paths is None):
+                problems.append("criteo needs exactly one of 'path' (day files to split) or 'paths'")
+            if self.columns is not None:
+                problems.append("'columns' is only for source parquet; criteo's columns are fixed")
+            if self.label.column != "label" or self.label.positive_if is not None:
+                problems.append("criteo's label is its first field, 0 or 1: leave 'label' out")
+            if self.path is not None and self.split.method == "time":
+                problems.append("criteo lines carry no timestamp: split.method random, or 'paths' by day")
+        else:
+            if self.columns is not None:
+                problems.append(f"'columns' is only for source parquet, not {self.source}")
+            if self.paths is not None:
+                problems.append(f"'paths' is only for source parquet or criteo, not {self.source}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

@@ -1,0 +1,200 @@
+"""The model and training sections of a job spec, Ray's and tracking's, and the checks that span them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Optional
+
+from pydantic import Field, field_validator, model_validator
+
+from .sections import Section
+
+SHARDING_TYPES = (
+    "auto",
+    "data_parallel",
+    "table_wise",
+    "column_wise",
+    "table_column_wise",
+    "row_wise",
+    "table_row_wise",
+)
+CUDA_ONLY_SHARDING = ("row_wise", "table_row_wise")
+
+
+class DcnSpec(Section):
+    num_layers: int = Field(3, ge=1, le=16)
+    low_rank_dim: int = Field(16, ge=1)
+
+
+class ModelSpec(Section):
+    arch: Literal["dlrm", "dcn_v2", "two_tower"] = "dcn_v2"
+    embedding_dim: int = Field(16, ge=1, le=4096)
+    dense_arch: list[int] = Field(default_factory=lambda: [64], description="bottom MLP; embedding_dim is appended")
+    over_arch: list[int] = Field(default_factory=lambda: [128, 64], description="top MLP; the 1-unit output is appended")
+    tower: list[int] = Field(default_factory=lambda: [64, 32], description="two_tower: each tower's MLP")
+    dcn: DcnSpec = Field(default_factory=DcnSpec)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dlrm / dcn_v2: dropout on the output of each hidden layer "
+                                                             "of the top MLP (over_arch), in training only")
+    embedding_l2: float = Field(0.0, ge=0.0, description="dlrm / dcn_v2: L2 penalty on the embeddings a batch looks "
+                                                         "up, added to the training loss")
+
+    @field_validator("dense_arch", "over_arch", "tower")
+    @classmethod
+    def _positive(cls, v):
+        if any(n < 1 for n in v):
+            raise ValueError("layer sizes must be positive")
+        return v
+
+
+class ShardingSpec(Section):
+    default: Literal[SHARDING_TYPES] = "auto"  # type: ignore[valid-type]
+    tables: dict[str, Literal[SHARDING_TYPES]] = Field(  # type: ignore[valid-type]
+        default_factory=dict, description="feature name -> sharding type"
+    )
+    pooling_factors: dict[str, float] = Field(
+        default_factory=dict, description="feature name -> expected ids per sample (TorchRec's pooling factor): a "
+                                          "hint to the planner's cost model; default 1")
+
+    @field_validator("pooling_factors")
+    @classmethod
+    def _pooling(cls, v):
+        if any(x <= 0 for x in v.values()):
+            raise ValueError("pooling factors must be positive")
+        return v
+
+
+class OptimizerSpec(Section):
+    sparse: Literal["rowwise_adagrad", "adagrad", "sgd", "adam"] = "rowwise_adagrad"
+    dense: Literal["adam", "adagrad", "sgd"] = "adam"
+    lr: float = Field(0.01, gt=0.0)
+    sparse_lr: Optional[float] = Field(None, gt=0.0, description="defaults to lr")
+    weight_decay: float = Field(0.0, ge=0.0, description="dense parameters only")
+    eps: float = Field(1e-8, gt=0.0)
+
+
+class CheckpointSpec(Section):
+    every_epochs: int = Field(1, ge=1)
+    every_steps: Optional[int] = Field(None, ge=1, description="also save every this many steps inside an epoch, "
+                                                                "with the data position (kind train)")
+    keep: int = Field(2, ge=1)
+
+
+class IngestSpec(Section):
+    """How workers stream their rows (raytrain.data.stream)."""
+
+    shuffle_buffer_rows: int = Field(262_144, ge=1, description="rows shuffled together: memory per worker is "
+                                                                 "about this many rows (or one row group if larger)")
+    prefetch_batches: int = Field(4, ge=0, description="batches built ahead of the step by a background thread")
+
+
+class ResourcesSpec(Section):
+    cpu: float = Field(1.0, gt=0.0)
+    gpu: float = Field(0.0, ge=0.0)
+
+
+class CrossValidationSpec(Section):
+    """k-fold cross-validation over the pooled training and validation rows (raytrain.train.crossval)."""
+
+    folds: int = Field(ge=2, le=50)
+    seed: int = Field(0, description="the permutation that deals rows into folds")
+
+
+class TrainSpec(Section):
+    workers: int = Field(2, ge=1, le=4096)
+    device: Literal["cpu", "cuda"] = "cpu"
+    resources_per_worker: ResourcesSpec = Field(default_factory=ResourcesSpec)
+    sharding: ShardingSpec = Field(default_factory=ShardingSpec)
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec)
+    batch_size: int = Field(1024, ge=1, description="global batch size, split evenly over workers")
+    eval_batch_size: int = Field(4096, ge=1)
+    epochs: int = Field(5, ge=1)
+    lr_decay: float = Field(1.0, gt=0.0, le=1.0, description="every learning rate (dense and sparse) is "
+                                                          "multiplied by this after each epoch")
+    checkpoint: CheckpointSpec = Field(default_factory=CheckpointSpec)
+    ingest: IngestSpec = Field(default_factory=IngestSpec)
+    audit_examples: bool = Field(False, description="write the ids of every training example consumed, per step, "
+                                                    "to <run>/audit/ (to check exactly-once resumes)")
+    max_failures: int = Field(0, ge=-1, description="-1: retry forever")
+    seed: int = 0
+    threads_per_worker: Optional[int] = Field(None, ge=1, description="torch intra-op threads per worker")
+    cross_validation: Optional[CrossValidationSpec] = Field(
+        None, description="k-fold cross-validation: k runs, the metrics' mean and spread (kind train; in kind tune "
+                          "each trial runs every fold and reports their mean)")
+
+    @model_validator(mode="after")
+    def _batch(self):
+        if self.batch_size % self.workers:
+            raise ValueError(f"batch_size {self.batch_size} is not divisible by workers {self.workers}")
+        return self
+
+
+class RaySpec(Section):
+    address: Optional[str] = Field(None, description="None: start an embedded local Ray")
+    num_cpus: Optional[int] = Field(None, ge=1, description="logical CPUs of the embedded Ray")
+
+
+class TrackingSpec(Section):
+    """Experiment tracking (raytrain.tracking)."""
+
+    mlflow: bool = Field(False, description="log runs, their parameters, metrics and artifacts to MLflow")
+    tracking_uri: Optional[str] = Field(None, description="an MLflow tracking URI (default: sqlite:///<storage>/"
+                                                          "mlflow.db, artifacts in <storage>/mlartifacts)")
+    experiment: Optional[str] = Field(None, description="the MLflow experiment (default: the spec's name)")
+    tensorboard: bool = Field(False, description="also write per-epoch metrics as TensorBoard event files to "
+                                                 "<run>/tensorboard/")
+
+
+def training_checks(spec: Any, steps: list[str]) -> list[str]:
+    """Checks across the data, model and train sections, for every kind that reads data and models."""
+    from ..data import declared_features
+    from ..storage import is_uri
+
+    problems: list[str] = []
+    if spec.data.source in ("open-bandit", "served-logs"):
+        return [f"data.source: {spec.data.source} holds logged bandit feedback for kind bandit, not {spec.kind}"]
+    cv = spec.train.cross_validation
+    if cv is not None:
+        if spec.kind not in ("train", "tune"):
+            problems.append(f"train.cross_validation: for kinds train and tune, not {spec.kind}")
+        if spec.data.source in ("synthetic", "criteo"):
+            problems.append(f"train.cross_validation: data.source {spec.data.source} is not folded (use parquet or "
+                            "movielens-100k)")
+        if spec.data.source == "movielens-100k" and spec.data.history_features:
+            problems.append("train.cross_validation: the MovieLens history features are computed from the original "
+                            "training split, so validation folds would see them; set data.history_features: false")
+        if is_uri(spec.storage):
+            problems.append("train.cross_validation: writes its folds beside the run; give a path as storage")
+        if spec.train.checkpoint.every_steps:
+            problems.append("train.cross_validation: mid-epoch checkpoints (train.checkpoint.every_steps) are for "
+                            "single runs")
+    sharding = spec.train.sharding
+    if spec.train.device == "cpu":
+        for where, st in [("default", sharding.default)] + [(f"tables.{k}", v) for k, v in sharding.tables.items()]:
+            if st in CUDA_ONLY_SHARDING:
+                problems.append(
+                    f"train.sharding.{where}: {st!r} needs train.device: cuda (TorchRec shards row-wise only "
+                    "on CUDA); on CPU use table_wise, column_wise, table_column_wise or data_parallel"
+                )
+    if spec.model.arch == "two_tower" and spec.model.dropout > 0:
+        problems.append("model.dropout: applies to the top MLP of dlrm and dcn_v2; two_tower has none")
+    if spec.model.arch == "two_tower" and spec.model.embedding_l2 > 0:
+        problems.append("model.embedding_l2: applies to dlrm and dcn_v2 (their sparse arch); not to two_tower")
+    features = declared_features(spec.data)
+    if features is not None:
+        for name in sharding.tables:
+            if name not in features:
+                problems.append(f"train.sharding.tables.{name}: no such sparse feature{suggest(name, features)}; "
+                                f"features: {', '.join(features)}")
+        cols = spec.data.columns
+        if spec.model.arch in ("dlrm", "dcn_v2") and cols is not None and not cols.dense:
+            problems.append(f"model.arch: {spec.model.arch} needs at least one dense column (data.columns.dense)")
+        if spec.model.arch == "two_tower" and cols is not None and not cols.item_features:
+            problems.append("model.arch: two_tower needs data.columns.item_features")
+    return problems
+
+
+def suggest(word: str, choices: list[str]) -> str:
+    """' (did you mean X?)' for the closest of ``choices``, or ''."""
+    import difflib
+
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""

@@ -1,0 +1,55 @@
+"""The registry of job kinds: every kind declared once, and looked up there by the CLI, the pipeline and the loader."""
+
+from __future__ import annotations
+
+import pytest
+
+from raytrain.cli.main import run_spec
+from raytrain.errors import SpecError
+from raytrain.kinds import KINDS, JobSpec
+from raytrain.kinds.base import Kind
+from raytrain.kinds.pipeline import STEPS
+from raytrain.spec import parse_spec
+
+
+def test_every_kind_is_a_spec_kind_with_its_own_section_field():
+    assert set(KINDS) == set(JobSpec.model_fields["kind"].annotation.__args__)
+    for name, kind in KINDS.items():
+        assert kind.name == name and kind.outputs
+        if kind.section is not None:
+            assert kind.section == name and JobSpec.model_fields[name].default is None
+    # exactly the kinds that run as a step may stand in pipeline.steps
+    assert {n for n, k in KINDS.items() if k.step is not None} == set(STEPS)
+
+
+def test_run_spec_dispatches_through_the_registry_and_tracks_the_summary(monkeypatch, tmp_path):
+    calls = []
+
+    def fake_run(spec, address):
+        calls.append((spec.kind, address))
+        return {"run_dir": str(tmp_path)}
+
+    monkeypatch.setitem(KINDS, "ensemble", Kind(name="ensemble", run=fake_run, outputs=("x",), section="ensemble"))
+    tracked = []
+    monkeypatch.setattr("raytrain.tracking.record", lambda spec, summary: tracked.append(summary))
+    spec = parse_spec({"name": "e", "kind": "ensemble", "ensemble": {"runs": ["a", "b"]}})
+    run_spec(spec, "ray://somewhere")
+    assert calls == [("ensemble", "ray://somewhere")] and tracked == [{"run_dir": str(tmp_path)}]
+
+
+def test_a_kinds_checks_and_section_rules_come_from_its_declaration(monkeypatch):
+    monkeypatch.setitem(KINDS, "ensemble", Kind(name="ensemble", run=lambda s, a: None, outputs=("x",),
+                                                section="ensemble", needs="members",
+                                                checks=lambda spec, steps: [f"ensemble: checked with {steps}"]))
+    with pytest.raises(SpecError) as e:
+        parse_spec({"name": "e", "kind": "ensemble"})
+    assert e.value.problems == ["ensemble: an ensemble spec needs an 'ensemble' section (members)"]
+    with pytest.raises(SpecError) as e:
+        parse_spec({"name": "e", "kind": "ensemble", "ensemble": {"runs": ["a"]}})
+    assert e.value.problems == ["ensemble: checked with ['ensemble']"]
+    with pytest.raises(SpecError) as e:  # this declaration has no pipeline step
+        parse_spec({"name": "e", "kind": "train", "ensemble": {"runs": ["a", "b"]}})
+    assert e.value.problems == ["ensemble: only for kind ensemble"]
+    monkeypatch.undo()
+    with pytest.raises(SpecError, match="ensemble: only for kind ensemble or pipeline"):
+        parse_spec({"name": "e", "kind": "train", "ensemble": {"runs": ["a", "b"]}})
