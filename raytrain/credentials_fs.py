@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pyarrow.fs as pafs
 
-from .storage import CREDENTIALS_ENV, open_uri, with_credentials
+from .credentials import CREDENTIALS_ENV, open_uri, with_credentials
 
 
 class ResolvingHandler(pafs.FileSystemHandler):

@@ -13,13 +13,7 @@ on every node, or an object store URI. With a URI:
 URIs are anything ``pyarrow.fs.FileSystem.from_uri`` takes, query options included, e.g.
 ``s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http`` for an S3-compatible store.
 
-Credentials. The usual places (environment, instance profile) need nothing from raytrain. Credentials written into
-a URI (``s3://KEY:SECRET@bucket/...``, or secret-like query values such as ``session_token=``) are taken out of it
-where the URI enters raytrain (``adopt``: spec loading, the CLI's run arguments): what raytrain keeps, writes and
-prints is the URI without them, and the credentials live only in this process's environment
-(``RAYTRAIN_STORAGE_CREDENTIALS``, keyed by ``scheme://host``), which the Ray processes raytrain starts inherit.
-Each process resolves them again when it opens the filesystem; the filesystem objects handed to Ray pickle the
-location without credentials (Tune saves them in its experiment state).
+Credentials: ``raytrain.credentials``.
 """
 
 from __future__ import annotations
@@ -28,6 +22,11 @@ import hashlib
 import os
 import re
 from pathlib import Path
+
+from .credentials import CREDENTIALS_ENV, adopt, has_credentials, open_uri, redact, with_credentials
+
+__all__ = ["CREDENTIALS_ENV", "Mirror", "Store", "adopt", "cache_dir", "filesystem", "has_credentials", "is_uri", "join",
+           "materialize", "mirror_of", "open_uri", "redact", "with_credentials"]
 
 _URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
@@ -41,90 +40,6 @@ def join(location: str, *parts: str) -> str:
     base, sep, query = str(location).partition("?")
     out = "/".join([base.rstrip("/"), *[p.strip("/") for p in parts if p]])
     return f"{out}{sep}{query}"
-
-
-_SECRET_WORDS = "secret|token|key|password|passwd|session|credential|signature|sig"
-_SECRET_QUERY = re.compile(rf"(?:{_SECRET_WORDS})", re.I)  # a query key holding a credential
-CREDENTIALS_ENV = "RAYTRAIN_STORAGE_CREDENTIALS"
-
-
-def redact(location: str) -> str:
-    """A URI fit for logs: no user:password and no query values that look like secrets."""
-    s = re.sub(r"://[^/@?]*@", "://***@", str(location))
-    return re.sub(rf"((?:{_SECRET_WORDS})[a-z_]*=)[^&]*", r"\1***", s, flags=re.I)
-
-
-def _split(location: str) -> tuple[str, str, dict[str, str]]:
-    """(the URI without credentials, its user info, its secret-like query values)."""
-    from urllib.parse import parse_qsl, urlencode
-
-    base, sep, query = location.partition("?")
-    scheme, _, rest = base.partition("://")
-    host, slash, path = rest.partition("/")
-    userinfo, at, host = host.rpartition("@")
-    pairs = parse_qsl(query, keep_blank_values=True)
-    secret = {k: v for k, v in pairs if _SECRET_QUERY.search(k)}
-    kept = urlencode([(k, v) for k, v in pairs if k not in secret], safe=":/")
-    return f"{scheme}://{host}{slash}{path}" + (f"?{kept}" if kept else ""), userinfo, secret
-
-
-def _key(location: str) -> str:
-    """What credentials are registered under: ``scheme://host`` (a bucket)."""
-    scheme, _, rest = location.partition("?")[0].partition("://")
-    return f"{scheme}://{rest.split('/')[0].rpartition('@')[2]}"
-
-
-def _registered() -> dict[str, dict]:
-    import json
-
-    try:
-        return json.loads(os.environ.get(CREDENTIALS_ENV) or "{}")
-    except ValueError:
-        raise ValueError(f"{CREDENTIALS_ENV}: not JSON; it maps scheme://host to "
-                         '{"userinfo": "KEY:SECRET", "query": {...}}') from None
-
-
-def adopt(location: str) -> str:
-    """``location`` without its credentials, which are kept in this process's environment for later opens (and for
-    the Ray processes started from it). A location without credentials is returned as it is."""
-    import json
-
-    if not is_uri(location):
-        return location
-    clean, userinfo, secret = _split(location)
-    if not userinfo and not secret:
-        return location
-    table = _registered()
-    table[_key(clean)] = {"userinfo": userinfo, "query": secret}
-    os.environ[CREDENTIALS_ENV] = json.dumps(table)
-    return clean
-
-
-def has_credentials(location: str) -> bool:
-    return is_uri(location) and _split(location)[0] != location
-
-
-def with_credentials(location: str) -> str:
-    from urllib.parse import urlencode
-
-    creds = _registered().get(_key(location))
-    if not creds or has_credentials(location):
-        return location
-    scheme, _, rest = location.partition("://")
-    if creds.get("userinfo"):
-        rest = f"{creds['userinfo']}@{rest}"
-    if creds.get("query"):
-        rest += ("&" if "?" in rest else "?") + urlencode(creds["query"])
-    return f"{scheme}://{rest}"
-
-
-def open_uri(location: str):
-    import pyarrow.fs as pafs
-
-    try:
-        return pafs.FileSystem.from_uri(location)
-    except Exception as e:  # pyarrow raises ArrowInvalid / ValueError / OSError for bad or unreachable URIs
-        raise ValueError(f"storage {redact(location)}: not a usable pyarrow.fs URI ({type(e).__name__}: {e})") from None
 
 
 def filesystem(location: str):

@@ -183,7 +183,7 @@ def split_indices(n: int, method: str, fractions, seed: int, order_key: np.ndarr
 def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
     """Write (once, cached by split and label rule) train/validation/test parquet files."""
     key = json.dumps(
-        {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 3,
+        {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 4,
          "path": data_spec.path, "history": data_spec.history_features},
         sort_keys=True,
     )

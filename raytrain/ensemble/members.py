@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,10 +62,15 @@ def read_ensemble(location: str | Path, combine: str, where: str) -> tuple[Path,
     return run, doc
 
 
+_TRIAL_DIR = re.compile(r"^(?:_?pbt_|_)?trial_([0-9a-f]+_\d+)(?:_|$)")
+
+
 def member_name(run_dir: Path) -> str:
-    """A run's short name: a tune trial's id (from _trial_<experiment>_<index>_<params...>), else the directory's."""
+    """A run's short name: a tune trial's id ``<experiment>_<index>`` (from its directory, named by Tune after the
+    trial function: trial_, pbt_trial_, and _trial_ in older runs), else the directory's name."""
     base = run_dir.parent.name if run_dir.name == "run" else run_dir.name
-    return "_".join(base.split("_")[2:4]) if base.startswith("_trial_") else base
+    m = _TRIAL_DIR.match(base)
+    return m.group(1) if m else base
 
 
 def load_member(run_dir: str | Path, name: str | None = None) -> Member:

@@ -32,10 +32,6 @@ class AbTestSpec(Section):
     cuped: Optional[CupedSpec] = None
 
 
-Step = Literal["train", "tune", "ensemble", "distill", "serve"]
-STEPS: tuple[Step, ...] = ("train", "tune", "ensemble", "distill", "serve")
-
-
 def run(spec: JobSpec, address: Optional[str]) -> dict:
     from ..abtest import run_abtest
 

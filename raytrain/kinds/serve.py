@@ -35,7 +35,7 @@ class VariantSpec(Section):
     top_k: int = Field(1, ge=1, description="with tune_run")
     run: Optional[str] = Field(None, description="a train run directory (a distilled student's run is one too)")
     distill: Optional[str] = Field(None, description="a distill run (distill.json): its student")
-    step: Optional[Literal["train", "tune", "ensemble", "distill"]] = Field(
+    step: Optional[str] = Field(
         None, description="pipeline only: the output of this earlier step")
     explore: Optional[ExploreSpec] = Field(None, description="explore on /recommend and log every decision")
 

@@ -7,7 +7,7 @@ from torch import nn
 from torchrec.models.dlrm import DLRM, DLRM_DCN
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.modules.mlp import MLP
+from torchrec.modules.mlp import MLP, Perceptron
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ..data.schema import FeatureSchema
@@ -88,14 +88,14 @@ class TwoTower(nn.Module):
         self.user_tower = MLP(len(user_features) * embedding_dim, tower_sizes, device=device)
         self.item_tower = MLP(len(item_features) * embedding_dim, tower_sizes, device=device)
 
-    def _tower(self, pooled: dict[str, torch.Tensor], names: list[str], tower: nn.Module) -> torch.Tensor:
+    def tower_output(self, pooled: dict[str, torch.Tensor], names: list[str], tower: nn.Module) -> torch.Tensor:
         return tower(torch.cat([pooled[n] for n in names], dim=1))
 
     def towers(self, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = self.embedding_bag_collection(sparse).to_dict()
         return (
-            self._tower(pooled, self.user_features, self.user_tower),
-            self._tower(pooled, self.item_features, self.item_tower),
+            self.tower_output(pooled, self.user_features, self.user_tower),
+            self.tower_output(pooled, self.item_features, self.item_tower),
         )
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
@@ -104,25 +104,13 @@ class TwoTower(nn.Module):
 
 
 def _dlrm(spec: Any, schema: FeatureSchema, ebc: EmbeddingBagCollection, device) -> nn.Module:
-    return DLRM(
-        embedding_bag_collection=ebc,
-        dense_in_features=len(schema.dense),
-        dense_arch_layer_sizes=[*spec.dense_arch, spec.embedding_dim],
-        over_arch_layer_sizes=[*spec.over_arch, 1],
-        dense_device=device,
-    )
-
-
-def _dcn_v2(spec: Any, schema: FeatureSchema, ebc: EmbeddingBagCollection, device) -> nn.Module:
-    return DLRM_DCN(
-        embedding_bag_collection=ebc,
-        dense_in_features=len(schema.dense),
-        dense_arch_layer_sizes=[*spec.dense_arch, spec.embedding_dim],
-        over_arch_layer_sizes=[*spec.over_arch, 1],
-        dcn_num_layers=spec.dcn.num_layers,
-        dcn_low_rank_dim=spec.dcn.low_rank_dim,
-        dense_device=device,
-    )
+    """DLRM, or with ``spec.arch`` dcn_v2 its DCN-v2 variant (a low-rank cross network for the interaction)."""
+    common = dict(embedding_bag_collection=ebc, dense_in_features=len(schema.dense),
+                  dense_arch_layer_sizes=[*spec.dense_arch, spec.embedding_dim],
+                  over_arch_layer_sizes=[*spec.over_arch, 1], dense_device=device)
+    if spec.arch == "dcn_v2":
+        return DLRM_DCN(**common, dcn_num_layers=spec.dcn.num_layers, dcn_low_rank_dim=spec.dcn.low_rank_dim)
+    return DLRM(**common)
 
 
 def _two_tower(spec: Any, schema: FeatureSchema, ebc: EmbeddingBagCollection, device) -> nn.Module:
@@ -147,7 +135,8 @@ def add_dropout(net: nn.Module, p: float) -> int:
     over = getattr(net, "over_arch", None)
     if p <= 0 or over is None:
         return 0
-    hidden = list(over.model[0]._mlp)  # OverArch.model = Sequential(MLP(hidden layers), Linear(-> 1))
+    # OverArch.model = Sequential(MLP(hidden layers), Linear(-> 1)): the MLP's layers are Perceptrons
+    hidden = [m for m in over.model[0].modules() if isinstance(m, Perceptron)]
     for layer in hidden:
         layer.register_forward_hook(_DropoutHook(p))
     return len(hidden)
@@ -155,7 +144,7 @@ def add_dropout(net: nn.Module, p: float) -> int:
 
 MODEL_REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "dlrm": _dlrm,
-    "dcn_v2": _dcn_v2,
+    "dcn_v2": _dlrm,
     "two_tower": _two_tower,
 }
 

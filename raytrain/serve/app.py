@@ -92,13 +92,17 @@ class Ingress(Scorer):
 
     # ---- endpoints --------------------------------------------------------------------------------------
 
-    @api.post("/predict")
-    async def predict(self, body: PredictRequest, request: Request):
+    async def _answer(self, handler, body, request: Request):
+        """A /predict or /recommend reply, or its error reply; counted in ``in_flight`` while it is made."""
         with self.answering():
             try:
-                return await self._predict(body, request)
+                return await handler(body, request)
             except Exception as e:
                 return self._error(e)
+
+    @api.post("/predict")
+    async def predict(self, body: PredictRequest, request: Request):
+        return await self._answer(self._predict, body, request)
 
     async def _predict(self, body: PredictRequest, request: Request) -> dict:
         forced = self._forced(body.variant, request)
@@ -127,11 +131,7 @@ class Ingress(Scorer):
 
     @api.post("/recommend")
     async def recommend(self, body: RecommendRequest, request: Request):
-        with self.answering():
-            try:
-                return await self._recommend(body, request)
-            except Exception as e:
-                return self._error(e)
+        return await self._answer(self._recommend, body, request)
 
     async def _recommend(self, body: RecommendRequest, request: Request) -> dict:
         key, item_key = self.store.user_key, self.store.item_key

@@ -8,12 +8,12 @@ user and item key names, its limits) is checked by each model's ``check`` agains
 from __future__ import annotations
 
 import math
-from typing import Any, Optional
+from typing import Annotated, Any, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from .features import RequestError
@@ -21,6 +21,37 @@ from .features import RequestError
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _refuse_unless(ok: bool, text: str) -> None:
+    if not ok:
+        raise ValueError(text)
+
+
+def _rows(v: Any) -> Any:
+    _refuse_unless(isinstance(v, list) and bool(v), "expected a non-empty list of objects")
+    return v
+
+
+def _candidates(v: Any) -> Any:
+    _refuse_unless(v is None or (isinstance(v, list) and bool(v)), "expected a non-empty list of item ids")
+    return v
+
+
+def _flag(v: Any) -> Any:
+    _refuse_unless(isinstance(v, bool), f"expected true or false, got {v!r}")
+    return v
+
+
+def _request_id(v: Any) -> Any:
+    _refuse_unless(isinstance(v, str) and bool(v), "expected the request_id string a /recommend reply gave")
+    return v
+
+
+def _reward(v: Any) -> float:
+    _refuse_unless(not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v),
+                   f"expected a finite number, got {v!r}")
+    return float(v)
 
 
 class _Body(BaseModel):
@@ -43,15 +74,9 @@ class _Body(BaseModel):
 
 
 class PredictRequest(_Body):
-    rows: Any = Field(None, validate_default=True, description="objects: a user id, an item id, any other feature")
+    rows: Annotated[Any, BeforeValidator(_rows)] = Field(
+        None, validate_default=True, description="objects: a user id, an item id, any other feature")
     variant: Any = Field(None, description="a variant to answer (where serve.force_variant is body)")
-
-    @field_validator("rows", mode="before")
-    @classmethod
-    def _rows(cls, v: Any) -> Any:
-        if not isinstance(v, list) or not v:
-            raise ValueError("expected a non-empty list of objects")
-        return v
 
     def check(self, max_rows: int) -> None:
         self.check_fields(set())
@@ -62,23 +87,11 @@ class PredictRequest(_Body):
 
 class RecommendRequest(_Body):
     k: Any = Field(10, description="how many items")
-    candidates: Optional[list[Any]] = Field(None, description="item ids to rank (default: every known item)")
-    exclude_rated: Any = Field(False, description="leave out the items the user has interacted with")
+    candidates: Annotated[Optional[list[Any]], BeforeValidator(_candidates)] = Field(
+        None, description="item ids to rank (default: every known item)")
+    exclude_rated: Annotated[bool, BeforeValidator(_flag)] = Field(
+        False, description="leave out the items the user has interacted with")
     variant: Any = None
-
-    @field_validator("candidates", mode="before")
-    @classmethod
-    def _candidates(cls, v: Any) -> Any:
-        if v is not None and (not isinstance(v, list) or not v):
-            raise ValueError("expected a non-empty list of item ids")
-        return v
-
-    @field_validator("exclude_rated", mode="before")
-    @classmethod
-    def _exclude(cls, v: Any) -> Any:
-        if not isinstance(v, bool):
-            raise ValueError(f"expected true or false, got {v!r}")
-        return v
 
     def check(self, user_key: str, max_k: int, max_candidates: int) -> None:
         self.check_fields({user_key})
@@ -91,22 +104,9 @@ class RecommendRequest(_Body):
 
 
 class FeedbackRequest(_Body):
-    request_id: Any = Field(None, validate_default=True, description="the request_id a reply gave")
-    reward: Any = Field(1.0, description="a finite number (default 1)")
-
-    @field_validator("request_id", mode="before")
-    @classmethod
-    def _rid(cls, v: Any) -> Any:
-        if not isinstance(v, str) or not v:
-            raise ValueError("expected the request_id string a /recommend reply gave")
-        return v
-
-    @field_validator("reward", mode="before")
-    @classmethod
-    def _reward(cls, v: Any) -> Any:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"expected a finite number, got {v!r}")
-        return float(v)
+    request_id: Annotated[Any, BeforeValidator(_request_id)] = Field(
+        None, validate_default=True, description="the request_id a reply gave")
+    reward: Annotated[float, BeforeValidator(_reward)] = Field(1.0, description="a finite number (default 1)")
 
     def check(self, item_key: str) -> int:
         """The item id the feedback is for."""

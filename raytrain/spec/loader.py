@@ -138,6 +138,9 @@ def _semantic_checks(spec: Any) -> list[str]:
     steps = steps_of(spec)
     what = "step" if spec.kind == "pipeline" else "spec"
     problems = []
+    if spec.kind == "pipeline" and kind.checks is not None:
+        problems += kind.checks(spec, steps)
+        steps = [s for s in steps if s in KINDS and KINDS[s].step is not None]  # the rest is checked on what can run
     for name in steps:
         k = KINDS[name]
         if k.section is not None and getattr(spec, k.section) is None and k.needs:
@@ -145,8 +148,6 @@ def _semantic_checks(spec: Any) -> list[str]:
             problems.append(f"{name}: {article} {name} {what} needs {article} '{name}' section ({k.needs})")
         elif k.checks is not None:
             problems += k.checks(spec, steps)
-    if spec.kind == "pipeline" and kind.checks is not None:
-        problems += kind.checks(spec, steps)
     for name, k in KINDS.items():
         if k.section is None or getattr(spec, k.section) is None or name in steps or name == spec.kind:
             continue

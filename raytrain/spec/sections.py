@@ -106,8 +106,10 @@ class ColumnsSpec(Section):
     sparse: dict[str, int] = Field(default_factory=dict, description="id column -> cardinality")
     multi_valued: dict[str, int] = Field(default_factory=dict, description="list-of-ids column -> cardinality")
     dense: list[str] = Field(default_factory=list)
-    user_features: list[str] = Field(default_factory=list, description="features of the user tower (two_tower)")
-    item_features: list[str] = Field(default_factory=list, description="features of the item tower (two_tower)")
+    user_features: list[str] = Field(default_factory=list, description="columns describing the user: the user "
+                                                                         "tower (two_tower); serving fills them in")
+    item_features: list[str] = Field(default_factory=list, description="columns describing the item: the item "
+                                                                         "tower (two_tower); serving fills them in")
     timestamp: Optional[str] = None
 
 

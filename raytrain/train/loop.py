@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -12,19 +11,16 @@ import ray.train
 import ray.util
 import torch
 import torch.distributed as dist
-from ray.train import CheckpointUploadMode
 
 from ..data import PreparedData
-from ..errors import CheckpointError
 from ..kinds import JobSpec
 from ..log import get_logger
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank, summarize_plan
-from ..storage import Store, is_uri, redact
-from . import checkpoint as ckpt
+from ..storage import Store
 from .distributed import shard_model
-from .export import complete_markers
 from .loaders import EvalData, TrainData
 from .metrics import evaluate
+from .worker_checkpoints import restore, resume_point, save_and_report, test_at_best
 
 log = get_logger(__name__)
 
@@ -98,59 +94,6 @@ def _train_epoch(sharded, data: TrainData, epoch: int, device, rank: int, epochs
             "train_examples_per_s": examples / seconds if seconds > 0 else 0.0}
 
 
-def _save(spec: JobSpec, store: Store, sharded, name: str, epoch: int, metrics: dict, step: int | None = None,
-          before_report=None) -> None:
-    """A sharded checkpoint registered with Ray Train once every rank reported it. ``before_report()``: more metrics,
-    computed after the checkpoint's files are written and sent in the same report."""
-    if store.remote:
-        # every rank saves its shards locally and Ray uploads them: the files of all ranks are merged
-        # into one checkpoint directory on the URI, registered once every rank has reported
-        with tempfile.TemporaryDirectory(prefix="raytrain-ckpt-") as d:
-            ckpt.save(sharded, d, epoch, metrics, step=step)
-            if before_report is not None:
-                metrics = {**metrics, **before_report()}
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
-    else:
-        # written straight into the run's storage (no copy); Ray registers it once every rank reported
-        storage = ray.train.get_context().get_storage()
-        directory = Path(storage.experiment_fs_path) / name
-        ckpt.save(sharded, directory, epoch, metrics, step=step)
-        if before_report is not None:
-            metrics = {**metrics, **before_report()}
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint(str(directory)),
-                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
-
-
-def _best_checkpoint(store: Store, current: dict) -> tuple[float, int, str | None]:
-    """(val_auc, epoch, location) of the best epoch-end checkpoint of this run by validation AUC: those on storage
-    and ``current`` (the last epoch's metrics, its checkpoint maybe not uploaded yet; location None)."""
-    experiment = ray.train.get_context().get_storage().experiment_fs_path.rstrip("/")
-    root = store.root.rstrip("/")
-    rel = experiment[len(root) + 1:] if experiment.startswith(root + "/") else "ray"
-    best: tuple[float, int, str | None] = (float(current["val_auc"]), int(current["epoch"]), None)
-    for location, info in complete_markers(store.location, rel):
-        auc, epoch = info.get("metrics", {}).get("val_auc"), int(info["epoch"]) + 1
-        if auc is not None and epoch != best[1] and (auc, epoch) > best[:2]:
-            best = (float(auc), epoch, location)
-    return best
-
-
-def _test_at_best(spec, prepared, sharded, device, rank: int, world: int, store: Store, metrics: dict) -> dict:
-    """Test metrics of the checkpoint this run's model is used from (ensembles, distillation, serving load the
-    best by validation AUC), not of the last epoch: the best checkpoint is loaded first when it is an earlier one.
-    Called at the end, after the last checkpoint is written, so the weights it replaces are saved."""
-    _, epoch, location = _best_checkpoint(store, metrics)
-    if location is not None:
-        if rank == 0:
-            log.info(f"test: evaluating epoch {epoch}'s checkpoint, the best by validation AUC")
-        if is_uri(location):
-            with tempfile.TemporaryDirectory(prefix="raytrain-best-") as d:
-                ckpt.load(sharded, Store(location).download(d))
-        else:
-            ckpt.load(sharded, location)
-    return {**_test_metrics(spec, prepared, sharded, device, rank, world, store, metrics, epoch), "test_epoch": epoch}
-
-
 def train_loop_per_worker(config: dict) -> None:
     stamps = {"worker_start": time.time()}  # start-up, by phase (benchmarks/startup.py)
     spec = JobSpec.model_validate(config["spec"])
@@ -188,8 +131,8 @@ def train_loop_per_worker(config: dict) -> None:
     train = TrainData(prepared, spec.train.batch_size, rank, world, spec.train.seed,
                       buffer_rows=spec.train.ingest.shuffle_buffer_rows, prefetch=spec.train.ingest.prefetch_batches)
     if restored is not None:
-        info, loaded_from = _restore(sharded, restored, store)
-        start_epoch, start_step = _resume_point(info, train, world)
+        info, loaded_from = restore(sharded, restored, store)
+        start_epoch, start_step = resume_point(info, train, world)
         last_metrics = dict(info.get("metrics", {}))
         if rank == 0:
             where = f"epoch {start_epoch + 1} step {start_step}" if start_step else f"epoch {start_epoch + 1}"
@@ -223,7 +166,7 @@ def train_loop_per_worker(config: dict) -> None:
                     audit.flush()  # the steps this checkpoint covers are on record before it exists
                 # mid-epoch: the data position is (epoch, step); its score is -inf so the best-by-val_auc
                 # checkpoints kept are epoch ends, and Ray keeps this one as the latest for resuming
-                _save(spec, store, sharded, f"mid_epoch_{epoch + 1:04d}_step_{step:07d}", epoch,
+                save_and_report(spec, store, sharded, f"mid_epoch_{epoch + 1:04d}_step_{step:07d}", epoch,
                       {"epoch": epoch, "step": step, "val_auc": float("-inf"), "mid_epoch": True}, step=step)
 
         stats = _train_epoch(sharded, train, epoch, device, rank, epochs,
@@ -241,69 +184,18 @@ def train_loop_per_worker(config: dict) -> None:
         last = epoch == epochs - 1
         # test metrics ride in the last epoch's report: a scheduler whose max_t is this epoch (ASHA, HyperBand)
         # stops the trial on this report, so a separate test report after it would never be made
-        test = (lambda m=metrics: _test_at_best(spec, prepared, sharded, device, rank, world, store, m)) if last \
+        test = (lambda m=metrics: test_at_best(spec, prepared, sharded, device, rank, world, store, m)) if last \
             else None
         last_metrics = metrics
         if (epoch + 1) % spec.train.checkpoint.every_epochs == 0 or last:
-            _save(spec, store, sharded, f"epoch_{epoch + 1:04d}", epoch, metrics, before_report=test)
+            save_and_report(spec, store, sharded, f"epoch_{epoch + 1:04d}", epoch, metrics, before_report=test)
         else:
             ray.train.report(metrics)
 
     if start_epoch >= epochs:  # resumed from the last epoch's checkpoint: only the test evaluation is left
         final = {**last_metrics, "epoch": epochs}
-        final.update(_test_at_best(spec, prepared, sharded, device, rank, world, store, final))
+        final.update(test_at_best(spec, prepared, sharded, device, rank, world, store, final))
         ray.train.report(final)
-
-
-def _test_metrics(spec, prepared, sharded, device, rank: int, world: int, store: Store, metrics: dict,
-                  epoch: int) -> dict:
-    """Test AUC / log loss over all ranks of the model as it is (``epoch``'s weights); rank 0 writes them with
-    ``metrics`` to metrics/test.json."""
-
-    test = EvalData(prepared, "test", spec.train.eval_batch_size, rank, world,
-                    buffer_rows=spec.train.ingest.shuffle_buffer_rows)
-    t = evaluate(sharded.module, test, device)
-    out = {"test_auc": t["auc"], "test_logloss": t["logloss"], "test_rows": t["rows"]}
-    if rank == 0:
-        log.info(f"test (epoch {epoch}): auc {t['auc']:.4f} logloss {t['logloss']:.4f} over {t['rows']:,} rows")
-        _write_json(store, "metrics/test.json", {**metrics, **out, "test_epoch": epoch})
-    return out
-
-
-def _restore(sharded, restored, store: Store) -> tuple[dict, str]:
-    """Load the checkpoint Ray hands back; when it is incomplete (a rank's shard never arrived), the newest complete
-    checkpoint beside it instead. Every rank reads the same storage, so every rank makes the same choice.
-    Returns (its marker, where it was loaded from)."""
-    with restored.as_directory() as d:
-        try:
-            return ckpt.load(sharded, d), str(restored.path)
-        except CheckpointError as e:
-            problem = e
-    where = restored.path
-    if store.remote and not is_uri(str(where)):
-        where = store.location_of(str(where))
-    found = ckpt.latest_complete(where)
-    if found is None:
-        raise CheckpointError(f"{problem}; no complete checkpoint beside it to resume from") from None
-    location, _ = found
-    log.info(f"{problem}: resuming from {redact(location)}, the newest complete checkpoint, instead")
-    if not is_uri(location):
-        return ckpt.load(sharded, location), location
-    with tempfile.TemporaryDirectory(prefix="raytrain-restore-") as d:
-        return ckpt.load(sharded, Store(location).download(d)), redact(location)
-
-
-def _resume_point(info: dict, train: TrainData, world: int) -> tuple[int, int]:
-    """(epoch, step) to continue from a checkpoint's marker. A mid-epoch position holds only for the same world
-    size (it decides which rows each rank reads); otherwise the interrupted epoch starts over, said in the log."""
-    step = info.get("step")
-    if step is None:
-        return info["epoch"] + 1, 0
-    if info.get("world_size") != world:
-        log.info(f"checkpoint taken mid-epoch with {info.get('world_size')} workers, now {world}: "
-             f"epoch {info['epoch'] + 1} starts over")
-        return info["epoch"], 0
-    return info["epoch"], min(int(step), train.steps)
 
 
 class _Audit:

@@ -28,7 +28,7 @@ def _tower_outputs(net, columns: Columns, names: list[str], tower, batch: int = 
     for lo in range(0, len(columns), batch):
         b = columns.batch(torch.arange(lo, min(lo + batch, len(columns))))
         pooled = net.embedding_bag_collection(b.sparse).to_dict()
-        out.append(net._tower(pooled, names, tower))
+        out.append(net.tower_output(pooled, names, tower))
     return torch.cat(out)
 
 

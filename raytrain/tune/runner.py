@@ -27,7 +27,7 @@ from ..storage import Mirror, Store, filesystem, is_uri, mirror_of, redact
 from .factories import scheduler, searcher
 from .resources import ResourceError, preflight, release_callback, release_run
 from .space import apply_config, to_param_space, tune_of
-from .trial import pbt_trial, run_trial
+from .trial import pbt_trial, trial
 
 log = get_logger(__name__)
 
@@ -78,7 +78,7 @@ def _tuner(spec: JobSpec, data: dict, location: str, restore: bool = False):
     from ..tracking import tune_callbacks
 
     base = spec.model_dump(mode="json")
-    trial_fn = pbt_trial if tune_of(spec).scheduler.name == "pbt" else run_trial
+    trial_fn = pbt_trial if tune_of(spec).scheduler.name == "pbt" else trial
     trainable = tune.with_resources(
         tune.with_parameters(trial_fn, base=base, data=data, location=location),
         {"cpu": tune_of(spec).resources_per_trial.cpu},

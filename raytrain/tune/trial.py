@@ -33,7 +33,7 @@ def _trial_setup(config: dict, base: dict, data: dict, location: str) -> tuple[J
     return spec, run, prepared
 
 
-def run_trial(config: dict, base: dict, data: dict, location: str) -> None:
+def trial(config: dict, base: dict, data: dict, location: str) -> None:
     """One trial: the base spec with this trial's values, trained by a TorchTrainer."""
     from ray.tune.integration.ray_train import TuneReportCallback
 

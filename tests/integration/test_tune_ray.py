@@ -79,7 +79,7 @@ def test_interrupted_tune_resumes_without_rerunning_finished_trials(ray_local, t
     while time.time() < deadline and proc.poll() is None:
         finished = list(tmp_path.glob("*/*/tune/*/run/metrics/test.json"))
         # one trial at a time: once the second trial exists, Tune has recorded the first as finished
-        if finished and len(list(tmp_path.glob("*/*/tune/_trial_*"))) >= 2:
+        if finished and len(list(tmp_path.glob("*/*/tune/trial_*"))) >= 2:
             break
         time.sleep(1)
     assert finished, f"no trial finished: {proc.poll()} {log.read_text()[-3000:]}"

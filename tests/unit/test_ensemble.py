@@ -67,3 +67,14 @@ def test_bad_inputs():
         parse_spec({"name": "e", "kind": "ensemble"})
     spec = parse_spec({"name": "e", "kind": "ensemble", "ensemble": {"tune_run": "runs/t", "combine": ["stacked"]}})
     assert spec.ensemble.top_k == 3 and spec.ensemble.combine == ["stacked"]
+
+
+def test_member_names_are_trial_ids_whatever_tune_named_the_trial_directory():
+    from pathlib import Path
+
+    from raytrain.ensemble.members import member_name
+
+    for directory in ("trial_ab12f_00001_1_model.embedding_dim=32_2026-12-02", "pbt_trial_ab12f_00001_1",
+                      "_trial_ab12f_00001_1_lr=0.01"):  # the last: runs of older versions
+        assert member_name(Path("/runs/t/tune") / directory / "run") == "ab12f_00001"
+    assert member_name(Path("/runs/student")) == "student"

@@ -8,7 +8,7 @@ from raytrain.cli.main import run_spec
 from raytrain.errors import SpecError
 from raytrain.kinds import KINDS, JobSpec
 from raytrain.kinds.base import Kind
-from raytrain.kinds.pipeline import STEPS
+from raytrain.kinds.pipeline import steps_in_order
 from raytrain.spec import parse_spec
 
 
@@ -19,7 +19,10 @@ def test_every_kind_is_a_spec_kind_with_its_own_section_field():
         if kind.section is not None:
             assert kind.section == name and JobSpec.model_fields[name].default is None
     # exactly the kinds that run as a step may stand in pipeline.steps
-    assert {n for n, k in KINDS.items() if k.step is not None} == set(STEPS)
+    assert steps_in_order() == ["train", "tune", "ensemble", "distill", "serve"]
+    with pytest.raises(SpecError, match="pipeline.steps: 'bandit' cannot be a step; steps: train, tune, ensemble, "
+                                        "distill, serve"):
+        parse_spec({"name": "p", "kind": "pipeline", "pipeline": {"steps": ["bandit"]}})
 
 
 def test_run_spec_dispatches_through_the_registry_and_tracks_the_summary(monkeypatch, tmp_path):

@@ -245,3 +245,38 @@ def test_a_restarted_decision_log_reads_back_only_the_files_of_its_window(tmp_pa
     from raytrain.serve.decisions import read_log
     assert read_log(tmp_path, "requests").column("request_id").to_pylist() == ["old", "recent"]
     assert not any(n.endswith(".tmp") for n in os.listdir(tmp_path / "decisions"))
+
+
+def test_request_models_refuse_bad_bodies_with_the_field_and_the_reason():
+    from pydantic import ValidationError
+
+    from raytrain.serve.requests import FeedbackRequest, PredictRequest, RecommendRequest, _validation_text
+
+    def text(model, body):
+        with pytest.raises(ValidationError) as e:
+            model.model_validate(body)
+        return _validation_text([{**err, "loc": ("body", *err["loc"])} for err in e.value.errors()])
+
+    assert text(PredictRequest, {}) == ("rows: expected a non-empty list of objects", 422)
+    assert text(RecommendRequest, {"user_id": 1, "candidates": "all"})[0] == \
+        "candidates: expected a non-empty list of item ids"
+    assert text(RecommendRequest, {"user_id": 1, "exclude_rated": 1})[0] == "exclude_rated: expected true or false, got 1"
+    assert text(FeedbackRequest, {"request_id": "r", "reward": float("nan")})[0] == \
+        "reward: expected a finite number, got nan"
+    # what FastAPI reports about the body itself
+    assert _validation_text([{"type": "json_invalid", "loc": ("body", 0)}]) == ("body: not valid JSON", 400)
+    assert _validation_text([{"type": "model_attributes_type", "loc": ("body",), "input": [1]}]) == \
+        ("body: expected a JSON object, got list", 422)
+    # what depends on the application: its key names and limits
+    rec = RecommendRequest.model_validate({"user_id": 3, "k": 0})
+    with pytest.raises(RequestError, match=r"k: expected an integer in \[1, 5\], got 0"):
+        rec.check("user_id", max_k=5, max_candidates=10)
+    with pytest.raises(RequestError, match="body: missing field 'user_id'"):
+        RecommendRequest.model_validate({"k": 3}).check("user_id", max_k=5, max_candidates=10)
+    with pytest.raises(RequestError, match=r"body: unknown field\(s\) 'click'; fields: item_id, request_id, reward"):
+        FeedbackRequest.model_validate({"request_id": "r", "item_id": 3, "click": 1}).check("item_id")
+    big = PredictRequest.model_validate({"rows": [{}] * 4})
+    with pytest.raises(RequestError, match="4 rows, more than the 3 allowed") as e:
+        big.check(max_rows=3)
+    assert e.value.status == 413
+    assert FeedbackRequest.model_validate({"request_id": "r", "item_id": 7}).check("item_id") == 7

@@ -1,0 +1,102 @@
+"""Storage credentials: taken out of URIs where they enter raytrain, kept only in the process environment.
+
+The usual places (environment, instance profile) need nothing from raytrain. Credentials written into
+a URI (``s3://KEY:SECRET@bucket/...``, or secret-like query values such as ``session_token=``) are taken out of it
+where the URI enters raytrain (``adopt``: spec loading, the CLI's run arguments): what raytrain keeps, writes and
+prints is the URI without them, and the credentials live only in this process's environment
+(``RAYTRAIN_STORAGE_CREDENTIALS``, keyed by ``scheme://host``), which the Ray processes raytrain starts inherit.
+Each process resolves them again when it opens the filesystem; the filesystem objects handed to Ray pickle the
+location without credentials (Tune saves them in its experiment state).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+_SECRET_WORDS = "secret|token|key|password|passwd|session|credential|signature|sig"
+_SECRET_QUERY = re.compile(rf"(?:{_SECRET_WORDS})", re.I)  # a query key holding a credential
+CREDENTIALS_ENV = "RAYTRAIN_STORAGE_CREDENTIALS"
+
+
+def redact(location: str) -> str:
+    """A URI fit for logs: no user:password and no query values that look like secrets."""
+    s = re.sub(r"://[^/@?]*@", "://***@", str(location))
+    return re.sub(rf"((?:{_SECRET_WORDS})[a-z_]*=)[^&]*", r"\1***", s, flags=re.I)
+
+
+def _split(location: str) -> tuple[str, str, dict[str, str]]:
+    """(the URI without credentials, its user info, its secret-like query values)."""
+    from urllib.parse import parse_qsl, urlencode
+
+    base, sep, query = location.partition("?")
+    scheme, _, rest = base.partition("://")
+    host, slash, path = rest.partition("/")
+    userinfo, at, host = host.rpartition("@")
+    pairs = parse_qsl(query, keep_blank_values=True)
+    secret = {k: v for k, v in pairs if _SECRET_QUERY.search(k)}
+    kept = urlencode([(k, v) for k, v in pairs if k not in secret], safe=":/")
+    return f"{scheme}://{host}{slash}{path}" + (f"?{kept}" if kept else ""), userinfo, secret
+
+
+def _key(location: str) -> str:
+    """What credentials are registered under: ``scheme://host`` (a bucket)."""
+    scheme, _, rest = location.partition("?")[0].partition("://")
+    return f"{scheme}://{rest.split('/')[0].rpartition('@')[2]}"
+
+
+def _registered() -> dict[str, dict]:
+    import json
+
+    try:
+        return json.loads(os.environ.get(CREDENTIALS_ENV) or "{}")
+    except ValueError:
+        raise ValueError(f"{CREDENTIALS_ENV}: not JSON; it maps scheme://host to "
+                         '{"userinfo": "KEY:SECRET", "query": {...}}') from None
+
+
+def adopt(location: str) -> str:
+    """``location`` without its credentials, which are kept in this process's environment for later opens (and for
+    the Ray processes started from it). A location without credentials is returned as it is."""
+    import json
+
+    from .storage import is_uri
+
+    if not is_uri(location):
+        return location
+    clean, userinfo, secret = _split(location)
+    if not userinfo and not secret:
+        return location
+    table = _registered()
+    table[_key(clean)] = {"userinfo": userinfo, "query": secret}
+    os.environ[CREDENTIALS_ENV] = json.dumps(table)
+    return clean
+
+
+def has_credentials(location: str) -> bool:
+    from .storage import is_uri
+
+    return is_uri(location) and _split(location)[0] != location
+
+
+def with_credentials(location: str) -> str:
+    from urllib.parse import urlencode
+
+    creds = _registered().get(_key(location))
+    if not creds or has_credentials(location):
+        return location
+    scheme, _, rest = location.partition("://")
+    if creds.get("userinfo"):
+        rest = f"{creds['userinfo']}@{rest}"
+    if creds.get("query"):
+        rest += ("&" if "?" in rest else "?") + urlencode(creds["query"])
+    return f"{scheme}://{rest}"
+
+
+def open_uri(location: str):
+    import pyarrow.fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(location)
+    except Exception as e:  # pyarrow raises ArrowInvalid / ValueError / OSError for bad or unreachable URIs
+        raise ValueError(f"storage {redact(location)}: not a usable pyarrow.fs URI ({type(e).__name__}: {e})") from None
