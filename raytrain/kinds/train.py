@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 
 
 def run(spec: JobSpec, address: Optional[str]) -> dict:
+    if spec.model.arch in ("sasrec", "hstu"):  # pretraining by next-item prediction
+        from ..train.sequential_run import run_sequential
+
+        return run_sequential(spec, address=address)
     if spec.train.cross_validation is not None:
         from ..train.crossval import run_cross_validation
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 from torch import nn
+from torchrec.distributed.embedding import EmbeddingCollectionSharder
 from torchrec.distributed.embedding_types import EmbeddingComputeKernel
 from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
 from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
@@ -79,7 +80,8 @@ def make_topology(
 
 
 def sharders() -> list:
-    return [EmbeddingBagCollectionSharder()]
+    """Pooled tables (the CTR models) and sequence tables (the sequential models' item table)."""
+    return [EmbeddingBagCollectionSharder(), EmbeddingCollectionSharder()]
 
 
 class _BestPlan(Stats):

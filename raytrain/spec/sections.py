@@ -157,6 +157,18 @@ class CriteoSpec(Section):
         return [min(n, self.max_num_embeddings or n) for n in sizes]
 
 
+class SequenceColumnsSpec(Section):
+    """Parquet histories for the sequential models: one row per action."""
+
+    user: str = "user_id"
+    item: str = "item_id"
+    timestamp: str = "timestamp"
+    action: Optional[str] = Field(None, description="a rating or action type column, if any")
+    num_items: Optional[int] = Field(None, ge=2, description="keep item ids as they are, in [1, num_items) (the id "
+                                                             "space of a model that will share the item table); "
+                                                             "default: remapped to 1..n")
+
+
 class DataSpec(Section):
     source: Literal["movielens-100k", "synthetic", "parquet", "criteo", "open-bandit", "served-logs"] = "movielens-100k"
     path: Optional[str] = Field(None, description="movielens-100k: a local copy; parquet: one data set to split; "
@@ -169,6 +181,8 @@ class DataSpec(Section):
     split: SplitSpec = Field(default_factory=SplitSpec)
     synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec)
     open_bandit: OpenBanditSpec = Field(default_factory=OpenBanditSpec)
+    sequences: Optional[SequenceColumnsSpec] = Field(None, description="parquet: the history columns of the "
+                                                                        "sequential models (sasrec, hstu)")
     history_features: bool = Field(
         True, description="movielens-100k: add per-user / per-item rating history from the training split"
     )
@@ -176,7 +190,12 @@ class DataSpec(Section):
     @model_validator(mode="after")
     def _source_fields(self):
         problems = []
-        if self.source == "parquet":
+        if self.source == "parquet" and self.sequences is not None:
+            if self.path is None:
+                problems.append("parquet histories ('sequences') need 'path' (split by position, leave-one-out)")
+            if self.columns is not None:
+                problems.append("give 'sequences' (histories) or 'columns' (rows to score), not both")
+        elif self.source == "parquet":
             if (self.path is None) == (self.paths is None):
                 problems.append("parquet needs exactly one of 'path' (one data set to split) or 'paths'")
             if self.columns is None:
@@ -193,6 +212,8 @@ class DataSpec(Section):
             if self.path is not None and self.split.method == "time":
                 problems.append("criteo lines carry no timestamp: split.method random, or 'paths' by day")
         else:
+            if self.sequences is not None:
+                problems.append(f"'sequences' is only for source parquet, not {self.source}")
             if self.columns is not None:
                 problems.append(f"'columns' is only for source parquet, not {self.source}")
             if self.paths is not None:

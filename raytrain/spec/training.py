@@ -25,13 +25,35 @@ class DcnSpec(Section):
     low_rank_dim: int = Field(16, ge=1)
 
 
+SEQUENTIAL = ("sasrec", "hstu")
+
+
+class SequenceSpec(Section):
+    """The sequential models (sasrec, hstu): their encoder over each user's history."""
+
+    max_len: int = Field(200, ge=2, le=8192, description="the last this many actions of a history are read")
+    blocks: int = Field(2, ge=1, le=64)
+    heads: int = Field(1, ge=1, le=64, description="embedding_dim must be divisible by it")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+
+
+class SampledSoftmaxSpec(Section):
+    """Next-item pretraining of the sequential models: each position's next item against sampled negatives."""
+
+    negatives: int = Field(128, ge=1, description="uniformly sampled negatives, shared by a step's positions")
+    in_batch_negatives: int = Field(0, ge=0, description="negatives drawn from the step's own next items (so, by "
+                                                         "popularity), on top of the uniform ones")
+    temperature: float = Field(0.05, gt=0.0)
+
+
 class ModelSpec(Section):
-    arch: Literal["dlrm", "dcn_v2", "two_tower"] = "dcn_v2"
+    arch: Literal["dlrm", "dcn_v2", "two_tower", "sasrec", "hstu"] = "dcn_v2"
     embedding_dim: int = Field(16, ge=1, le=4096)
     dense_arch: list[int] = Field(default_factory=lambda: [64], description="bottom MLP; embedding_dim is appended")
     over_arch: list[int] = Field(default_factory=lambda: [128, 64], description="top MLP; the 1-unit output is appended")
     tower: list[int] = Field(default_factory=lambda: [64, 32], description="two_tower: each tower's MLP")
     dcn: DcnSpec = Field(default_factory=DcnSpec)
+    sequence: SequenceSpec = Field(default_factory=SequenceSpec, description="sasrec / hstu: the encoder")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="dlrm / dcn_v2: dropout on the output of each hidden layer "
                                                              "of the top MLP (over_arch), in training only")
     embedding_l2: float = Field(0.0, ge=0.0, description="dlrm / dcn_v2: L2 penalty on the embeddings a batch looks "
@@ -98,6 +120,21 @@ class CrossValidationSpec(Section):
     seed: int = Field(0, description="the permutation that deals rows into folds")
 
 
+class InitFromSpec(Section):
+    """Start from another run's weights: tables (and, with ``all``, every other tensor) copied before training."""
+
+    run: str = Field(description="a train run directory (or a directory above runs: its newest); its best checkpoint")
+    tables: dict[str, str] = Field(default_factory=dict, description="this model's table -> the run's table, e.g. "
+                                                                     "t_item_id: t_item (a pretrained sequential "
+                                                                     "model's item embeddings)")
+    all: bool = Field(False, description="also every tensor both models have under the same name and size (continue "
+                                         "a run of the same model on new data)")
+    free: list[str] = Field(default_factory=list, description="tables of ``tables`` that may be missing from the run "
+                                                              "(they keep their fresh initialisation)")
+    dims: Literal["match", "truncate"] = Field(
+        "match", description="match: a table's width must equal the source's; truncate: the source's first columns")
+
+
 class TrainSpec(Section):
     workers: int = Field(2, ge=1, le=4096)
     device: Literal["cpu", "cuda"] = "cpu"
@@ -116,6 +153,10 @@ class TrainSpec(Section):
     max_failures: int = Field(0, ge=-1, description="-1: retry forever")
     seed: int = 0
     threads_per_worker: Optional[int] = Field(None, ge=1, description="torch intra-op threads per worker")
+    init_from: Optional[InitFromSpec] = Field(None, description="start from another run's weights (warm start, "
+                                                                "fine-tuning); a resumed run continues from its own")
+    sampled_softmax: SampledSoftmaxSpec = Field(default_factory=SampledSoftmaxSpec,
+                                                description="sasrec / hstu: the pretraining objective")
     cross_validation: Optional[CrossValidationSpec] = Field(
         None, description="k-fold cross-validation: k runs, the metrics' mean and spread (kind train; in kind tune "
                           "each trial runs every fold and reports their mean)")
@@ -149,6 +190,8 @@ def training_checks(spec: Any, steps: list[str]) -> list[str]:
     from ..storage import is_uri
 
     problems: list[str] = []
+    if spec.model.arch in SEQUENTIAL:
+        return sequential_checks(spec)
     if spec.data.source in ("open-bandit", "served-logs"):
         return [f"data.source: {spec.data.source} holds logged bandit feedback for kind bandit, not {spec.kind}"]
     cv = spec.train.cross_validation
@@ -198,3 +241,28 @@ def suggest(word: str, choices: list[str]) -> str:
 
     match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
     return f" (did you mean {match[0]!r}?)" if match else ""
+
+
+def sequential_checks(spec: Any) -> list[str]:
+    """What the sequential models (sasrec, hstu) support so far: kind train (pretraining), on MovieLens-100K or
+    parquet histories, on a path."""
+    from ..storage import is_uri
+
+    arch, problems = spec.model.arch, []
+    if spec.kind != "train":
+        problems.append(f"model.arch: {arch} runs as kind train (pretraining) in this version, not {spec.kind}")
+    if spec.data.source not in ("movielens-100k", "parquet"):
+        problems.append(f"data.source: {arch} reads histories from movielens-100k or parquet, not {spec.data.source}")
+    if spec.data.source == "parquet" and spec.data.sequences is None:
+        problems.append(f"data.sequences: {arch} on parquet needs the user, item and timestamp columns declared")
+    if spec.model.embedding_dim % spec.model.sequence.heads:
+        problems.append(f"model.sequence.heads: embedding_dim {spec.model.embedding_dim} is not divisible by "
+                        f"{spec.model.sequence.heads}")
+    if spec.train.batch_size % spec.train.workers:
+        problems.append(f"train.batch_size: {spec.train.batch_size} users per step do not split over "
+                        f"{spec.train.workers} workers")
+    if spec.train.cross_validation is not None or spec.train.checkpoint.every_steps is not None:
+        problems.append(f"train: {arch} has no cross-validation or mid-epoch checkpoints yet")
+    if is_uri(spec.storage):
+        problems.append(f"storage: {arch} runs write to a path in this version")
+    return problems

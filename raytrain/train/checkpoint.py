@@ -96,14 +96,25 @@ class _SafePlanner(DefaultLoadPlanner):
             self.state_dict[read_item.dest_index.fqn] = loaded
 
 
-def load_state(state: dict, directory: str | Path) -> None:
-    """DCP load of ``state`` in place from ``directory``, without running code from the checkpoint. Its metadata
-    is checked first, here, so a refusal is raised as it is (inside ``dcp.load`` it would be wrapped)."""
+def read_metadata(directory: str | Path):
+    """A checkpoint's DCP metadata, read through the allow-list unpickler."""
     store, where = Store(directory), redact(str(directory))
     with store.fs.open_input_stream(store.path(METADATA)) as f:
         metadata = _MetadataUnpickler(f, where).load()
     if not isinstance(metadata, dcp.Metadata):
         raise CheckpointError(f"{where}/{METADATA}: not DCP metadata ({type(metadata).__name__})")
+    return metadata
+
+
+def tensor_sizes(directory: str | Path) -> dict[str, tuple[int, ...]]:
+    """Every tensor a checkpoint holds (``model.<key>`` and ``optim.<key>``) and its full (unsharded) size."""
+    return {k: tuple(v.size) for k, v in read_metadata(directory).state_dict_metadata.items() if hasattr(v, "size")}
+
+
+def load_state(state: dict, directory: str | Path) -> None:
+    """DCP load of ``state`` in place from ``directory``, without running code from the checkpoint. Its metadata
+    is checked first, here, so a refusal is raised as it is (inside ``dcp.load`` it would be wrapped)."""
+    metadata = read_metadata(directory)
     dcp.load(state, storage_reader=_SafeReader(str(directory), metadata), planner=_SafePlanner())
 
 

@@ -78,16 +78,11 @@ def summarize(folds: list[dict]) -> dict:
 
 def run_cross_validation(spec, address: str | None = None) -> dict:
     """k Ray Train runs, one per fold, in ``<run>/folds/fold_<i>``; ``<run>/cv.json`` and result.json summarise."""
-    from .. import console
     from ..data import prepare
-    from ..spec import resolved_yaml
-    from .runner import init_ray, new_run_dir, run_train
+    from .runner import init_ray, open_run, run_train
 
     cv = spec.train.cross_validation
-    run_dir = new_run_dir(spec)
-    console.attach(run_dir / "logs")
-    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
-    log.info(f"run directory: {run_dir}; {cv.folds}-fold cross-validation")
+    run_dir = open_run(spec, f"; {cv.folds}-fold cross-validation")
     t0 = time.time()
     init_ray(spec, address)
     prepared = prepare(spec.data, work_dir=str(run_dir))

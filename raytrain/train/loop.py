@@ -130,6 +130,10 @@ def train_loop_per_worker(config: dict) -> None:
         restored = ray.train.Checkpoint(init)
     train = TrainData(prepared, spec.train.batch_size, rank, world, spec.train.seed,
                       buffer_rows=spec.train.ingest.shuffle_buffer_rows, prefetch=spec.train.ingest.prefetch_batches)
+    if restored is None and spec.train.init_from is not None:  # a fresh run warm-started from another run
+        from .warm_start import warm_start
+
+        warm_start(sharded.module, spec.train.init_from, rank)
     if restored is not None:
         info, loaded_from = restore(sharded, restored, store)
         start_epoch, start_step = resume_point(info, train, world)

@@ -37,6 +37,15 @@ def new_run_dir(spec: JobSpec) -> Path:
     return run_dir
 
 
+def open_run(spec: JobSpec, note: str = "") -> Path:
+    """A new local run directory with the resolved spec in it, the console's log file attached there, announced."""
+    run_dir = new_run_dir(spec)
+    console.attach(run_dir / "logs")
+    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
+    log.info(f"run directory: {run_dir}{note}")
+    return run_dir
+
+
 def new_run_location(spec: JobSpec) -> tuple[Path, str]:
     """(local directory, where the run lives): the same path, or a fresh ``<storage>/<name>/<stamp>`` URI whose
     local mirror is the directory (``raytrain.storage``)."""
@@ -154,6 +163,10 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     log.info(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
          f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")
     stamps["data_ready"] = time.time()
+    if spec.train.init_from is not None:  # a wrong table or size is named here, before any worker starts
+        from .warm_start import preflight
+
+        log.info(f"warm start from {redact(preflight(spec.train.init_from, prepared.schema, spec.model.embedding_dim))}")
     trainer = make_trainer(spec, prepared, location)
     result = trainer.fit()
     if result.error is not None:

@@ -1,0 +1,108 @@
+"""The driver of a sequential model's pretraining run (kind train, model.arch sasrec or hstu): histories, Ray Train
+workers (``sequential_loop``), and the summary: the test metrics of the epoch with the best validation NDCG@10."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..data.sequences import Sequences, movielens_sequences, parquet_sequences
+from ..kinds import JobSpec
+from ..log import get_logger
+from .runner import init_ray, open_run, process_group_backend
+
+log = get_logger(__name__)
+
+
+def sequences_of(spec: JobSpec) -> Sequences:
+    data = spec.data
+    if data.source == "movielens-100k":
+        return movielens_sequences(data.path)
+    from ..data.parquet import expand
+
+    cols = data.sequences
+    assert cols is not None and data.path is not None  # the spec's checks
+    return parquet_sequences(expand(data.path), cols.user, cols.item, cols.timestamp, cols.action, cols.num_items)
+
+
+def run_sequential(spec: JobSpec, address: str | None = None) -> dict:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .sequential_loop import sequential_loop
+
+    run_dir = open_run(spec)
+    t0 = time.perf_counter()
+    init_ray(spec, address)
+    seqs = sequences_of(spec)
+    np.savez(run_dir / "sequences.npz", items=seqs.items, timestamps=seqs.timestamps, offsets=seqs.offsets,
+             num_items=seqs.num_items)
+    log.info(f"data: {spec.data.source}, {seqs.users:,} users, {seqs.num_items - 1:,} items, {len(seqs.items):,} "
+             f"actions; {spec.model.arch} pretraining by next-item prediction, leave-one-out evaluation over the "
+             "whole catalogue")
+    res = spec.train.resources_per_worker
+    trainer = TorchTrainer(
+        sequential_loop,
+        train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": str(run_dir),
+                           "sequences": str(run_dir / "sequences.npz")},
+        scaling_config=ScalingConfig(num_workers=spec.train.workers, resources_per_worker={"CPU": res.cpu}),
+        torch_config=TorchConfig(backend=process_group_backend("cpu")),
+        run_config=RunConfig(
+            name="ray", storage_path=str(run_dir),
+            failure_config=FailureConfig(max_failures=spec.train.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoint.keep,
+                                               checkpoint_score_attribute="val_ndcg@10", checkpoint_score_order="max")),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    summary = summarize(run_dir)
+    summary.update(run_dir=str(run_dir), wall_seconds=time.perf_counter() - t0,
+                   checkpoint=result.checkpoint.path if result.checkpoint else None)
+    (run_dir / "result.json").write_text(json.dumps(summary, indent=2))
+    log.info(f"done in {summary['wall_seconds']:.0f}s: best epoch {summary['best_epoch']} by validation NDCG@10 "
+             f"{summary['best_val_ndcg@10']:.4f}; its test " + ", ".join(
+                 f"{k.removeprefix('test_')} {v:.4f}" for k, v in summary.items() if k.startswith("test_")))
+    return summary
+
+
+def summarize(run_dir: Path) -> dict:
+    """metrics/epoch_*.json -> metrics.parquet; the best epoch by validation NDCG@10 and its test metrics (test is
+    measured every epoch but never used to choose)."""
+    rows = [json.loads(f.read_text()) for f in sorted((run_dir / "metrics").glob("epoch_*.json"))]
+    pd.DataFrame(rows).to_parquet(run_dir / "metrics.parquet", index=False)
+    best = max(rows, key=lambda r: r["val_ndcg@10"])
+    return {"epoch": rows[-1]["epoch"], "best_epoch": best["epoch"], "best_val_ndcg@10": best["val_ndcg@10"],
+            **{k: v for k, v in best.items() if k.startswith("test_")},
+            "train_examples_per_s": float(np.mean([r["train_examples_per_s"] for r in rows]))}
+
+
+def load_sequential(run_dir: str | Path, checkpoint: str | Path | None = None):
+    """(spec, model, histories) of a sequential run, the model unsharded in this process from ``checkpoint`` (default:
+    the best by validation NDCG@10): DCP reshards what the workers wrote, whatever their number."""
+    import warnings
+
+    from ..errors import CheckpointError
+    from ..models.sequential import SequentialModel
+    from ..spec import load_spec
+    from .checkpoint import load_state
+    from .export import best_checkpoint_location
+    from .sequential_loop import load_sequences
+
+    run_dir = Path(run_dir)
+    spec = load_spec(run_dir / "spec.yaml")
+    seqs = load_sequences(str(run_dir / "sequences.npz"))
+    location = checkpoint or best_checkpoint_location(run_dir, "val_ndcg@10")
+    if location is None:
+        raise CheckpointError(f"{run_dir}: no complete checkpoint under ray/")
+    model = SequentialModel(spec.model.arch, seqs.num_items, spec.model.embedding_dim, spec.model.sequence)
+    state = {"model": model.state_dict()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # DCP warns that it runs without a process group: intended
+        load_state(state, location)
+    model.load_state_dict(state["model"])
+    return spec, model.eval(), seqs

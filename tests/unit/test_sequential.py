@@ -1,0 +1,153 @@
+"""Sequential models: histories and the leave-one-out split, causality, the full-catalogue metrics, learning."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from raytrain.data.sequences import from_columns, leave_one_out
+from raytrain.errors import DataError
+from raytrain.models.sequential import SequentialModel
+from raytrain.train.sequential import eval_batches, most_popular, pretrain, rank_metrics
+
+CFG = SimpleNamespace(heads=2, blocks=2, max_len=12, dropout=0.0)
+
+
+def test_histories_are_time_ordered_per_user_and_the_split_holds_out_the_last_two():
+    user = np.array([7, 3, 7, 7, 3, 3, 7, 9, 9])
+    item = np.array([50, 10, 20, 30, 40, 60, 10, 20, 30])
+    ts = np.array([5, 2, 1, 3, 1, 9, 4, 1, 2])
+    seqs = from_columns(user, item, ts)
+    # user 3: times 1, 2, 9 -> items 40, 10, 60; user 7: times 1, 3, 4, 5 -> 20, 30, 10, 50 (ids remapped to 1..n)
+    back = {v: k for k, v in zip(sorted(set(item)), range(1, 7))}
+    hist = [[back[int(i)] for i in seqs.items[a:b]] for a, b in zip(seqs.offsets[:-1], seqs.offsets[1:])]
+    assert hist == [[40, 10, 60], [20, 30, 10, 50], [20, 30]] and seqs.num_items == 7
+    split = leave_one_out(seqs)
+    assert split.test_history.users == 2  # user 9 has two actions: left out
+    assert [back[int(i)] for i in split.test_target] == [60, 50]
+    assert [back[int(i)] for i in split.validation_target] == [10, 10]
+    assert split.train.lengths().tolist() == [1, 2] and split.test_history.lengths().tolist() == [2, 3]
+    # no history holds anything at or after the time of the item it predicts
+    for hist_seqs, targets in ((split.validation_history, split.validation_target), (split.test_history, split.test_target)):
+        for u in range(hist_seqs.users):
+            a, b = hist_seqs.offsets[u], hist_seqs.offsets[u + 1]
+            target_time = seqs.timestamps[seqs.offsets[u]:seqs.offsets[u + 1]][b - a]
+            assert (hist_seqs.timestamps[a:b] <= target_time).all()
+    with pytest.raises(DataError, match="the item column must hold integers"):
+        from_columns(user, item.astype(float), ts)
+    with pytest.raises(DataError, match="no user has 3 or more actions"):
+        leave_one_out(from_columns(np.array([1, 1]), np.array([1, 2]), np.array([1, 2])))
+
+
+@pytest.mark.parametrize("arch", ["sasrec", "hstu"])
+def test_a_position_sees_only_earlier_actions(arch):
+    from raytrain.data.sequences import Sequences
+
+    torch.manual_seed(0)
+    model = SequentialModel(arch, 30, 8, CFG).eval()
+    offsets = np.array([0, 6])
+    same_past = Sequences(np.array([3, 5, 7, 9, 11, 13]), np.arange(6) * 100, offsets, 30)
+    other_future = Sequences(np.array([3, 5, 7, 2, 4, 6]), np.arange(6) * 100 + np.r_[0, 0, 0, 7, 9, 9], offsets, 30)
+    outs = []
+    for s in (same_past, other_future):
+        (_, batch), = list(eval_batches(s, 4, CFG.max_len))
+        with torch.no_grad():
+            outs.append(model(batch.kjt, batch.timestamps)[0])
+    assert torch.allclose(outs[0][:3], outs[1][:3], atol=1e-6)  # positions 0-2: the same past
+    assert not torch.allclose(outs[0][3:], outs[1][3:])
+
+
+def test_rank_metrics_match_a_brute_force_ranking_with_seen_items_excluded():
+    g = torch.Generator().manual_seed(1)
+    queries, items = torch.randn(40, 6, generator=g), torch.randn(25, 6, generator=g)
+    seqs = from_columns(np.repeat(np.arange(40), 3), np.random.default_rng(0).integers(1, 25, 120), np.tile([1, 2, 3], 40))
+    # from_columns remaps ids; keep them as given by building targets among the remapped ids
+    targets = np.random.default_rng(1).integers(1, seqs.num_items, 40)
+    items = items[:seqs.num_items]
+    got = rank_metrics(queries, items, targets, seqs)
+    ranks = []
+    for u in range(40):
+        s = (queries[u] @ items.T).clone()
+        s[0] = float("-inf")
+        seen = seqs.items[seqs.offsets[u]:seqs.offsets[u + 1]]
+        s[torch.from_numpy(seen)] = float("-inf")
+        if targets[u] in seen:
+            ranks.append(np.inf)  # a seen target is never recommended: a miss at every K, no reciprocal rank
+            continue
+        ranks.append(int((s > s[targets[u]]).sum()) + 1)
+    ranks = np.array(ranks, dtype=float)
+    assert got["hr@10"] == pytest.approx(np.mean(ranks <= 10))
+    assert got["ndcg@10"] == pytest.approx(np.mean(np.where(ranks <= 10, 1 / np.log2(ranks + 1), 0)), abs=1e-6)
+    finite = np.where(np.isfinite(ranks), 1 / ranks, 0.0)
+    assert got["mrr"] == pytest.approx(finite.mean(), abs=1e-6)
+
+
+def test_both_models_learn_a_next_item_rule_far_above_the_most_popular_baseline():
+    # each user walks the catalogue from a random start: the next item is always the current one + 1
+    rng = np.random.default_rng(0)
+    users, length, n = 120, 10, 40
+    starts = rng.integers(1, n - length, users)
+    item = np.concatenate([np.arange(s, s + length) for s in starts])
+    seqs = from_columns(np.repeat(np.arange(users), length), item, np.tile(np.arange(length) * 60, users))
+    split = leave_one_out(seqs)
+    popular = most_popular(split)
+    for arch in ("sasrec", "hstu"):
+        torch.manual_seed(0)
+        model = SequentialModel(arch, split.train.num_items, 16, CFG)
+        out = pretrain(model, split, epochs=30, users_per_batch=32, lr=5e-3, negatives=16, temperature=0.1,
+                       eval_every=10)
+        assert out["test"]["ndcg@10"] > 0.9 > 3 * popular["ndcg@10"], (arch, out["test"], popular)
+
+
+def test_warm_start_maps_tables_by_name_and_refuses_mismatches_naming_them():
+    from raytrain.errors import CheckpointError
+    from raytrain.spec.training import InitFromSpec
+    from raytrain.train.warm_start import plan_copy
+
+    source = {"model.item_table.embeddings.t_item.weight": (1683, 16), "model.blocks.0.uvqk.weight": (64, 16),
+              "optim.item_table.embeddings.t_item.weight.momentum1": (1683, 16)}
+    target = {"sparse_arch.embedding_bag_collection.embedding_bags.t_item_id.weight": (1683, 16),  # this model's
+              "sparse_arch.embedding_bag_collection.embedding_bags.t_user_id.weight": (944, 16),  # state dict keys
+              "over_arch.model.0.weight": (64, 16)}
+    cfg = InitFromSpec(run="r", tables={"t_item_id": "t_item"})
+    got = plan_copy(cfg, source, target)
+    assert got == {"sparse_arch.embedding_bag_collection.embedding_bags.t_item_id.weight":
+                   ("model.item_table.embeddings.t_item.weight", (1683, 16))}
+    with pytest.raises(CheckpointError, match="t_user_id: the run has no table 't_user' .*free"):
+        plan_copy(InitFromSpec(run="r", tables={"t_user_id": "t_user"}), source, target)
+    assert plan_copy(InitFromSpec(run="r", tables={"t_user_id": "t_user"}, free=["t_user_id"]), source, target) == {}
+    with pytest.raises(CheckpointError, match="t_user_id: 944 rows here, 1683 in the run's t_item"):
+        plan_copy(InitFromSpec(run="r", tables={"t_user_id": "t_item"}), source, target)
+    wide = {"model.item_table.embeddings.t_item.weight": (1683, 32)}
+    with pytest.raises(CheckpointError, match="width 16 here, 32 in the run's t_item; .*truncate"):
+        plan_copy(cfg, wide, target)
+    assert plan_copy(cfg.model_copy(update={"dims": "truncate"}), wide, target)
+    with pytest.raises(CheckpointError, match="this model has no table 't_movie'"):
+        plan_copy(InitFromSpec(run="r", tables={"t_movie": "t_item"}), source, target)
+    # all: every tensor of the same name and size as well (continuing a run of the same model)
+    same = {"model.over_arch.model.0.weight": (64, 16), "model.over_arch.model.1.weight": (1, 64)}
+    assert set(plan_copy(InitFromSpec(run="r", all=True), same, target)) == {"over_arch.model.0.weight"}
+
+
+def test_parquet_histories_read_the_declared_columns_and_refuse_bad_ones(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raytrain.data.sequences import parquet_sequences
+
+    path = tmp_path / "actions.parquet"
+    pq.write_table(pa.table({"uid": [1, 1, 1, 2, 2, 2], "movie": [5, 9, 7, 9, 5, 3], "ts": [3, 1, 2, 1, 2, 3],
+                             "stars": [4, 5, 3, 1, 2, 5], "other": ["a"] * 6}), path)
+    seqs = parquet_sequences([str(path)], "uid", "movie", "ts", "stars", num_items=10)
+    assert seqs.items.tolist() == [9, 7, 5, 9, 5, 3] and seqs.actions.tolist() == [5, 3, 4, 1, 2, 5]
+    assert seqs.num_items == 10  # ids kept as they are: the id space another model shares
+    with pytest.raises(DataError, match=r"item id 9 outside \[1, 8\)"):
+        parquet_sequences([str(path)], "uid", "movie", "ts", num_items=8)
+    with pytest.raises(DataError, match="cannot read columns uid, title, ts"):
+        parquet_sequences([str(path)], "uid", "title", "ts")
+    pq.write_table(pa.table({"uid": [1, None], "movie": [5, 9], "ts": [3, 1]}), tmp_path / "nulls.parquet")
+    with pytest.raises(DataError, match="column 'uid' has nulls"):
+        parquet_sequences([str(tmp_path / "nulls.parquet")], "uid", "movie", "ts")
