@@ -63,7 +63,7 @@ def main() -> None:
                           "num_items": prepared.schema.feature("item_id").cardinality}},
         "model": {"arch": "hstu", "embedding_dim": dim, "sequence": {"max_len": 200, "blocks": 2, "heads": 1}},
         "train": {"workers": 2, "batch_size": 64, "eval_batch_size": 256, "epochs": a.pretrain_epochs,
-                  "optimizer": {"dense": "adam", "sparse": "adam", "lr": 0.001}}}))
+                  "optimizer": {"dense": "adam", "sparse": "rowwise_adagrad", "lr": 0.001, "sparse_lr": 0.05}}}))
     print(f"HSTU pretrained on the CTR training rows' histories in {time.time() - t0:.0f} s: test NDCG@10 "
           f"{pre['test_ndcg@10']:.4f}, HR@10 {pre['test_hr@10']:.4f} (best epoch {pre['best_epoch']})", flush=True)
     base = spec.model_dump(mode="json")

@@ -190,8 +190,11 @@ def training_checks(spec: Any, steps: list[str]) -> list[str]:
     from ..storage import is_uri
 
     problems: list[str] = []
+    if spec.train.device == "cpu" and spec.train.optimizer.sparse == "adam":
+        problems.append("train.optimizer.sparse: FBGEMM's CPU tables have no fused adam; use rowwise_adagrad, "
+                        "adagrad or sgd on CPU (adam needs train.device: cuda)")
     if spec.model.arch in SEQUENTIAL:
-        return sequential_checks(spec)
+        return problems + sequential_checks(spec)
     if spec.data.source in ("open-bandit", "served-logs"):
         return [f"data.source: {spec.data.source} holds logged bandit feedback for kind bandit, not {spec.kind}"]
     cv = spec.train.cross_validation
