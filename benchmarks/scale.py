@@ -99,7 +99,8 @@ class PeakRss:
 
 def run_one(rows: int, args) -> dict:
     from raytrain.data import prepare
-    from raytrain.train.runner import new_run_dir, run_train
+    from raytrain.runs import new_run_dir
+    from raytrain.train.runner import run_train
 
     data = write_data(Path(args.work) / f"criteo-{rows}", rows, seed=0)
     spec = spec_for(data, Path(args.work) / "runs", args.batch, args.dim)

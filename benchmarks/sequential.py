@@ -5,7 +5,7 @@ sampled softmax (uniform negatives), the epoch with the best validation NDCG@10 
 the most-popular baseline under the same protocol (the whole catalogue ranked, the user's seen items excluded).
 One process, plain PyTorch + TorchRec's EmbeddingCollection (the Ray Train path shards the same model).
 
-    python benchmarks/sequential.py [--seeds 3] [--epochs 60] [--eval-every 5] [--dim 50] [--threads 2]
+    python benchmarks/sequential.py [--seeds 3] [--epochs 60] [--eval-every 5] [--dim 64] [--threads 2]
 
 Goals: HSTU's mean test NDCG@10 at least SASRec's; both above the most-popular baseline's.
 """
@@ -31,7 +31,7 @@ def main() -> None:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=60)
     p.add_argument("--eval-every", type=int, default=5)
-    p.add_argument("--dim", type=int, default=50)
+    p.add_argument("--dim", type=int, default=64)
     p.add_argument("--blocks", type=int, default=2)
     p.add_argument("--heads", type=int, default=1)
     p.add_argument("--max-len", type=int, default=200)

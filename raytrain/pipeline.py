@@ -25,7 +25,7 @@ def run_pipeline(spec: JobSpec, address: str | None = None, serve_block: bool = 
     from . import console
     from .kinds import KINDS, StepContext
     from .kinds.pipeline import steps_of
-    from .train.runner import new_run_dir
+    from .runs import new_run_dir
 
     steps = steps_of(spec)
     run_dir = new_run_dir(spec)

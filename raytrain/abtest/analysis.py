@@ -229,9 +229,9 @@ def plot(report: dict, path: Path) -> None:
 def run_abtest(spec) -> dict:
     """Analyse ``spec.abtest.serve_run`` (a serve run directory, or one above it: its newest) into a new run
     directory: report.json, report.txt, ctr.png."""
+    from ..runs import new_run_dir
     from ..serve.decisions import read_log
     from ..serve.sources import newest
-    from ..train.runner import new_run_dir
 
     cfg = spec.abtest
     serve_dir = newest(cfg.serve_run, "serve.json")

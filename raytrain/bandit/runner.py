@@ -136,7 +136,7 @@ def _plot(result: dict, path: Path) -> None:
 
 
 def run_bandit(spec: JobSpec) -> dict:
-    from ..train.runner import new_run_dir
+    from ..runs import new_run_dir
 
     run_dir = new_run_dir(spec)
     log.info(f"run directory: {run_dir}")

@@ -64,7 +64,8 @@ def latency(teacher: Teacher, student_module: torch.nn.Module, cols: Columns, ba
 
 
 def run_distill(spec: JobSpec, address: str | None = None) -> dict:
-    from ..train.runner import new_run_location, run_train
+    from ..runs import new_run_location
+    from ..train.runner import run_train
 
     assert spec.distill is not None
     t0 = time.time()

@@ -70,7 +70,7 @@ def score_members(members: list[Member]) -> dict[str, tuple[np.ndarray, np.ndarr
 
 
 def run_ensemble(spec: JobSpec) -> dict:
-    from ..train.runner import new_run_dir
+    from ..runs import new_run_dir
 
     cfg = spec.ensemble
     assert cfg is not None

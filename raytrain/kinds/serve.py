@@ -156,8 +156,8 @@ def step(ctx: StepContext) -> tuple[dict, dict[str, str]]:
     pipeline blocks."""
     import json
 
+    from ..runs import new_run_dir
     from ..serve.runner import run_serve
-    from ..train.runner import new_run_dir
 
     spec = ctx.spec
     assert spec.serve is not None

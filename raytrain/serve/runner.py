@@ -29,7 +29,8 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
     """Start (or update) the application and wait until it answers /healthz. Returns what serve.json records."""
     from ray import serve
 
-    from ..train.runner import init_ray, new_run_dir
+    from ..runs import new_run_dir
+    from ..train.runner import init_ray
     from .app import build_app
 
     assert spec.serve is not None

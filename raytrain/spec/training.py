@@ -258,6 +258,9 @@ def sequential_checks(spec: Any) -> list[str]:
         problems.append(f"data.source: {arch} reads histories from movielens-100k or parquet, not {spec.data.source}")
     if spec.data.source == "parquet" and spec.data.sequences is None:
         problems.append(f"data.sequences: {arch} on parquet needs the user, item and timestamp columns declared")
+    if spec.model.embedding_dim % 4:
+        problems.append(f"model.embedding_dim: {arch}'s item table is a sharded sequence table, whose width TorchRec "
+                        f"needs divisible by 4; got {spec.model.embedding_dim}")
     if spec.model.embedding_dim % spec.model.sequence.heads:
         problems.append(f"model.sequence.heads: embedding_dim {spec.model.embedding_dim} is not divisible by "
                         f"{spec.model.sequence.heads}")

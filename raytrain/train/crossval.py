@@ -79,7 +79,8 @@ def summarize(folds: list[dict]) -> dict:
 def run_cross_validation(spec, address: str | None = None) -> dict:
     """k Ray Train runs, one per fold, in ``<run>/folds/fold_<i>``; ``<run>/cv.json`` and result.json summarise."""
     from ..data import prepare
-    from .runner import init_ray, open_run, run_train
+    from ..runs import open_run
+    from .runner import init_ray, run_train
 
     cv = spec.train.cross_validation
     run_dir = open_run(spec, f"; {cv.folds}-fold cross-validation")

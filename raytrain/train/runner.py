@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -15,53 +14,15 @@ from .. import console
 from ..data import PreparedData, prepare
 from ..kinds import JobSpec
 from ..log import get_logger
+from ..runs import new_run_location
 from ..spec import resolved_yaml
-from ..storage import CREDENTIALS_ENV, Mirror, Store, filesystem, is_uri, join, mirror_of, redact
+from ..storage import CREDENTIALS_ENV, Mirror, filesystem, is_uri, redact
 
 log = get_logger(__name__)
 
 
 # Ray Train V2 re-logs every worker print through its logger, so each line reached the driver twice
 RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
-
-
-def new_run_dir(spec: JobSpec) -> Path:
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path(spec.storage).expanduser().resolve() / spec.name
-    run_dir = base / stamp
-    n = 1
-    while run_dir.exists():
-        n += 1
-        run_dir = base / f"{stamp}-{n}"
-    run_dir.mkdir(parents=True)
-    return run_dir
-
-
-def open_run(spec: JobSpec, note: str = "") -> Path:
-    """A new local run directory with the resolved spec in it, the console's log file attached there, announced."""
-    run_dir = new_run_dir(spec)
-    console.attach(run_dir / "logs")
-    (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
-    log.info(f"run directory: {run_dir}{note}")
-    return run_dir
-
-
-def new_run_location(spec: JobSpec) -> tuple[Path, str]:
-    """(local directory, where the run lives): the same path, or a fresh ``<storage>/<name>/<stamp>`` URI whose
-    local mirror is the directory (``raytrain.storage``)."""
-    if not is_uri(spec.storage):
-        run_dir = new_run_dir(spec)
-        return run_dir, str(run_dir)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    location, n = join(spec.storage, spec.name, stamp), 1
-    while Store(location).exists():
-        n += 1
-        location = join(spec.storage, spec.name, f"{stamp}-{n}")
-    local = mirror_of(location)
-    if local.exists():
-        shutil.rmtree(local)
-    local.mkdir(parents=True)
-    return local, location
 
 
 def init_ray(spec: JobSpec, address: str | None = None) -> None:

@@ -13,7 +13,8 @@ import pandas as pd
 from ..data.sequences import Sequences, movielens_sequences, parquet_sequences
 from ..kinds import JobSpec
 from ..log import get_logger
-from .runner import init_ray, open_run, process_group_backend
+from ..runs import open_run
+from .runner import init_ray, process_group_backend
 
 log = get_logger(__name__)
 

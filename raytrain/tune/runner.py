@@ -109,7 +109,8 @@ def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = N
              location: str | None = None) -> dict:
     """A tune run in a new run directory (or, restoring, in ``run_dir``; ``location``: its URI when it lives on
     one, ``run_dir`` being the local mirror)."""
-    from ..train.runner import init_ray, new_run_location
+    from ..runs import new_run_location
+    from ..train.runner import init_ray
 
     if spec.tune is None:
         raise SpecError("tune: missing")

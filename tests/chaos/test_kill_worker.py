@@ -11,8 +11,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from raytrain.runs import new_run_dir
 from raytrain.spec import load_spec
-from raytrain.train.runner import new_run_dir, run_train
+from raytrain.train.runner import run_train
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

@@ -18,9 +18,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from raytrain.runs import new_run_dir
 from raytrain.spec import parse_spec
 from raytrain.train.export import load_model
-from raytrain.train.runner import new_run_dir, run_train
+from raytrain.train.runner import run_train
 
 pytestmark = pytest.mark.slow
 ROWS = 30_000  # 3 files of 10,000 rows
