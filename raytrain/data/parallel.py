@@ -21,7 +21,6 @@ from typing import Any, Callable, Sequence
 from ..log import get_logger
 from ..storage import cache_dir
 
-
 log = get_logger(__name__)
 
 
