@@ -48,6 +48,16 @@ def _batch(histories: list[np.ndarray], times: list[np.ndarray], targets: list[n
                     torch.from_numpy(negatives.astype(np.int64)))
 
 
+def in_batches(users: np.ndarray, per_batch: int) -> list[np.ndarray]:
+    """``users`` in consecutive batches of at most ``per_batch`` (one batch when there are none)."""
+    return np.array_split(users, max(1, -(-len(users) // per_batch)))
+
+
+def _last(seqs: Sequences, u: int, max_len: int) -> slice:
+    """The positions of user ``u``'s last ``max_len`` actions."""
+    return slice(max(seqs.offsets[u], seqs.offsets[u + 1] - max_len), seqs.offsets[u + 1])
+
+
 def trainable_users(train: Sequences) -> np.ndarray:
     return np.flatnonzero(train.lengths() >= 2)
 
@@ -57,8 +67,7 @@ def train_batches(train: Sequences, users_per_batch: int, max_len: int, negative
     """Shuffled users (or the given ``chunks`` of users); each history's last ``max_len`` transitions (item -> next
     item); ``negatives`` uniform ids and ``in_batch`` ids drawn from the batch's own next items."""
     if chunks is None:
-        usable = trainable_users(train)
-        chunks = np.array_split(rng.permutation(usable), max(1, -(-len(usable) // users_per_batch)))
+        chunks = in_batches(rng.permutation(trainable_users(train)), users_per_batch)
     for chunk in chunks:
         hs, ts, tg = [], [], []
         for u in chunk:
@@ -76,15 +85,10 @@ def train_batches(train: Sequences, users_per_batch: int, max_len: int, negative
 def eval_batches(history: Sequences, users_per_batch: int, max_len: int, chunks: list[np.ndarray] | None = None
                  ) -> Iterator[tuple[np.ndarray, SeqBatch]]:
     """(the users, their last ``max_len`` actions), in order or in the given ``chunks`` of users."""
-    if chunks is None:
-        users = np.arange(history.users)
-        chunks = np.array_split(users, max(1, -(-len(users) // users_per_batch)))
-    for chunk in chunks:
-        hs = [history.items[max(history.offsets[u], history.offsets[u + 1] - max_len):history.offsets[u + 1]]
-              for u in chunk]
-        ts = [history.timestamps[max(history.offsets[u], history.offsets[u + 1] - max_len):history.offsets[u + 1]]
-              for u in chunk]
-        yield chunk, _batch(hs, ts, [], np.zeros(0, np.int64))
+    for chunk in chunks if chunks is not None else in_batches(np.arange(history.users), users_per_batch):
+        spans = [_last(history, u, max_len) for u in chunk]
+        yield chunk, _batch([history.items[s] for s in spans], [history.timestamps[s] for s in spans], [],
+                            np.zeros(0, np.int64))
 
 
 @torch.no_grad()
