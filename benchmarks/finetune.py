@@ -49,7 +49,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--fraction", type=float, default=0.1)
     a = p.parse_args()
-    spec = load_spec(ROOT / "jobs/train_ml100k.yaml", ["data.history_features=false"])
+    spec = load_spec(ROOT / "jobs/train_ml100k.yaml", ["data.history=null"])
     prepared = prepare(spec.data)
     train = pa.concat_tables([pq.read_table(f) for f in prepared.paths["train"]])
     work = Path(tempfile.mkdtemp(prefix="raytrain-finetune-"))

@@ -30,10 +30,13 @@ class PreparedData:
 
 def declared_features(data_spec) -> list[str] | None:
     """Sparse feature names known from the spec alone (no data read)."""
-    if data_spec.source == "movielens-100k":
-        from .movielens import FEATURES, HISTORY_LISTS
+    from .history import columns
 
-        return [n for n, _, _ in FEATURES] + (HISTORY_LISTS if data_spec.history_features else [])
+    history = columns(data_spec.history.fraction)[1] if data_spec.history is not None else []
+    if data_spec.source == "movielens-100k":
+        from .movielens import FEATURES
+
+        return [n for n, _, _ in FEATURES] + history
     if data_spec.source == "synthetic":
         return [f"s{i}" for i in range(data_spec.synthetic.num_sparse)]
     if data_spec.source == "criteo":
@@ -41,7 +44,7 @@ def declared_features(data_spec) -> list[str] | None:
 
         return list(CAT_COLUMNS)
     if data_spec.columns is not None:
-        return list(data_spec.columns.sparse) + list(data_spec.columns.multi_valued)
+        return list(data_spec.columns.sparse) + list(data_spec.columns.multi_valued) + history
     return None
 
 
@@ -82,13 +85,26 @@ def prepare(data_spec, work_dir: str | None = None) -> PreparedData:
         return PreparedData(schema, paths)
     from .parquet import expand, schema_for
 
-    schema = schema_for(data_spec)
+    schema = schema_for(data_spec, history=False)
     if data_spec.paths is not None:
         paths = {s: expand(getattr(data_spec.paths, s)) for s in ("train", "validation", "test")}
         _validated(data_spec, schema, paths)
-        return PreparedData(schema, paths)
-    files = expand(data_spec.path)
-    return PreparedData(schema, _split_cached(data_spec, schema, files))
+    else:
+        paths = _split_cached(data_spec, schema, expand(data_spec.path))
+    if data_spec.history is not None:
+        return PreparedData(schema_for(data_spec), _history_cached(data_spec, schema, paths))
+    return PreparedData(schema, paths)
+
+
+def _history_cached(data_spec, schema: FeatureSchema, paths: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The split's files with the history features added (``raytrain.data.history``), once per spec and files."""
+    from .history_files import with_history
+    from .parallel import cache_key, cached_dir
+
+    files = [f for s in ("train", "validation", "test") for f in paths[s]]
+    key = cache_key("history", data_spec.model_dump(mode="json"), files)
+    out, _ = cached_dir("history", key, lambda tmp: with_history(paths, schema, data_spec, tmp))
+    return {s: sorted(str(p) for p in (out / s).glob("part-*.parquet")) for s in ("train", "validation", "test")}
 
 
 def _validated(data_spec, schema: FeatureSchema, paths: dict[str, list[str]]) -> None:

@@ -40,66 +40,31 @@ FEATURES = [
     ("release_year", "item", False),
 ]
 DENSE = ["age_scaled", "year_scaled"]
-DENSE_GROUPS: dict[str, Group] = {"age_scaled": "user", "year_scaled": "item", "user_mean_rating": "user",
-                                  "item_mean_rating": "item", "user_log_count": "user", "item_log_count": "item"}
-# computed from the training split only (see history_features)
-HISTORY = ["user_mean_rating", "item_mean_rating", "user_log_count", "item_log_count"]
-HISTORY_LISTS = ["user_rated_items", "user_liked_items"]
+DENSE_GROUPS: dict[str, Group] = {"age_scaled": "user", "year_scaled": "item"}
 
 
-def history_features(frame: pd.DataFrame, rating: np.ndarray, train_idx: np.ndarray) -> pd.DataFrame:
-    """Per-user and per-item rating history, from training rows only.
+def with_history(frame: pd.DataFrame, rating: np.ndarray, parts: list[np.ndarray], hspec, seed: int,
+                 card: dict[str, int]) -> tuple[pd.DataFrame, list[np.ndarray], int]:
+    """Add the history features (``raytrain.data.history``) from a seeded share of the training rows, which then
+    leave the training split; returns the frame, the new split indices and the number of history rows."""
+    from .history import History, history_rows
 
-    Validation and test rows see the statistics of the whole training split. A training row sees
-    them with itself left out (leave-one-out), so its own label never leaks into its features.
-    Means are shrunk towards the global mean with a prior of ``PRIOR`` ratings, so ids with few
-    ratings get a cautious value; ids never seen in training get the global mean and a count of 0.
-    """
-    PRIOR = 5.0
-    is_train = np.zeros(len(frame), dtype=bool)
-    is_train[train_idx] = True
-    global_mean = float(rating[train_idx].mean())
-    out = pd.DataFrame(index=frame.index)
-    for key, name in (("user_id", "user"), ("item_id", "item")):
-        ids = frame[key].to_numpy()
-        size = int(ids.max()) + 1
-        total = np.bincount(ids[train_idx], weights=rating[train_idx], minlength=size)
-        count = np.bincount(ids[train_idx], minlength=size).astype(np.float64)
-        s, c = total[ids], count[ids]
-        s = np.where(is_train, s - rating, s)  # leave one out
-        c = np.where(is_train, c - 1, c)
-        mean = (s + PRIOR * global_mean) / (c + PRIOR)
-        out[f"{name}_mean_rating"] = (mean - global_mean).astype("float32")
-        out[f"{name}_log_count"] = (np.log1p(c) / 6.0).astype("float32")
-    return out[HISTORY]
-
-
-def history_lists(frame: pd.DataFrame, label: np.ndarray, train_idx: np.ndarray) -> pd.DataFrame:
-    """Multi-valued features: the items a user rated (implicit feedback) and liked, in training.
-
-    Leave-one-out as above: a training row's lists omit its own item, so neither the rating nor
-    the fact of the row itself leaks; validation and test rows see the whole training history.
-    Empty lists hold the padding id 0.
-    """
-    users = frame["user_id"].to_numpy()
-    items = frame["item_id"].to_numpy()
-    rated: dict[int, list[int]] = {}
-    liked: dict[int, list[int]] = {}
-    for i in train_idx:
-        rated.setdefault(int(users[i]), []).append(int(items[i]))
-        if label[i] > 0.5:
-            liked.setdefault(int(users[i]), []).append(int(items[i]))
-    is_train = np.zeros(len(frame), dtype=bool)
-    is_train[train_idx] = True
-    out_rated, out_liked = [], []
-    for u, it, tr in zip(users, items, is_train):
-        r, lk = rated.get(int(u), []), liked.get(int(u), [])
-        if tr:
-            r = [x for x in r if x != it]
-            lk = [x for x in lk if x != it]
-        out_rated.append(r or [0])
-        out_liked.append(lk or [0])
-    return pd.DataFrame({"user_rated_items": out_rated, "user_liked_items": out_liked}, index=frame.index)
+    if hspec.rating not in (None, "rating"):
+        raise DataError(f"movielens-100k: history.rating must be 'rating' (or left out for the label), got "
+                        f"{hspec.rating!r}")
+    values = rating if hspec.rating else frame["label"].to_numpy(np.float64)
+    train = parts[0]
+    held = history_rows(len(train), hspec.fraction, seed)
+    h = train[held]
+    users, items = frame["user_id"].to_numpy(), frame["item_id"].to_numpy()
+    times = frame["timestamp"].to_numpy()
+    hist = History(users[h], items[h], values[h], frame["label"].to_numpy()[h] > 0.5, times[h], card["user_id"],
+                   card["item_id"], seen=(users[train], items[train], times[train]))
+    is_seen = np.zeros(len(frame), dtype=bool)
+    is_seen[train[~held]] = True
+    cols = hist.features(users, items, hspec.max_items, pad=0, is_seen=is_seen)
+    extra = pd.DataFrame({k: v.to_pandas() for k, v in cols.items()}, index=frame.index)
+    return pd.concat([frame, extra], axis=1), [train[~held], parts[1], parts[2]], int(held.sum())
 
 
 def _read_atomic(raw: bytes, name: str) -> pd.DataFrame:
@@ -183,8 +148,8 @@ def split_indices(n: int, method: str, fractions, seed: int, order_key: np.ndarr
 def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
     """Write (once, cached by split and label rule) train/validation/test parquet files."""
     key = json.dumps(
-        {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 4,
-         "path": data_spec.path, "history": data_spec.history_features},
+        {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 7,
+         "path": data_spec.path, "history": data_spec.history.model_dump() if data_spec.history else None},
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -201,23 +166,30 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
         )
         dense = list(DENSE)
         features = list(FEATURES)
-        if data_spec.history_features:
-            hist = history_features(frame, rating.to_numpy(np.float64), parts[0])
-            lists = history_lists(frame, frame["label"].to_numpy(), parts[0])
-            frame = pd.concat([frame, hist, lists], axis=1)
-            dense += HISTORY
-            features += [(name, "user", True) for name in HISTORY_LISTS]
-            card["user_rated_items"] = card["user_liked_items"] = card["item_id"]
+        groups = dict(DENSE_GROUPS)
+        held = 0
+        if data_spec.history is not None:
+            from .history import GROUPS, columns
+
+            dense_cols, lists = columns(data_spec.history.fraction)
+            frame, parts, held = with_history(frame, rating.to_numpy(np.float64), parts, data_spec.history,
+                                              data_spec.split.seed, card)
+            frame = frame.drop(columns=[c for c in GROUPS if c not in dense_cols + lists])
+            dense += dense_cols
+            groups.update(GROUPS)
+            features += [(name, "user", True) for name in lists]
+            card.update(dict.fromkeys(lists, card["item_id"]))
         schema = FeatureSchema(
             sparse=tuple(SparseFeature(n, card[n], mv, cast(Group, g)) for n, g, mv in features),
             dense=tuple(dense),
-            dense_groups={d: DENSE_GROUPS[d] for d in dense},
-            seen_items="user_rated_items" if data_spec.history_features else None,
+            dense_groups={d: groups[d] for d in dense},
+            seen_items="user_rated_items" if data_spec.history is not None else None,
             label="label",
             timestamp="timestamp",
             info={
                 "source": "movielens-100k",
                 "rows": {s: int(len(p)) for s, p in zip(("train", "validation", "test"), parts)},
+                "history_rows": held,
                 "positive_rate": float(frame["label"].mean()),
                 "label_rule": f"rating {data_spec.label.positive_if}" if data_spec.label.positive_if else "rating",
             },

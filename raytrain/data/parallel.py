@@ -34,7 +34,16 @@ def fan_out(fn: Callable[..., Any], calls: Sequence[tuple], what: str) -> list[A
 
     if ray.is_initialized() and len(calls) > 1:
         task = ray.remote(num_cpus=0.5, max_retries=0)(fn)
-        refs = [task.remote(*args) for args in calls]
+        shared: dict[int, Any] = {}
+
+        def once(arg: Any) -> Any:  # an object passed to many tasks goes to the object store once
+            if isinstance(arg, (str, int, float, bool, type(None))):
+                return arg
+            if id(arg) not in shared:
+                shared[id(arg)] = ray.put(arg)
+            return shared[id(arg)]
+
+        refs = [task.remote(*map(once, args)) for args in calls]
         try:
             out = ray.get(refs)
         except ray.exceptions.RayTaskError as e:

@@ -20,7 +20,8 @@ from ..errors import DataError
 from .schema import FeatureSchema, Group, SparseFeature
 
 
-def schema_for(data_spec) -> FeatureSchema:
+def schema_for(data_spec, history: bool = True) -> FeatureSchema:
+    """The declared schema; with ``history`` (and ``data.history`` set), plus the history features' columns."""
     cols = data_spec.columns
     user = set(cols.user_features)
     item = set(cols.item_features)
@@ -30,10 +31,26 @@ def schema_for(data_spec) -> FeatureSchema:
 
     sparse = [SparseFeature(n, int(c), False, group(n)) for n, c in cols.sparse.items()]
     sparse += [SparseFeature(n, int(c), True, group(n)) for n, c in cols.multi_valued.items()]
+    dense = list(cols.dense)
+    groups = {d: group(d) for d in cols.dense if group(d) != "context"}
+    seen = None
+    hspec = data_spec.history if history else None
+    if hspec is not None:
+        from .history import GROUPS, columns
+
+        added, lists = columns(hspec.fraction)
+        taken = sorted(set(added + lists) & (set(cols.sparse) | set(cols.multi_valued) | set(cols.dense)))
+        if taken:
+            raise DataError(f"data.history adds columns named {', '.join(taken)}: rename the declared column(s)")
+        dense += added
+        groups.update({d: GROUPS[d] for d in added})
+        sparse += [SparseFeature(n, int(cols.sparse[hspec.item]), True, "user") for n in lists]
+        seen = lists[0]
     return FeatureSchema(
         sparse=tuple(sparse),
-        dense=tuple(cols.dense),
-        dense_groups={d: group(d) for d in cols.dense if group(d) != "context"},
+        dense=tuple(dense),
+        dense_groups=groups,
+        seen_items=seen,
         label=data_spec.label.column,
         timestamp=cols.timestamp,
         positive_if=data_spec.label.positive_if,

@@ -169,6 +169,20 @@ class SequenceColumnsSpec(Section):
                                                              "default: remapped to 1..n")
 
 
+class HistorySpec(Section):
+    """History features (raytrain.data.history): per-user / per-item rating statistics and item lists, taken from
+    a held-out share of the training rows that is not trained on (no label leak)."""
+
+    user: str = Field("user_id", description="the user id column (a declared sparse column)")
+    item: str = Field("item_id", description="the item id column (a declared sparse column)")
+    rating: Optional[str] = Field(None, description="the column averaged (a rating); default the label after "
+                                                    "positive_if")
+    fraction: float = Field(0.0, ge=0.0, lt=1.0, description="share of the training rows held out (not trained on) "
+                                                            "for the label-derived features (mean rating, liked "
+                                                            "items); 0: label-free features only")
+    max_items: Optional[int] = Field(None, ge=1, description="keep each user's latest this many rated / liked items")
+
+
 class DataSpec(Section):
     source: Literal["movielens-100k", "synthetic", "parquet", "criteo", "open-bandit", "served-logs"] = "movielens-100k"
     path: Optional[str] = Field(None, description="movielens-100k: a local copy; parquet: one data set to split; "
@@ -183,9 +197,15 @@ class DataSpec(Section):
     open_bandit: OpenBanditSpec = Field(default_factory=OpenBanditSpec)
     sequences: Optional[SequenceColumnsSpec] = Field(None, description="parquet: the history columns of the "
                                                                         "sequential models (sasrec, hstu)")
-    history_features: bool = Field(
-        True, description="movielens-100k: add per-user / per-item rating history from the training split"
-    )
+    history: Optional[HistorySpec] = Field(None, description="history features; movielens-100k has them unless "
+                                                             "'history: null'")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _movielens_history(cls, data):
+        if isinstance(data, dict) and data.get("source", "movielens-100k") == "movielens-100k" and "history" not in data:
+            data = {**data, "history": {"rating": "rating"}}
+        return data
 
     @model_validator(mode="after")
     def _source_fields(self):
@@ -196,6 +216,10 @@ class DataSpec(Section):
             if self.columns is not None:
                 problems.append("give 'sequences' (histories) or 'columns' (rows to score), not both")
         elif self.source == "parquet":
+            if self.history is not None and self.columns is not None:
+                declared = set(self.columns.sparse)
+                problems += [f"history.{k} {c!r} is not a declared sparse column" for k, c in
+                             (("user", self.history.user), ("item", self.history.item)) if c not in declared]
             if (self.path is None) == (self.paths is None):
                 problems.append("parquet needs exactly one of 'path' (one data set to split) or 'paths'")
             if self.columns is None:
@@ -211,7 +235,9 @@ class DataSpec(Section):
                 problems.append("criteo's label is its first field, 0 or 1: leave 'label' out")
             if self.path is not None and self.split.method == "time":
                 problems.append("criteo lines carry no timestamp: split.method random, or 'paths' by day")
-        else:
+        if self.history is not None and self.source not in ("movielens-100k", "parquet"):
+            problems.append(f"'history' is for source movielens-100k or parquet, not {self.source}")
+        if self.source not in ("parquet", "criteo"):
             if self.sequences is not None:
                 problems.append(f"'sequences' is only for source parquet, not {self.source}")
             if self.columns is not None:

@@ -204,9 +204,6 @@ def training_checks(spec: Any, steps: list[str]) -> list[str]:
         if spec.data.source in ("synthetic", "criteo"):
             problems.append(f"train.cross_validation: data.source {spec.data.source} is not folded (use parquet or "
                             "movielens-100k)")
-        if spec.data.source == "movielens-100k" and spec.data.history_features:
-            problems.append("train.cross_validation: the MovieLens history features are computed from the original "
-                            "training split, so validation folds would see them; set data.history_features: false")
         if is_uri(spec.storage):
             problems.append("train.cross_validation: writes its folds beside the run; give a path as storage")
         if spec.train.checkpoint.every_steps:
@@ -231,8 +228,9 @@ def training_checks(spec: Any, steps: list[str]) -> list[str]:
                 problems.append(f"train.sharding.tables.{name}: no such sparse feature{suggest(name, features)}; "
                                 f"features: {', '.join(features)}")
         cols = spec.data.columns
-        if spec.model.arch in ("dlrm", "dcn_v2") and cols is not None and not cols.dense:
-            problems.append(f"model.arch: {spec.model.arch} needs at least one dense column (data.columns.dense)")
+        if spec.model.arch in ("dlrm", "dcn_v2") and cols is not None and not cols.dense and spec.data.history is None:
+            problems.append(f"model.arch: {spec.model.arch} needs at least one dense column (data.columns.dense, "
+                            "or data.history)")
         if spec.model.arch == "two_tower" and cols is not None and not cols.item_features:
             problems.append("model.arch: two_tower needs data.columns.item_features")
     return problems

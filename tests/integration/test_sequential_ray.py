@@ -67,7 +67,7 @@ def test_a_ctr_model_starts_from_the_pretrained_item_embeddings(pretrained, tmp_
     from raytrain.train.runner import run_train
     from raytrain.train.sequential_run import load_sequential
 
-    base = load_spec(ROOT / "jobs/train_ml100k.yaml", ["data.history_features=false"])
+    base = load_spec(ROOT / "jobs/train_ml100k.yaml", ["data.history=null"])
     prepared = prepare(base.data)
     schema = prepared.schema
     doc = base.model_dump(mode="json")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -187,13 +188,32 @@ def test_synthetic_ids_follow_a_power_law_and_the_label_is_learnable():
     assert hi - lo > 0.3
 
 
+def test_movielens_label_derived_history_comes_from_held_out_rows():
+    spec = parse_spec({"name": "m", "data": {"source": "movielens-100k",
+                                             "label": {"column": "rating", "positive_if": ">= 4"},
+                                             "split": {"method": "random", "seed": 2020},
+                                             "history": {"rating": "rating", "fraction": 0.2}}})
+    prepared = prepare(spec.data)
+    held = prepared.schema.info["history_rows"]
+    assert 15_000 < held < 17_000  # 0.2 of the 80,000 training rows, not trained on
+    sizes = {s: pq.read_metadata(p[0]).num_rows for s, p in prepared.paths.items()}
+    assert sizes == {"train": 80000 - held, "validation": 10000, "test": 10000}
+    frames = [pq.read_table(prepared.paths[s][0]).to_pandas() for s in ("train", "validation", "test")]
+    rows = pd.concat(frames)
+    # the liked lists come from the held-out rows only: the same for every row of a user, never the row's own item
+    liked = rows.groupby("user_id")["user_liked_items"].apply(lambda lists: {tuple(sorted(x)) for x in lists})
+    assert (liked.apply(len) == 1).all()
+    assert not any(r.item_id in set(r.user_liked_items) for r in rows.itertuples())
+    assert abs(float(frames[1]["user_mean_rating"].mean())) < 0.2  # centred on the history rows' mean
+
+
 def test_movielens_is_fetched_split_and_featurised():
     spec = parse_spec({"name": "m", "data": {"source": "movielens-100k",
                                              "label": {"column": "rating", "positive_if": ">= 4"},
                                              "split": {"method": "random", "seed": 2020}}})
     prepared = prepare(spec.data)
     assert prepared.schema.sparse_names == ["user_id", "age", "gender", "occupation", "zip_prefix", "item_id",
-                                             "genres", "release_year", "user_rated_items", "user_liked_items"]
+                                             "genres", "release_year", "user_rated_items"]
     card = {f.name: f.cardinality for f in prepared.schema.sparse}
     assert card["user_id"] == 944 and card["item_id"] == 1683 and card["gender"] == 3
     assert prepared.schema.feature("genres").multi_valued
@@ -202,18 +222,16 @@ def test_movielens_is_fetched_split_and_featurised():
     t = pq.read_table(prepared.paths["train"][0])
     assert 0.5 < np.mean(t.column("label").to_numpy()) < 0.6  # 55% of ratings are >= 4
     validate_files(prepared.paths["test"], prepared.schema)
-    # history features come from the training split only, leaving a training row's own item out
+    # label-free history from the training split: a training row leaves its own item (and count) out
     train = t.to_pandas()
+    assert "user_mean_rating" not in train and "user_liked_items" not in train  # label-derived: fraction > 0 only
     val = pq.read_table(prepared.paths["validation"][0]).to_pandas()
     history = train.groupby("user_id")["item_id"].apply(set)
-    liked = train[train["label"] > 0.5].groupby("user_id")["item_id"].apply(set)
     for row in train.head(200).itertuples():
         assert set(row.user_rated_items) == (history[row.user_id] - {row.item_id} or {0})
-        assert row.item_id not in set(row.user_liked_items)
+        assert np.expm1(row.user_log_count * 6) == pytest.approx(len(history[row.user_id]) - 1, abs=1e-3)
     for row in val.head(200).itertuples():
         assert set(row.user_rated_items) == history.get(row.user_id, {0})
-        assert set(row.user_liked_items) == liked.get(row.user_id, {0})
-    assert abs(float(val["user_mean_rating"].mean())) < 0.2  # centred on the training mean
     # a second call reuses the cache
     assert prepare(spec.data).paths == prepared.paths
 

@@ -68,7 +68,7 @@ def test_cross_field_checks():
         "train.sharding.default: 'row_wise' needs train.device: cuda (TorchRec shards row-wise only on CUDA); "
         "on CPU use table_wise, column_wise, table_column_wise or data_parallel",
         "train.sharding.tables.item: no such sparse feature (did you mean 'item_id'?); features: user_id, age, "
-        "gender, occupation, zip_prefix, item_id, genres, release_year, user_rated_items, user_liked_items",
+        "gender, occupation, zip_prefix, item_id, genres, release_year, user_rated_items",
     ]
 
 
