@@ -26,6 +26,7 @@ class DcnSpec(Section):
 
 
 SEQUENTIAL = ("sasrec", "hstu")
+SEQUENTIAL_METRICS = ("val_ndcg@10", "val_hr@10", "val_ndcg@50", "val_hr@50", "val_mrr")
 
 
 class SequenceSpec(Section):
@@ -245,13 +246,20 @@ def suggest(word: str, choices: list[str]) -> str:
 
 
 def sequential_checks(spec: Any) -> list[str]:
-    """What the sequential models (sasrec, hstu) support so far: kind train (pretraining), on MovieLens-100K or
-    parquet histories, on a path."""
+    """What the sequential models (sasrec, hstu) support so far: kind train (pretraining) and tune (over pretraining
+    runs, a ranking metric), on MovieLens-100K or parquet histories, on a path."""
     from ..storage import is_uri
 
     arch, problems = spec.model.arch, []
-    if spec.kind != "train":
-        problems.append(f"model.arch: {arch} runs as kind train (pretraining) in this version, not {spec.kind}")
+    if spec.kind not in ("train", "tune"):
+        problems.append(f"model.arch: {arch} runs as kind train (pretraining) or tune in this version, not {spec.kind}")
+    if spec.kind == "tune" and spec.tune is not None:
+        if spec.tune.metric not in SEQUENTIAL_METRICS:
+            problems.append(f"tune.metric: {arch} reports {', '.join(SEQUENTIAL_METRICS)}, not {spec.tune.metric}")
+        elif spec.tune.mode != "max":
+            problems.append(f"tune.mode: {spec.tune.metric} is better when higher: max")
+        if spec.tune.scheduler.name == "pbt":
+            problems.append(f"tune.scheduler: pbt is not available for {arch} in this version")
     if spec.data.source not in ("movielens-100k", "parquet"):
         problems.append(f"data.source: {arch} reads histories from movielens-100k or parquet, not {spec.data.source}")
     if spec.data.source == "parquet" and spec.data.sequences is None:

@@ -30,35 +30,44 @@ def sequences_of(spec: JobSpec) -> Sequences:
     return parquet_sequences(expand(data.path), cols.user, cols.item, cols.timestamp, cols.action, cols.num_items)
 
 
-def run_sequential(spec: JobSpec, address: str | None = None) -> dict:
+def write_sequences(spec: JobSpec, run_dir: Path) -> Path:
+    """The histories, once, into ``run_dir/sequences.npz`` (what the workers and ``load_sequential`` read)."""
+    seqs = sequences_of(spec)
+    path = run_dir / "sequences.npz"
+    np.savez(path, items=seqs.items, timestamps=seqs.timestamps, offsets=seqs.offsets, num_items=seqs.num_items)
+    log.info(f"data: {spec.data.source}, {seqs.users:,} users, {seqs.num_items - 1:,} items, {len(seqs.items):,} "
+             f"actions; {spec.model.arch} pretraining by next-item prediction, leave-one-out evaluation over the "
+             "whole catalogue")
+    return path
+
+
+def sequential_trainer(spec: JobSpec, run_dir: str | Path, sequences: str | Path, callbacks: list | None = None):
+    """The TorchTrainer of one sequential run (also one tune trial), its checkpoints ranked by validation NDCG@10."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from .sequential_loop import sequential_loop
 
-    run_dir = open_run(spec)
-    t0 = time.perf_counter()
-    init_ray(spec, address)
-    seqs = sequences_of(spec)
-    np.savez(run_dir / "sequences.npz", items=seqs.items, timestamps=seqs.timestamps, offsets=seqs.offsets,
-             num_items=seqs.num_items)
-    log.info(f"data: {spec.data.source}, {seqs.users:,} users, {seqs.num_items - 1:,} items, {len(seqs.items):,} "
-             f"actions; {spec.model.arch} pretraining by next-item prediction, leave-one-out evaluation over the "
-             "whole catalogue")
     res = spec.train.resources_per_worker
-    trainer = TorchTrainer(
+    return TorchTrainer(
         sequential_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": str(run_dir),
-                           "sequences": str(run_dir / "sequences.npz")},
+                           "sequences": str(sequences)},
         scaling_config=ScalingConfig(num_workers=spec.train.workers, resources_per_worker={"CPU": res.cpu}),
         torch_config=TorchConfig(backend=process_group_backend("cpu")),
         run_config=RunConfig(
-            name="ray", storage_path=str(run_dir),
+            name="ray", storage_path=str(run_dir), callbacks=callbacks or None,
             failure_config=FailureConfig(max_failures=spec.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=spec.train.checkpoint.keep,
                                                checkpoint_score_attribute="val_ndcg@10", checkpoint_score_order="max")),
     )
-    result = trainer.fit()
+
+
+def run_sequential(spec: JobSpec, address: str | None = None) -> dict:
+    run_dir = open_run(spec)
+    t0 = time.perf_counter()
+    init_ray(spec, address)
+    result = sequential_trainer(spec, run_dir, write_sequences(spec, run_dir)).fit()
     if result.error is not None:
         raise result.error
     summary = summarize(run_dir)

@@ -21,8 +21,16 @@ def _last(df: pd.DataFrame, column: str) -> float:
     return float(df[column].dropna().iloc[-1]) if column in df and df[column].notna().any() else float("nan")
 
 
+def test_column(metric: str) -> str:
+    """The test metric reported beside the tuned one: test_auc, or a sequential model's test ranking metric."""
+    from ..spec.training import SEQUENTIAL_METRICS
+
+    return metric.replace("val_", "test_", 1) if metric in SEQUENTIAL_METRICS else "test_auc"
+
+
 def _trial_rows(spec: JobSpec, results) -> tuple[pd.DataFrame, dict[str, pd.DataFrame]]:
     metric, mode = tune_of(spec).metric, tune_of(spec).mode
+    test = test_column(metric)
     rows, curves = [], {}
     for r in results:
         df = r.metrics_dataframe
@@ -30,20 +38,25 @@ def _trial_rows(spec: JobSpec, results) -> tuple[pd.DataFrame, dict[str, pd.Data
         if df is None or df.empty or metric not in df:
             rows.append({"trial": trial_id, "status": "error" if r.error else "no result", "config": json.dumps(r.config),
                          metric: float("nan"), "epochs": 0, "wall_s": float("nan"), "node": None, "node_id": None,
-                         "test_auc": float("nan"), "test_epoch": float("nan"), "path": r.path,
+                         test: float("nan"), "test_epoch": float("nan"), "path": r.path,
                          "finished_at": float("nan")})
             continue
         per_epoch = df[df[metric].notna()].drop_duplicates("epoch", keep="first")
         curves[trial_id] = per_epoch
-        best = per_epoch[metric].max() if mode == "max" else per_epoch[metric].min()
+        best_row = per_epoch.loc[per_epoch[metric].idxmax() if mode == "max" else per_epoch[metric].idxmin()]
+        best = best_row[metric]
         epochs = int(per_epoch["epoch"].max())
+        if "test_epoch" in df and df["test_epoch"].notna().any():  # measured once, at the best checkpoint
+            test_value, test_epoch = _last(df, test), _last(df, "test_epoch")
+        else:  # measured every epoch (sequential models): the best epoch's
+            test_value, test_epoch = float(best_row.get(test, float("nan"))), float(best_row["epoch"])
         status = "error" if r.error else ("completed" if epochs >= spec.train.epochs else "stopped early")
         last = df.iloc[-1]
         rows.append({
             "trial": trial_id, "status": status, "config": json.dumps(r.config), metric: float(best),
             "epochs": epochs, "wall_s": float(last.get("time_total_s", float("nan"))),
             "node": last.get("node_ip"), "node_id": last.get("node_id"),
-            "test_auc": _last(df, "test_auc"), "test_epoch": _last(df, "test_epoch"), "path": r.path,
+            test: test_value, "test_epoch": test_epoch, "path": r.path,
             "finished_at": float(last.get("timestamp", 0)),
         })
     board = pd.DataFrame(rows).sort_values(metric, ascending=(mode == "min"), na_position="last").reset_index(drop=True)
@@ -104,11 +117,12 @@ def write_report(spec: JobSpec, results, run_dir: Path, location: str | None = N
     from .runner import best_spec_yaml
 
     metric = tune_of(spec).metric
+    test = test_column(metric)
     location = location or str(run_dir)
     board, curves = _trial_rows(spec, results)
     board["path"] = [None if p is None else join(location, "tune", Path(str(p)).name) for p in board["path"]]
     board.to_parquet(run_dir / "leaderboard.parquet", index=False)
-    shown = board[["trial", "status", metric, "epochs", "wall_s", "test_auc", "test_epoch", "config"]].copy()
+    shown = board[["trial", "status", metric, "epochs", "wall_s", test, "test_epoch", "config"]].copy()
     shown["config"] = shown["config"].str.slice(0, 90)
     if board["node_id"].nunique() > 1:  # trials spread over several nodes: say which ran where
         shown.insert(2, "node", board["node_id"].str.slice(0, 8))
@@ -126,7 +140,7 @@ def write_report(spec: JobSpec, results, run_dir: Path, location: str | None = N
         (run_dir / "best_spec.yaml").write_text(best_spec_yaml(spec, config))
         # the trial's best checkpoint by validation AUC: what ensembles, distillation and serving load, and what its
         # test metrics were measured on (raytrain.train.loop evaluates test there)
-        best = best_checkpoint_location(join(str(top["path"]), "run"))
+        best = best_checkpoint_location(join(str(top["path"]), "run"), metric, tune_of(spec).mode)
         link = run_dir / "best_checkpoint"
         if best and not is_uri(location):  # a link beside the leaderboard; on a URI run, result.json names it
             if link.is_symlink() or link.exists():
@@ -135,9 +149,9 @@ def write_report(spec: JobSpec, results, run_dir: Path, location: str | None = N
         test_epoch = top.get("test_epoch")
         at = f" (epoch {int(test_epoch)}'s checkpoint)" if test_epoch == test_epoch and test_epoch is not None else ""
         summary.update({"best_trial": top["trial"], f"best_{metric}": float(top[metric]), "best_config": config,
-                        "best_test_auc": float(top["test_auc"]), "best_checkpoint": best,
+                        f"best_{test}": float(top[test]), "best_checkpoint": best,
                         "best_test_epoch": None if not at else int(test_epoch)})
-        log.info(f"best trial {top['trial']}: {metric} {top[metric]:.4f}, test_auc {top['test_auc']:.4f}{at}, "
+        log.info(f"best trial {top['trial']}: {metric} {top[metric]:.4f}, {test} {top[test]:.4f}{at}, "
              f"config {config}; ready-to-run spec: {run_dir / 'best_spec.yaml'}")
     summary["plots"] = _plots(spec, board, curves, run_dir)
     return summary

@@ -23,6 +23,7 @@ from ..errors import RaytrainError, SpecError
 from ..kinds import JobSpec
 from ..log import get_logger
 from ..spec import resolved_yaml
+from ..spec.training import SEQUENTIAL
 from ..storage import Mirror, Store, filesystem, is_uri, mirror_of, redact
 from .factories import scheduler, searcher
 from .resources import ResourceError, preflight, release_callback, release_run
@@ -124,16 +125,22 @@ def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = N
     log.info(f"run directory: {redact(location)}" + (f" (local mirror {run_dir})" if mirror.store else ""))
     t0 = time.time()
     init_ray(spec, address)  # first: validation, splitting and conversion fan out as Ray tasks
-    prepared = mirror.share(prepare(spec.data, work_dir=str(run_dir)))  # on a URI run: data/ there too, for every node
-    mirror.put("schema.json", prepared.schema.to_json())
-    preflight(spec, prepared)
+    if spec.model.arch in SEQUENTIAL:  # histories, written once; each trial copies them into its run
+        from ..train.sequential_run import write_sequences
+
+        data: dict = {"sequences": str(write_sequences(spec, Path(run_dir)))}
+    else:
+        prepared = mirror.share(prepare(spec.data, work_dir=str(run_dir)))  # on a URI run: data/ there too
+        mirror.put("schema.json", prepared.schema.to_json())
+        preflight(spec, prepared)
+        data = prepared.to_dict()
     t = tune_of(spec)
     log.info(f"tuning {len(t.space)} parameter(s) with {t.search.algorithm} + {t.scheduler.name}: "
          f"{t.num_samples} trials, {t.max_concurrent_trials} at a time, {spec.train.workers} workers each")
-    data = prepared.to_dict()
     if spec.train.cross_validation is not None:
         from ..train.crossval import fold_data
 
+        assert spec.model.arch not in SEQUENTIAL  # the spec's checks
         cv = spec.train.cross_validation
         data["folds"] = [f.to_dict() for f in fold_data(prepared, cv.folds, cv.seed, Path(run_dir) / "cv_data")]
         log.info(f"each trial runs {cv.folds} folds and reports their mean")

@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from ..data import PreparedData
+from ..data import FeatureSchema, PreparedData
 from ..kinds import JobSpec
 from ..spec import parse_spec, resolved_yaml
 from ..storage import Store, is_uri, join
@@ -28,6 +28,11 @@ def _trial_setup(config: dict, base: dict, data: dict, location: str) -> tuple[J
     run = trial_location(location, ray.tune.get_context().get_trial_dir())
     store = Store(run)
     store.write_text("spec.yaml", resolved_yaml(spec))
+    if data.get("sequences"):  # a sequential model (path storage): its histories, as its own run keeps them
+        import shutil
+
+        shutil.copyfile(data["sequences"], Path(run) / "sequences.npz")
+        return spec, run, PreparedData(FeatureSchema(sparse=()))
     prepared = PreparedData.from_dict(data)
     store.write_text("schema.json", prepared.schema.to_json())
     return spec, run, prepared
@@ -42,6 +47,11 @@ def trial(config: dict, base: dict, data: dict, location: str) -> None:
     spec, run, prepared = _trial_setup(config, base, data, location)
     if data.get("folds"):
         return _cv_trial(spec, run, data["folds"])
+    if data.get("sequences"):
+        from ..train.sequential_run import sequential_trainer
+
+        sequential_trainer(spec, run, join(run, "sequences.npz"), callbacks=[TuneReportCallback()]).fit()
+        return None
     # same storage path and name as an interrupted attempt of this trial: Ray Train restores its
     # checkpoint manager from there, so the trial resumes from its last checkpoint
     make_trainer(spec, prepared, run, callbacks=[TuneReportCallback()]).fit()

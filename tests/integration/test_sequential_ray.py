@@ -93,3 +93,37 @@ def test_a_ctr_model_starts_from_the_pretrained_item_embeddings(pretrained, tmp_
     with pytest.raises(Exception, match="train.init_from.tables.t_item_id: width 32 here, 16 in the run's t_item"):
         doc["model"]["embedding_dim"] = 32
         run_train(parse_spec({**doc, "name": "too-wide"}))
+
+
+def test_tune_over_hstu_ranks_trials_by_validation_ndcg(ray_local, tmp_path):
+    """kind tune over a sequential model: every trial a 2-worker pretraining run, the leaderboard by val_ndcg@10 with
+    each trial's test NDCG@10 at its best epoch, and a best checkpoint that load_sequential opens."""
+    import pandas as pd
+
+    from raytrain.train.sequential_run import load_sequential
+    from raytrain.tune.runner import run_tune
+
+    spec = load_spec(ROOT / "jobs/tune_hstu_ml100k.yaml", [
+        f"storage={tmp_path}", "train.epochs=2", "model.embedding_dim=16", "model.sequence.max_len=50",
+        "train.batch_size=128", "train.resources_per_worker.cpu=0.5", "train.threads_per_worker=1",
+        "tune.num_samples=2", "tune.scheduler={name: fifo}", "tune.search={algorithm: random, seed: 0}",
+        "tune.space={model.sequence.blocks: 'choice([1, 2])'}"])
+    summary = run_tune(spec)
+    run_dir = Path(summary["run_dir"])
+    board = pd.read_parquet(run_dir / "leaderboard.parquet")
+    assert len(board) == 2 and (board["status"] == "completed").all()
+    assert board["val_ndcg@10"].is_monotonic_decreasing
+    for _, row in board.iterrows():
+        rows = [json.loads(f.read_text()) for f in sorted((Path(row["path"]) / "run" / "metrics").glob("epoch_*.json"))]
+        best = max(rows, key=lambda r: r["val_ndcg@10"])
+        assert row["val_ndcg@10"] == pytest.approx(best["val_ndcg@10"])
+        assert row["test_ndcg@10"] == pytest.approx(best["test_ndcg@10"]) and row["test_epoch"] == best["epoch"]
+    assert summary["best_test_ndcg@10"] == pytest.approx(board["test_ndcg@10"].iloc[0])
+    from raytrain.data.sequences import leave_one_out
+    from raytrain.train.sequential import evaluate
+
+    # the best checkpoint, opened in one process, scores what the leaderboard says on test
+    _, model, seqs = load_sequential(Path(board["path"].iloc[0]) / "run", summary["best_checkpoint"])
+    assert evaluate(model, leave_one_out(seqs), "test")["ndcg@10"] == pytest.approx(summary["best_test_ndcg@10"],
+                                                                                     abs=1e-5)
+    assert (run_dir / "best_spec.yaml").exists() and load_spec(run_dir / "best_spec.yaml").model.arch == "hstu"

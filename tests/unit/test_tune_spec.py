@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from raytrain.errors import SpecError
-from raytrain.spec import parse_spec
+from raytrain.spec import load_spec, parse_spec
 from raytrain.tune.space import apply_config, parse_dist
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _problems(space: dict, **tune) -> list[str]:
@@ -74,3 +79,15 @@ def test_distributions_and_trial_specs():
     trial = parse_spec(doc)
     assert trial.kind == "train" and trial.tune is None
     assert trial.model.embedding_dim == 8 and trial.train.sharding.tables == {"item_id": "table_wise"}
+
+
+def test_tune_over_a_sequential_model_needs_a_ranking_metric():
+    spec = load_spec(ROOT / "jobs/tune_hstu_ml100k.yaml")
+    assert spec.tune.metric == "val_ndcg@10"
+    for override, message in (("tune.metric=val_auc", "tune.metric: hstu reports val_ndcg@10"),
+                              ("tune.mode=min", "tune.mode: val_ndcg@10 is better when higher"),
+                              ("tune.scheduler={name: pbt}", "pbt is not available for hstu")):
+        with pytest.raises(SpecError, match=re.escape(message)):
+            load_spec(ROOT / "jobs/tune_hstu_ml100k.yaml", [override])
+    with pytest.raises(SpecError, match="runs as kind train .pretraining. or tune"):
+        load_spec(ROOT / "jobs/pretrain_hstu_ml100k.yaml", ["kind=ensemble", "ensemble={tune_run: x}"])
