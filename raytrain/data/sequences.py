@@ -23,6 +23,8 @@ class Sequences:
     offsets: np.ndarray  # [U + 1] int64: user u's history is items[offsets[u]:offsets[u + 1]]
     num_items: int  # ids lie in [1, num_items); 0 is padding
     actions: Optional[np.ndarray] = None  # [T] the action or rating, where the data has one
+    user_ids: Optional[np.ndarray] = None  # [U] each history's user id in the source (serving looks users up)
+    item_ids: Optional[np.ndarray] = None  # [num_items] the source's id of each item id (0: padding); None: the same
 
     @property
     def users(self) -> int:
@@ -38,7 +40,8 @@ class Sequences:
         keep = (np.arange(len(self.items)) - self.offsets[user_of]) < (lengths - drop_last)[user_of]
         new_lengths = np.maximum(lengths - drop_last, 0)
         return Sequences(self.items[keep], self.timestamps[keep], np.r_[0, np.cumsum(new_lengths)].astype(np.int64),
-                         self.num_items, None if self.actions is None else self.actions[keep])
+                         self.num_items, None if self.actions is None else self.actions[keep], self.user_ids,
+                         self.item_ids)
 
 
 def from_columns(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, action: np.ndarray | None = None,
@@ -66,7 +69,8 @@ def from_columns(user: np.ndarray, item: np.ndarray, timestamp: np.ndarray, acti
     offsets = np.r_[starts, n].astype(np.int64)
     return Sequences(items=(dense[order] + 1).astype(np.int64), timestamps=np.asarray(timestamp, np.int64)[order],
                      offsets=offsets, num_items=len(uniq) + 1,
-                     actions=None if action is None else np.asarray(action)[order])
+                     actions=None if action is None else np.asarray(action)[order], user_ids=users_sorted[starts],
+                     item_ids=None if num_items is not None else np.r_[0, uniq])
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,8 @@ def subset(seqs: Sequences, users: np.ndarray) -> Sequences:
     keep = np.repeat(np.isin(np.arange(seqs.users), users), lengths)
     kept = lengths[users]
     return Sequences(seqs.items[keep], seqs.timestamps[keep], np.r_[0, np.cumsum(kept)].astype(np.int64),
-                     seqs.num_items, None if seqs.actions is None else seqs.actions[keep])
+                     seqs.num_items, None if seqs.actions is None else seqs.actions[keep],
+                     None if seqs.user_ids is None else seqs.user_ids[users], seqs.item_ids)
 
 
 def movielens_sequences(path: str | None = None) -> Sequences:

@@ -204,7 +204,17 @@ class Ingress(Scorer):
 
 
 def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None):
-    """The bound application: a MemberModel deployment per distinct checkpoint, then the ingress."""
+    """The bound application: a MemberModel deployment per distinct checkpoint, then the ingress (sequential models:
+    ``serve.sequential``)."""
+    from .sources import is_sequential
+
+    kinds = {is_sequential(m.run_dir) for v in variants for m in v.members}
+    if kinds == {True}:
+        from .sequential import build_sequential_app
+
+        return build_sequential_app(spec, variants, log_dir)
+    if len(kinds) > 1:
+        raise ValueError("serve: sequential models and row-scoring models in one application: serve them apart")
     cfg = spec.serve
     scaling: dict = ({"autoscaling_config": cfg.autoscaling.model_dump()} if cfg.autoscaling is not None
                      else {"num_replicas": cfg.replicas})

@@ -34,9 +34,15 @@ def newest(path: str | Path, marker: str) -> Path:
     return newest_local_run(path, marker)
 
 
+def is_sequential(run_dir: str | Path) -> bool:
+    """A sequential model's run (sasrec, hstu): it keeps its histories beside its checkpoints."""
+    return (Path(run_dir) / "sequences.npz").exists()
+
+
 def _ref(run_dir: str | Path, name: str) -> MemberRef:
     run_dir = Path(run_dir)
-    return MemberRef(name, str(run_dir), str(best_checkpoint(run_dir)))
+    metric = "val_ndcg@10" if is_sequential(run_dir) else "val_auc"
+    return MemberRef(name, str(run_dir), str(best_checkpoint(run_dir, metric)))
 
 
 def resolve(name: str, v: VariantSpec) -> ResolvedVariant:

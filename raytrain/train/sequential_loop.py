@@ -32,7 +32,9 @@ log = get_logger(__name__)
 
 def load_sequences(path: str) -> Sequences:
     with np.load(path) as z:
-        return Sequences(z["items"], z["timestamps"], z["offsets"], int(z["num_items"]))
+        return Sequences(z["items"], z["timestamps"], z["offsets"], int(z["num_items"]),
+                         user_ids=z["user_ids"] if "user_ids" in z else None,
+                         item_ids=z["item_ids"] if "item_ids" in z else None)
 
 
 def shard(spec: JobSpec, num_items: int, pg) -> ShardedModel:

@@ -34,7 +34,10 @@ def write_sequences(spec: JobSpec, run_dir: Path) -> Path:
     """The histories, once, into ``run_dir/sequences.npz`` (what the workers and ``load_sequential`` read)."""
     seqs = sequences_of(spec)
     path = run_dir / "sequences.npz"
-    np.savez(path, items=seqs.items, timestamps=seqs.timestamps, offsets=seqs.offsets, num_items=seqs.num_items)
+    arrays: dict[str, np.ndarray] = {"items": seqs.items, "timestamps": seqs.timestamps, "offsets": seqs.offsets,
+                                     "num_items": np.asarray(seqs.num_items)}
+    arrays.update({k: v for k, v in (("user_ids", seqs.user_ids), ("item_ids", seqs.item_ids)) if v is not None})
+    np.savez(path, **arrays)  # type: ignore[arg-type]
     log.info(f"data: {spec.data.source}, {seqs.users:,} users, {seqs.num_items - 1:,} items, {len(seqs.items):,} "
              f"actions; {spec.model.arch} pretraining by next-item prediction, leave-one-out evaluation over the "
              "whole catalogue")

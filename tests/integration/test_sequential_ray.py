@@ -127,3 +127,93 @@ def test_tune_over_hstu_ranks_trials_by_validation_ndcg(ray_local, tmp_path):
     assert evaluate(model, leave_one_out(seqs), "test")["ndcg@10"] == pytest.approx(summary["best_test_ndcg@10"],
                                                                                      abs=1e-5)
     assert (run_dir / "best_spec.yaml").exists() and load_spec(run_dir / "best_spec.yaml").model.arch == "hstu"
+
+
+def _post(url: str, body) -> tuple[int, dict]:
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
+    """/recommend over real HTTP from the pretrained run: the same top-k as the model ranks in this process, for a
+    user's stored history and for a history sent in the request, seen items left out; bad bodies get 4xx."""
+    import socket
+
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from ray import serve
+    from raytrain.kernels import topk_scores
+
+    from raytrain.serve.runner import deploy
+    from raytrain.train.sequential import user_vectors
+    from raytrain.train.sequential_run import load_sequential
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    spec = load_spec(ROOT / "jobs/serve_hstu_ml100k.yaml", [
+        f"storage={tmp_path}", f"serve.port={port}", f"serve.variants.hstu.run={pretrained['run_dir']}"])
+    out = deploy(spec)
+    url = out["url"]
+    try:
+        run_dir = Path(pretrained["run_dir"])
+        _, model, seqs = load_sequential(run_dir, out["variants"]["hstu"]["members"][0]["checkpoint"])
+        items = model.item_embeddings().detach()
+        mask = torch.ones(items.shape[0], dtype=torch.bool)
+        mask[0] = False
+
+        def expected(history: np.ndarray, times: np.ndarray, k: int) -> list[int]:
+            from raytrain.data.sequences import Sequences
+
+            one = Sequences(history, times, np.array([0, len(history)]), seqs.num_items)
+            _, top = topk_scores(user_vectors(model, one), items, k, item_mask=mask,
+                                 exclude=(torch.tensor([0, len(history)]), torch.from_numpy(history)))
+            return [int(seqs.item_ids[i]) for i in top[0].tolist()]
+
+        row = 11
+        user = int(seqs.user_ids[row])
+        a, z = seqs.offsets[row], seqs.offsets[row + 1]
+        code, body = _post(f"{url}/recommend", {"user_id": user, "k": 10})
+        assert code == 200, body
+        assert body["variant"] == "hstu" and body["history_length"] == z - a
+        assert body["items"] == expected(seqs.items[a:z], seqs.timestamps[a:z], 10)
+        assert not set(body["items"]) & {int(seqs.item_ids[i]) for i in seqs.items[a:z]}  # nothing already seen
+        assert body["scores"] == sorted(body["scores"], reverse=True)
+        sent = [int(seqs.item_ids[i]) for i in seqs.items[a:a + 5]] + [10**9]  # the last id is unknown
+        code, body = _post(f"{url}/recommend", {"history": sent, "k": 7})
+        assert code == 200 and body["unknown_ids"] == 1
+        assert body["items"] == expected(seqs.items[a:a + 5], np.zeros(5, dtype=np.int64), 7)
+        for bad, status, words in (({"k": 5}, 422, "give 'user_id'"), ({"user_id": 10**9}, 404, "no history"),
+                                   ({"user_id": user, "k": 0}, 422, "k: expected"),
+                                   ({"history": [1, "x"]}, 422, "history"),
+                                   ({"history": [1, 2], "timestamps": [1]}, 422, "timestamps"),
+                                   ({"user_id": user, "colour": 1}, 422, "unknown field"),
+                                   ({"history": [10**9]}, 422, "no item this model knows")):
+            code, body = _post(f"{url}/recommend", bad)
+            assert code == status and words in body["error"], (bad, code, body)
+        code, body = _post(f"{url}/predict", {"rows": [{"user_id": user, "item_id": 1}]})
+        assert code == 400 and "/recommend" in body["error"]
+
+        values = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.text(max_size=5),
+                           st.lists(st.integers(-5, 2000), max_size=30), st.floats(allow_nan=True))
+        bodies = st.dictionaries(st.sampled_from(["user_id", "history", "timestamps", "k", "exclude_seen", "x"]),
+                                 values, max_size=4)
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(bodies)
+        def never_5xx(b):
+            code, reply = _post(f"{url}/recommend", b)
+            assert code < 500, (b, code, reply)
+
+        never_5xx()
+        code, _ = _post(f"{url}/recommend", {"user_id": user})
+        assert code == 200
+    finally:
+        serve.delete(spec.name)
