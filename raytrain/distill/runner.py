@@ -68,6 +68,11 @@ def run_distill(spec: JobSpec, address: str | None = None) -> dict:
     from ..train.runner import run_train
 
     assert spec.distill is not None
+    from .sequential import run_sequential_distill, sequential_teacher_run
+
+    sequential = sequential_teacher_run(spec.distill.teacher)
+    if sequential is not None:
+        return run_sequential_distill(spec, sequential, address)
     t0 = time.time()
     teacher = load_teacher(spec.distill.teacher)
     log.info(f"teacher: {teacher.source}, {len(teacher.members)} model(s), {teacher.parameters():,} parameters")

@@ -133,11 +133,28 @@ class SequentialModel(nn.Module):
         return F.normalize(weight.detach(), dim=-1)
 
 
+def candidate_logits(user: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, positive_ids: torch.Tensor,
+                     negative_ids: torch.Tensor, temperature: float) -> torch.Tensor:
+    """[P, 1 + K]: each position's score of its next item (column 0) and of the shared sampled negatives, over
+    ``temperature``; a negative that happens to be the position's positive is -inf."""
+    pos = (user * positive).sum(-1, keepdim=True)
+    neg = (user @ negative.T).masked_fill(negative_ids[None, :] == positive_ids[:, None], float("-inf"))
+    return torch.cat([pos, neg], dim=1) / temperature
+
+
 def sampled_softmax_loss(user: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, positive_ids: torch.Tensor,
                          negative_ids: torch.Tensor, temperature: float) -> torch.Tensor:
     """Next-item cross-entropy of each position's positive against the shared sampled negatives, at
     ``temperature``; a negative that happens to be the position's positive is masked out."""
-    pos = (user * positive).sum(-1, keepdim=True)
-    neg = (user @ negative.T).masked_fill(negative_ids[None, :] == positive_ids[:, None], float("-inf"))
-    logits = torch.cat([pos, neg], dim=1) / temperature
+    logits = candidate_logits(user, positive, negative, positive_ids, negative_ids, temperature)
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
+
+
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` over each position's candidates (the ``candidate_logits``
+    of both models on the same candidates), averaged over positions; masked candidates (-inf in both) count for 0."""
+    t = F.log_softmax(teacher / temperature, dim=1)
+    s = F.log_softmax(student / temperature, dim=1)
+    p = t.exp()
+    kl = torch.where(p > 0, p * (t - s), torch.zeros_like(p)).sum(1)
+    return kl.mean() * temperature**2

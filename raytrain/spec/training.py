@@ -251,8 +251,9 @@ def sequential_checks(spec: Any) -> list[str]:
     from ..storage import is_uri
 
     arch, problems = spec.model.arch, []
-    if spec.kind not in ("train", "tune"):
-        problems.append(f"model.arch: {arch} runs as kind train (pretraining) or tune in this version, not {spec.kind}")
+    if spec.kind not in ("train", "tune", "distill"):
+        problems.append(f"model.arch: {arch} runs as kind train (pretraining), tune or distill (a student) in this "
+                        f"version, not {spec.kind}")
     if spec.kind == "tune" and spec.tune is not None:
         if spec.tune.metric not in SEQUENTIAL_METRICS:
             problems.append(f"tune.metric: {arch} reports {', '.join(SEQUENTIAL_METRICS)}, not {spec.tune.metric}")

@@ -20,11 +20,12 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from ..data.sequences import Sequences, leave_one_out, subset
 from ..kinds import JobSpec
 from ..log import get_logger
-from ..models.sequential import KEYS, SequentialModel, sampled_softmax_loss
+from ..models.sequential import KEYS, SequentialModel, candidate_logits
 from ..sharding.planner import make_plan, make_topology, sharders
 from ..storage import Store
 from .distributed import SPARSE_OPTIMIZERS, ShardedModel, _sparse_kwargs, dense_optimizer_factory
 from .sequential import KS, eval_batches, rank_sums, train_batches, trainable_users
+from .sequential_teacher import SequenceTeacher
 from .worker_checkpoints import restore, save_and_report
 
 log = get_logger(__name__)
@@ -102,6 +103,7 @@ def sequential_loop(config: dict) -> None:
     seqs = load_sequences(config["sequences"])
     split = leave_one_out(seqs)
     sharded = shard(spec, seqs.num_items, dist.GroupMember.WORLD)
+    teacher = SequenceTeacher.load(config.get("teacher"))
     start = 0
     restored = ray.train.get_checkpoint()
     if restored is not None:
@@ -118,8 +120,11 @@ def sequential_loop(config: dict) -> None:
         t0, losses, examples = time.perf_counter(), [], 0
         for batch in train_batches(split.train, per_rank, cfg.max_len, ss.negatives, rng, ss.in_batch_negatives, chunks):
             user, looked = sharded.module(batch.kjt, batch.timestamps)
-            loss = sampled_softmax_loss(user, looked["target"], looked["negative"], batch.targets, batch.negatives,
-                                        ss.temperature)
+            logits = candidate_logits(user, looked["target"], looked["negative"], batch.targets, batch.negatives,
+                                      ss.temperature)
+            loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+            if teacher is not None:  # distillation: the teacher's distribution over the same candidates
+                loss = teacher.mix(loss, logits, batch)
             sharded.optimizer.zero_grad()
             loss.backward()
             sharded.optimizer.step()

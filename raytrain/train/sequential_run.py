@@ -44,8 +44,10 @@ def write_sequences(spec: JobSpec, run_dir: Path) -> Path:
     return path
 
 
-def sequential_trainer(spec: JobSpec, run_dir: str | Path, sequences: str | Path, callbacks: list | None = None):
-    """The TorchTrainer of one sequential run (also one tune trial), its checkpoints ranked by validation NDCG@10."""
+def sequential_trainer(spec: JobSpec, run_dir: str | Path, sequences: str | Path, callbacks: list | None = None,
+                       teacher: dict | None = None):
+    """The TorchTrainer of one sequential run (also one tune trial; with ``teacher``, a distilled student), its
+    checkpoints ranked by validation NDCG@10."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -55,7 +57,7 @@ def sequential_trainer(spec: JobSpec, run_dir: str | Path, sequences: str | Path
     return TorchTrainer(
         sequential_loop,
         train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": str(run_dir),
-                           "sequences": str(sequences)},
+                           "sequences": str(sequences), "teacher": teacher},
         scaling_config=ScalingConfig(num_workers=spec.train.workers, resources_per_worker={"CPU": res.cpu}),
         torch_config=TorchConfig(backend=process_group_backend("cpu")),
         run_config=RunConfig(
@@ -66,11 +68,12 @@ def sequential_trainer(spec: JobSpec, run_dir: str | Path, sequences: str | Path
     )
 
 
-def run_sequential(spec: JobSpec, address: str | None = None) -> dict:
+def run_sequential(spec: JobSpec, address: str | None = None, teacher: dict | None = None) -> dict:
+    """A pretraining run (``teacher``: a distillation's, see ``sequential_teacher``)."""
     run_dir = open_run(spec)
     t0 = time.perf_counter()
     init_ray(spec, address)
-    result = sequential_trainer(spec, run_dir, write_sequences(spec, run_dir)).fit()
+    result = sequential_trainer(spec, run_dir, write_sequences(spec, run_dir), teacher=teacher).fit()
     if result.error is not None:
         raise result.error
     summary = summarize(run_dir)

@@ -217,3 +217,23 @@ def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
         assert code == 200
     finally:
         serve.delete(spec.name)
+
+
+def test_distilled_hstu_student_learns_from_the_teacher(pretrained, tmp_path):
+    """kind distill with a sequential teacher: a narrower student trained on Ray Train with the teacher in its loss;
+    distill.json compares both on test, and the student's numbers are its own run's."""
+    from raytrain.distill.runner import run_distill
+
+    spec = load_spec(ROOT / "jobs/distill_hstu_ml100k.yaml", [
+        f"storage={tmp_path}", f"distill.teacher.run={pretrained['run_dir']}",
+        "distill.student={model.embedding_dim: 8, model.sequence: {max_len: 50, blocks: 1, heads: 1, dropout: 0.0}, "
+        "train.epochs: 1}"])
+    report = run_distill(spec)
+    student = Path(report["student"]["run_dir"])
+    assert json.loads((student / "distill.json").read_text())["parameter_ratio"] == report["parameter_ratio"]
+    assert report["student"]["parameters"] < report["teacher"]["parameters"] / 1.5
+    result = json.loads((student / "result.json").read_text())
+    assert report["student"]["test_ndcg@10"] == result["test_ndcg@10"] > 0
+    assert report["teacher"]["test_ndcg@10"] == pretrained["test_ndcg@10"]
+    assert report["ndcg10_retained_pct"] == pytest.approx(100 * result["test_ndcg@10"] / pretrained["test_ndcg@10"])
+    assert load_spec(student / "spec.yaml").model.embedding_dim == 8

@@ -151,3 +151,39 @@ def test_parquet_histories_read_the_declared_columns_and_refuse_bad_ones(tmp_pat
     pq.write_table(pa.table({"uid": [1, None], "movie": [5, 9], "ts": [3, 1]}), tmp_path / "nulls.parquet")
     with pytest.raises(DataError, match="column 'uid' has nulls"):
         parquet_sequences([str(tmp_path / "nulls.parquet")], "uid", "movie", "ts")
+
+
+def test_distillation_loss_is_the_tempered_kl_over_the_candidates_and_the_teacher_mixes_it_in():
+    from raytrain.models.sequential import distill_loss
+    from raytrain.train.sequential import train_batches
+    from raytrain.train.sequential_teacher import SequenceTeacher
+
+    g = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
+    student[0, 2] = teacher[0, 2] = float("-inf")  # a masked candidate counts for nothing
+    t = 2.0
+    p, q = torch.softmax(teacher / t, 1), torch.log_softmax(student / t, 1)
+    manual = sum(float(p[i, j] * (torch.log(p[i, j]) - q[i, j])) for i in range(5) for j in range(4) if p[i, j] > 0)
+    assert float(distill_loss(student, teacher, t)) == pytest.approx(manual / 5 * t**2, rel=1e-5)
+    assert float(distill_loss(teacher, teacher, t)) == pytest.approx(0.0, abs=1e-6)
+
+    cfg = SimpleNamespace(max_len=8, blocks=1, heads=1, dropout=0.0)
+    torch.manual_seed(0)
+    model = SequentialModel("hstu", 30, 8, cfg).eval()
+    seqs = from_columns(np.repeat(np.arange(4), 6), np.tile(np.arange(1, 7), 4), np.arange(24))
+    batch = next(train_batches(seqs, 4, 8, 5, np.random.default_rng(0)))
+    user, looked = model(batch.kjt, batch.timestamps)
+    from raytrain.models.sequential import candidate_logits
+
+    logits = candidate_logits(user, looked["target"], looked["negative"], batch.targets, batch.negatives, 0.1)
+    hard = torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+    same = SequenceTeacher(model, 0.1, 0.5, 2.0)  # a teacher identical to the student adds nothing
+    assert float(same.mix(hard, logits, batch)) == pytest.approx(0.5 * float(hard), rel=1e-5)
+    other = SequentialModel("hstu", 30, 8, cfg).eval()
+    soft_only = SequenceTeacher(other, 0.1, 0.0, 2.0)
+    with torch.no_grad():
+        t_user, t_looked = other(batch.kjt, batch.timestamps)
+        t_logits = candidate_logits(t_user, t_looked["target"], t_looked["negative"], batch.targets, batch.negatives,
+                                    0.1)
+    expected = float(distill_loss(logits, t_logits, 2.0))
+    assert expected > 1e-3 and float(soft_only.mix(hard, logits, batch)) == pytest.approx(expected, rel=1e-5)

@@ -89,5 +89,5 @@ def test_tune_over_a_sequential_model_needs_a_ranking_metric():
                               ("tune.scheduler={name: pbt}", "pbt is not available for hstu")):
         with pytest.raises(SpecError, match=re.escape(message)):
             load_spec(ROOT / "jobs/tune_hstu_ml100k.yaml", [override])
-    with pytest.raises(SpecError, match="runs as kind train .pretraining. or tune"):
+    with pytest.raises(SpecError, match="runs as kind train .pretraining., tune or distill"):
         load_spec(ROOT / "jobs/pretrain_hstu_ml100k.yaml", ["kind=ensemble", "ensemble={tune_run: x}"])
