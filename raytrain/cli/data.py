@@ -1,4 +1,5 @@
-"""``raytrain data``: write synthetic Criteo logs, convert Criteo logs to parquet (both in parallel)."""
+"""``raytrain data``: write synthetic Criteo logs, convert Criteo logs to parquet (both in parallel); export a
+sequential model's user vectors as features."""
 
 from __future__ import annotations
 
@@ -70,8 +71,22 @@ def cmd_convert(args) -> int:
     return 0
 
 
+def cmd_user_vectors(args) -> int:
+    import pyarrow.parquet as pq
+
+    from ..train.sequential_export import user_vector_table
+
+    t0 = time.perf_counter()
+    table = user_vector_table(args.run)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, args.out)
+    print(f"[raytrain] {table.num_rows:,} users x {table.num_columns - 1} dims from {args.run} -> {args.out} "
+          f"({time.perf_counter() - t0:.0f}s); use it as data.history.user_vectors")
+    return 0
+
+
 def add_data_commands(sub) -> None:
-    p = sub.add_parser("data", help="Criteo logs: write synthetic ones, convert to parquet")
+    p = sub.add_parser("data", help="Criteo logs: write synthetic ones, convert to parquet; user vectors")
     dsub = p.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth-criteo", help="write Criteo-format TSV day files with Kaggle-shaped cardinalities")
     s.add_argument("out", help="folder for day_0, day_1, ...")
@@ -90,5 +105,9 @@ def add_data_commands(sub) -> None:
     c.add_argument("--bad-lines", choices=["error", "skip"], default="error")
     c.add_argument("--address", default=None, help="Ray cluster for the fan-out (default: a local Ray)")
     c.set_defaults(func=cmd_convert)
+    u = dsub.add_parser("user-vectors", help="a sequential run's user vectors -> parquet (data.history.user_vectors)")
+    u.add_argument("run", help="a sasrec / hstu run directory")
+    u.add_argument("out", help="the parquet file to write")
+    u.set_defaults(func=cmd_user_vectors)
 
 

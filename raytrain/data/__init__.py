@@ -102,6 +102,8 @@ def _history_cached(data_spec, schema: FeatureSchema, paths: dict[str, list[str]
     from .parallel import cache_key, cached_dir
 
     files = [f for s in ("train", "validation", "test") for f in paths[s]]
+    if data_spec.history.user_vectors:  # a new vectors file (same path) makes a new key
+        files.append(data_spec.history.user_vectors)
     key = cache_key("history", data_spec.model_dump(mode="json"), files)
     out, _ = cached_dir("history", key, lambda tmp: with_history(paths, schema, data_spec, tmp))
     return {s: sorted(str(p) for p in (out / s).glob("part-*.parquet")) for s in ("train", "validation", "test")}

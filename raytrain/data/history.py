@@ -22,7 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
+from ..errors import DataError
 from .schema import Group
 from .synthetic import _splitmix
 
@@ -31,6 +33,7 @@ LISTS = ["user_rated_items", "user_liked_items"]
 GROUPS: dict[str, Group] = {"user_mean_rating": "user", "item_mean_rating": "item", "user_log_count": "user",
                             "item_log_count": "item", "user_rated_items": "user", "user_liked_items": "user"}
 LABEL_FREE = ["user_log_count", "item_log_count", "user_rated_items"]
+USER_VECTOR_PREFIX = "user_seq_"  # the columns of a user-vectors file (raytrain data user-vectors)
 PRIOR = 5.0  # means are shrunk towards the global mean as if every id had this many more ratings at it
 
 
@@ -135,3 +138,29 @@ class History:
         out["user_rated_items"] = self.rated.gather(users, max_items, pad, np.where(seen, items, -1))
         out["user_liked_items"] = self.liked.gather(users, max_items, pad)
         return {k: out[k] for k in DENSE + LISTS}
+
+
+def user_vector_names(path: str) -> list[str]:
+    """The vector columns of a user-vectors file (``raytrain data user-vectors``: ``user_id``, ``user_seq_*``)."""
+    try:
+        names = pq.read_schema(path).names
+    except (OSError, pa.ArrowInvalid) as e:
+        raise DataError(f"history.user_vectors: {path} is not a readable parquet file ({e})") from None
+    vec = [n for n in names if n.startswith(USER_VECTOR_PREFIX)]
+    if "user_id" not in names or not vec:
+        raise DataError(f"history.user_vectors: {path} needs user_id and {USER_VECTOR_PREFIX}* columns (write it "
+                        "with raytrain data user-vectors); it has " + ", ".join(names))
+    return vec
+
+
+def user_vector_columns(path: str, users: np.ndarray) -> dict[str, pa.Array]:
+    """Each row's user vector from the file (a user-level feature: it holds no label); users the file lacks get
+    zeros."""
+    names = user_vector_names(path)
+    table = pq.read_table(path)
+    ids = table.column("user_id").to_numpy()
+    order = np.argsort(ids, kind="stable")
+    pos = np.clip(np.searchsorted(ids[order], users), 0, max(len(ids) - 1, 0))
+    found = (ids[order][pos] == users) if len(ids) else np.zeros(len(users), dtype=bool)
+    rows = order[pos]
+    return {n: pa.array(np.where(found, table.column(n).to_numpy()[rows], 0.0).astype(np.float32)) for n in names}

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError
 from ..log import get_logger
-from .history import History, columns, history_rows
+from .history import History, columns, history_rows, user_vector_columns
 from .parallel import fan_out
 from .schema import FeatureSchema
 from .split import ROW_GROUP_ROWS
@@ -66,6 +66,9 @@ def _write(path: str, out: str, keep: np.ndarray | None, history: History, data_
     feats = history.features(table.column(hspec.user).to_numpy(), table.column(hspec.item).to_numpy(),
                              hspec.max_items, is_seen=np.full(table.num_rows, keep is not None))
     dense, lists = columns(hspec.fraction)
+    if hspec.user_vectors:
+        vectors = user_vector_columns(hspec.user_vectors, table.column(hspec.user).to_numpy())
+        feats, dense = {**feats, **vectors}, dense + list(vectors)
     for name in dense + lists:
         table = table.append_column(name, feats[name])
     Path(out).parent.mkdir(parents=True, exist_ok=True)

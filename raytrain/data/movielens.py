@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError
 from .fetch import cache_root, fetch_wheel, read_members
+from .parallel import file_stamp
 from .schema import FeatureSchema, Group, SparseFeature
 
 INNER = "recbole/dataset_example/ml-100k/"
@@ -63,6 +64,10 @@ def with_history(frame: pd.DataFrame, rating: np.ndarray, parts: list[np.ndarray
     is_seen = np.zeros(len(frame), dtype=bool)
     is_seen[train[~held]] = True
     cols = hist.features(users, items, hspec.max_items, pad=0, is_seen=is_seen)
+    if hspec.user_vectors:
+        from .history import user_vector_columns
+
+        cols.update(user_vector_columns(hspec.user_vectors, users))
     extra = pd.DataFrame({k: v.to_pandas() for k, v in cols.items()}, index=frame.index)
     return pd.concat([frame, extra], axis=1), [train[~held], parts[1], parts[2]], int(held.sum())
 
@@ -149,7 +154,9 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
     """Write (once, cached by split and label rule) train/validation/test parquet files."""
     key = json.dumps(
         {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 7,
-         "path": data_spec.path, "history": data_spec.history.model_dump() if data_spec.history else None},
+         "path": data_spec.path, "history": data_spec.history.model_dump() if data_spec.history else None,
+         "vectors": file_stamp([data_spec.history.user_vectors])
+         if data_spec.history and data_spec.history.user_vectors else None},
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -169,14 +176,16 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
         groups = dict(DENSE_GROUPS)
         held = 0
         if data_spec.history is not None:
-            from .history import GROUPS, columns
+            from .history import GROUPS, USER_VECTOR_PREFIX, columns
 
             dense_cols, lists = columns(data_spec.history.fraction)
             frame, parts, held = with_history(frame, rating.to_numpy(np.float64), parts, data_spec.history,
                                               data_spec.split.seed, card)
             frame = frame.drop(columns=[c for c in GROUPS if c not in dense_cols + lists])
-            dense += dense_cols
+            vectors = [c for c in frame.columns if c.startswith(USER_VECTOR_PREFIX)]
+            dense += dense_cols + vectors
             groups.update(GROUPS)
+            groups.update(dict.fromkeys(vectors, "user"))
             features += [(name, "user", True) for name in lists]
             card.update(dict.fromkeys(lists, card["item_id"]))
         schema = FeatureSchema(

@@ -44,6 +44,12 @@ def schema_for(data_spec, history: bool = True) -> FeatureSchema:
             raise DataError(f"data.history adds columns named {', '.join(taken)}: rename the declared column(s)")
         dense += added
         groups.update({d: GROUPS[d] for d in added})
+        if hspec.user_vectors:
+            from .history import user_vector_names
+
+            vectors = user_vector_names(hspec.user_vectors)
+            dense += vectors
+            groups.update(dict.fromkeys(vectors, "user"))
         sparse += [SparseFeature(n, int(cols.sparse[hspec.item]), True, "user") for n in lists]
         seen = lists[0]
     return FeatureSchema(

@@ -181,6 +181,8 @@ class HistorySpec(Section):
                                                             "for the label-derived features (mean rating, liked "
                                                             "items); 0: label-free features only")
     max_items: Optional[int] = Field(None, ge=1, description="keep each user's latest this many rated / liked items")
+    user_vectors: Optional[str] = Field(None, description="a parquet file of user vectors (raytrain data user-vectors "
+                                                          "from a sasrec / hstu run): dense user features")
 
 
 class DataSpec(Section):

@@ -237,3 +237,24 @@ def test_distilled_hstu_student_learns_from_the_teacher(pretrained, tmp_path):
     assert report["teacher"]["test_ndcg@10"] == pretrained["test_ndcg@10"]
     assert report["ndcg10_retained_pct"] == pytest.approx(100 * result["test_ndcg@10"] / pretrained["test_ndcg@10"])
     assert load_spec(student / "spec.yaml").model.embedding_dim == 8
+
+
+def test_user_vectors_export_gives_each_user_their_own_history_vector(pretrained, tmp_path):
+    """``raytrain data user-vectors``: one row per user of the run's data, each the model's vector after that user's
+    history alone (the same as encoding the user by themselves)."""
+    import pyarrow.parquet as pq
+
+    from raytrain.cli.main import main
+    from raytrain.data.sequences import subset
+    from raytrain.train.sequential import user_vectors
+    from raytrain.train.sequential_run import load_sequential
+
+    out = tmp_path / "vectors.parquet"
+    assert main(["data", "user-vectors", pretrained["run_dir"], str(out)]) == 0
+    table = pq.read_table(out).to_pandas()
+    _, model, seqs = load_sequential(pretrained["run_dir"])
+    assert len(table) == seqs.users == 943 and table.shape[1] == 1 + 16
+    for row in (0, 500, 942):
+        alone = user_vectors(model, subset(seqs, np.array([row])))[0].numpy()
+        got = table.loc[table["user_id"] == int(seqs.user_ids[row])].iloc[0, 1:].to_numpy(dtype=np.float32)
+        np.testing.assert_allclose(got, alone, atol=1e-5)

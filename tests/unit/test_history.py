@@ -151,3 +151,30 @@ def test_parquet_history_errors(tmp_path):
         _spec(tmp_path, user="uid")
     with pytest.raises(SpecError, match="'history' is for source"):
         parse_spec({"name": "h", "data": {"source": "synthetic", "history": {}}})
+
+
+def test_user_vectors_file_joins_by_user_and_fills_missing_users_with_zeros(tmp_path):
+    from raytrain.data.history import user_vector_columns, user_vector_names
+
+    path = tmp_path / "vectors.parquet"
+    pq.write_table(pa.table({"user_id": [7, 3, 150], "user_seq_0": [0.5, -1.0, 2.0], "user_seq_1": [1.0, 2.0, 3.0]}),
+                   path)
+    cols = user_vector_columns(str(path), np.array([3, 7, 7, 4, 150]))
+    assert cols["user_seq_0"].to_pylist() == [-1.0, 0.5, 0.5, 0.0, 2.0]
+    assert cols["user_seq_1"].to_pylist() == [2.0, 1.0, 1.0, 0.0, 3.0]
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"user": [1], "v": [0.1]}), bad)
+    with pytest.raises(DataError, match="needs user_id and user_seq_"):
+        user_vector_names(str(bad))
+    with pytest.raises(DataError, match="not a readable parquet file"):
+        user_vector_names(str(tmp_path / "missing.parquet"))
+    # on a parquet data set: the vectors become dense user features of every split
+    data = tmp_path / "data"
+    data.mkdir()
+    _ratings_parquet(data, n=900)
+    prepared = prepare(_spec(data, user_vectors=str(path)).data)
+    assert {"user_seq_0", "user_seq_1"} <= set(prepared.schema.dense)
+    assert prepared.schema.dense_groups["user_seq_0"] == "user"
+    rows = pd.concat([pq.read_table(f).to_pandas() for fs in prepared.paths.values() for f in fs])
+    expected = rows["user_id"].map({7: 0.5, 3: -1.0, 150: 2.0}).fillna(0.0)
+    assert np.allclose(rows["user_seq_0"].to_numpy(), expected.to_numpy())
