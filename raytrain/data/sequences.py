@@ -113,20 +113,27 @@ def movielens_sequences(path: str | None = None) -> Sequences:
                         rating.to_numpy(), where="movielens-100k")
 
 
-def parquet_sequences(files: list[str], user: str, item: str, timestamp: str, action: str | None = None,
-                      num_items: int | None = None) -> Sequences:
-    """Histories from parquet files with the declared columns (every other column is ignored)."""
+def _read_columns(path: str, cols: list[str]):
+    """One file's declared columns (a Ray task per file when Ray is up: ``fan_out``)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    try:
+        return pq.read_table(path, columns=cols)
+    except (pa.ArrowInvalid, KeyError, OSError) as e:
+        raise DataError(f"{path}: cannot read columns {', '.join(cols)} ({e})") from None
+
+
+def parquet_sequences(files: list[str], user: str, item: str, timestamp: str, action: str | None = None,
+                      num_items: int | None = None) -> Sequences:
+    """Histories from parquet files with the declared columns (every other column is ignored), read one Ray task per
+    file (threads without Ray), as the rest of the driver's data work."""
+    import pyarrow as pa
+
+    from .parallel import fan_out
+
     cols = [user, item, timestamp] + ([action] if action else [])
-    tables = []
-    for f in files:
-        try:
-            tables.append(pq.read_table(f, columns=cols))
-        except (pa.ArrowInvalid, KeyError, OSError) as e:
-            raise DataError(f"{f}: cannot read columns {', '.join(cols)} ({e})") from None
-    table = pa.concat_tables(tables)
+    table = pa.concat_tables(fan_out(_read_columns, [(f, cols) for f in files], f"read {len(files)} history file(s)"))
     for c in cols:
         if table.column(c).null_count:
             raise DataError(f"{files[0] if len(files) == 1 else 'parquet'}: column {c!r} has nulls")
