@@ -142,14 +142,6 @@ def candidate_logits(user: torch.Tensor, positive: torch.Tensor, negative: torch
     return torch.cat([pos, neg], dim=1) / temperature
 
 
-def sampled_softmax_loss(user: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, positive_ids: torch.Tensor,
-                         negative_ids: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Next-item cross-entropy of each position's positive against the shared sampled negatives, at
-    ``temperature``; a negative that happens to be the position's positive is masked out."""
-    logits = candidate_logits(user, positive, negative, positive_ids, negative_ids, temperature)
-    return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
-
-
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` over each position's candidates (the ``candidate_logits``
     of both models on the same candidates), averaged over positions; masked candidates (-inf in both) count for 0."""

@@ -16,7 +16,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from .decisions import DecisionLog, request_rows
+from .decisions import bind_ingress, request_rows
 from .explore import explore_slate, top_k
 from .features import FeatureStore, RequestError
 from .members import MemberModel
@@ -231,16 +231,9 @@ def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None)
     config = {"name": spec.name, "serve": cfg.model_dump(mode="json"), "data": _data_of(variants)}
     payload = [{"name": v.name, "members": [asdict(m) for m in v.members], "combiner": v.combiner,
                 "source": v.source} for v in variants]
-    decision_log = None
     if log_dir is None and any(v.explore is not None for v in cfg.variants.values()):
         raise ValueError("serve: an exploring variant needs a run directory for its decision logs")
-    if log_dir is not None:
-        decision_log = DecisionLog.bind(log_dir, cfg.log_flush_s, cfg.feedback_window_s,  # type: ignore[attr-defined]
-                                        cfg.max_open_decisions)
-    return Ingress.options(  # type: ignore[attr-defined]
-        num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
-        max_ongoing_requests=cfg.max_ongoing_requests,
-    ).bind(config, payload, handles, decision_log)
+    return bind_ingress(Ingress, cfg, log_dir, config, payload, handles)
 
 
 def _data_of(variants: list[ResolvedVariant]) -> dict:

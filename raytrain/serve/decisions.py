@@ -194,3 +194,14 @@ class DecisionLog:
             self.flush()
         except Exception:
             pass
+
+
+def bind_ingress(ingress, cfg, log_dir: str | None, *args):
+    """An ingress deployment (its replicas, CPUs and request limit from the serve config) bound to ``args`` and a
+    ``DecisionLog`` writing under ``log_dir`` (None: no request log)."""
+    decision_log = None
+    if log_dir is not None:
+        decision_log = DecisionLog.bind(log_dir, cfg.log_flush_s, cfg.feedback_window_s,  # type: ignore[attr-defined]
+                                        cfg.max_open_decisions)
+    return ingress.options(num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+                           max_ongoing_requests=cfg.max_ongoing_requests).bind(*args, decision_log)

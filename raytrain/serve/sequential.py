@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator, Field
 from ray import serve
 
-from .decisions import DecisionLog, request_rows
+from .decisions import bind_ingress, request_rows
 from .features import RequestError
 from .requests import _Body, _flag, _is_int, install_error_replies
 from .routing import assign, forced_variant
@@ -197,11 +197,5 @@ def build_sequential_app(spec, variants: list, log_dir: str | None = None):
             name=f"ranker-{v.name}"[:60], num_replicas=cfg.replicas,
             ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}).bind(v.members[0],
                                                                                         cfg.torch_threads)
-    decision_log = None
-    if log_dir is not None:
-        decision_log = DecisionLog.bind(log_dir, cfg.log_flush_s, cfg.feedback_window_s,  # type: ignore[attr-defined]
-                                        cfg.max_open_decisions)
-    return SequenceIngress.options(  # type: ignore[attr-defined]
-        num_replicas=cfg.ingress_replicas, ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
-        max_ongoing_requests=cfg.max_ongoing_requests,
-    ).bind({"name": spec.name, "serve": cfg.model_dump(mode="json")}, handles, decision_log)
+    return bind_ingress(SequenceIngress, cfg, log_dir, {"name": spec.name, "serve": cfg.model_dump(mode="json")},
+                        handles)

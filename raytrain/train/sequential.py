@@ -20,7 +20,7 @@ import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from ..data.sequences import Sequences, Split
-from ..models.sequential import KEYS, SequentialModel, sampled_softmax_loss
+from ..models.sequential import KEYS, SequentialModel, candidate_logits
 
 KS = (10, 50)
 
@@ -46,6 +46,13 @@ def _batch(histories: list[np.ndarray], times: list[np.ndarray], targets: list[n
                                               lengths=torch.from_numpy(all_lengths))
     return SeqBatch(kjt, torch.from_numpy(np.concatenate(times)), torch.from_numpy(tgt),
                     torch.from_numpy(negatives.astype(np.int64)))
+
+
+def next_item_loss(model, batch: SeqBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(the sampled-softmax loss, the candidate logits it came from) of one training batch."""
+    user, looked = model(batch.kjt, batch.timestamps)
+    logits = candidate_logits(user, looked["target"], looked["negative"], batch.targets, batch.negatives, temperature)
+    return torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long)), logits
 
 
 def in_batches(users: np.ndarray, per_batch: int) -> list[np.ndarray]:
@@ -173,9 +180,7 @@ def pretrain(model: SequentialModel, split: Split, epochs: int, users_per_batch:
         model.train()
         t0, losses = time.perf_counter(), []
         for batch in train_batches(split.train, users_per_batch, model.max_len, negatives, rng, in_batch):
-            user, looked = model(batch.kjt, batch.timestamps)
-            loss = sampled_softmax_loss(user, looked["target"], looked["negative"], batch.targets, batch.negatives,
-                                        temperature)
+            loss, _ = next_item_loss(model, batch, temperature)
             opt.zero_grad()
             loss.backward()
             opt.step()

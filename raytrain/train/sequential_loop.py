@@ -20,11 +20,11 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from ..data.sequences import Sequences, leave_one_out, subset
 from ..kinds import JobSpec
 from ..log import get_logger
-from ..models.sequential import KEYS, SequentialModel, candidate_logits
+from ..models.sequential import KEYS, SequentialModel
 from ..sharding.planner import make_plan, make_topology, sharders
 from ..storage import Store
 from .distributed import SPARSE_OPTIMIZERS, ShardedModel, _sparse_kwargs, dense_optimizer_factory
-from .sequential import KS, eval_batches, rank_sums, train_batches, trainable_users
+from .sequential import KS, eval_batches, next_item_loss, rank_sums, train_batches, trainable_users
 from .sequential_teacher import SequenceTeacher
 from .worker_checkpoints import restore, save_and_report
 
@@ -119,10 +119,7 @@ def sequential_loop(config: dict) -> None:
         sharded.module.train()
         t0, losses, examples = time.perf_counter(), [], 0
         for batch in train_batches(split.train, per_rank, cfg.max_len, ss.negatives, rng, ss.in_batch_negatives, chunks):
-            user, looked = sharded.module(batch.kjt, batch.timestamps)
-            logits = candidate_logits(user, looked["target"], looked["negative"], batch.targets, batch.negatives,
-                                      ss.temperature)
-            loss = torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+            loss, logits = next_item_loss(sharded.module, batch, ss.temperature)
             if teacher is not None:  # distillation: the teacher's distribution over the same candidates
                 loss = teacher.mix(loss, logits, batch)
             sharded.optimizer.zero_grad()

@@ -36,11 +36,9 @@ def _batch(users: range):
 
 
 def _step(model, optimizer, batch, temperature=0.1) -> torch.Tensor:
-    from raytrain.models.sequential import sampled_softmax_loss
+    from raytrain.train.sequential import next_item_loss
 
-    user, looked = model(batch.kjt, batch.timestamps)
-    loss = sampled_softmax_loss(user, looked["target"], looked["negative"], batch.targets, batch.negatives,
-                                temperature)
+    loss, _ = next_item_loss(model, batch, temperature)
     optimizer.zero_grad()
     loss.backward()
     optimizer.step()

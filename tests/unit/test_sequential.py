@@ -172,11 +172,10 @@ def test_distillation_loss_is_the_tempered_kl_over_the_candidates_and_the_teache
     model = SequentialModel("hstu", 30, 8, cfg).eval()
     seqs = from_columns(np.repeat(np.arange(4), 6), np.tile(np.arange(1, 7), 4), np.arange(24))
     batch = next(train_batches(seqs, 4, 8, 5, np.random.default_rng(0)))
-    user, looked = model(batch.kjt, batch.timestamps)
     from raytrain.models.sequential import candidate_logits
+    from raytrain.train.sequential import next_item_loss
 
-    logits = candidate_logits(user, looked["target"], looked["negative"], batch.targets, batch.negatives, 0.1)
-    hard = torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long))
+    hard, logits = next_item_loss(model, batch, 0.1)
     same = SequenceTeacher(model, 0.1, 0.5, 2.0)  # a teacher identical to the student adds nothing
     assert float(same.mix(hard, logits, batch)) == pytest.approx(0.5 * float(hard), rel=1e-5)
     other = SequentialModel("hstu", 30, 8, cfg).eval()
