@@ -80,6 +80,9 @@ class ServeSpec(Section):
     max_request_rows: int = Field(1024, ge=1, description="rows per /predict request (more: HTTP 413)")
     max_recommend_k: int = Field(100, ge=1)
     log_flush_s: float = Field(1.0, gt=0.0, description="exploring variants: seconds between decision-log files")
+    request_log: bool = Field(True, description="log every /predict and /recommend request (variant, user, items: "
+                                                "what kind abtest and /feedback need); an exploring variant logs "
+                                                "regardless")
     feedback_window_s: float = Field(
         86400.0, gt=0.0, description="how long a request takes feedback (its id and items are remembered that "
                                      "long, also across restarts)")

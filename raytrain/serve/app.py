@@ -16,7 +16,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
-from .decisions import bind_ingress, request_rows
+from .decisions import LogBuffer, bind_ingress, request_rows
 from .explore import explore_slate, top_k
 from .features import FeatureStore, RequestError
 from .members import MemberModel
@@ -60,6 +60,7 @@ class Ingress(Scorer):
         self.started = time.time()
         self.requests = COUNTS
         self.decision_log = decision_log  # the DecisionLog handle: every request, exploring decisions, feedback
+        self.log_buffer = LogBuffer(decision_log) if decision_log is not None else None
         self.rngs = {name: np.random.default_rng(v.explore.seed) for name, v in self.cfg.variants.items()
                      if v.explore is not None}
         self.init_scoring(self.cfg.max_batch_size, self.cfg.batch_wait_timeout_s)
@@ -87,8 +88,13 @@ class Ingress(Scorer):
                             status_code=500)
 
     async def _log(self, rows: list[dict], decisions: list[dict] | None = None) -> None:
-        if self.decision_log is not None:
-            await self.decision_log.log.remote(decisions or [], rows)
+        if self.log_buffer is not None:
+            self.log_buffer.add(rows, decisions)
+
+    async def __del__(self):  # Serve's graceful shutdown: the buffered rows reach the decision log
+        buffer = getattr(self, "log_buffer", None)
+        if buffer is not None:
+            await buffer.flush()
 
     # ---- endpoints --------------------------------------------------------------------------------------
 
@@ -169,8 +175,9 @@ class Ingress(Scorer):
         try:
             item_key = self.store.item_key
             item = body.check(item_key)
-            if self.decision_log is None:
+            if self.decision_log is None or self.log_buffer is None:
                 raise RequestError("request_id: this application keeps no request log (no run directory)", 404)
+            await self.log_buffer.flush()  # the request this feedback is for is on record first
             status, message = await self.decision_log.record_feedback.remote(body.request_id, item, body.reward)
             if status != 200:
                 raise RequestError(message, status)
@@ -231,9 +238,10 @@ def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None)
     config = {"name": spec.name, "serve": cfg.model_dump(mode="json"), "data": _data_of(variants)}
     payload = [{"name": v.name, "members": [asdict(m) for m in v.members], "combiner": v.combiner,
                 "source": v.source} for v in variants]
-    if log_dir is None and any(v.explore is not None for v in cfg.variants.values()):
+    exploring = any(v.explore is not None for v in cfg.variants.values())
+    if log_dir is None and exploring:
         raise ValueError("serve: an exploring variant needs a run directory for its decision logs")
-    return bind_ingress(Ingress, cfg, log_dir, config, payload, handles)
+    return bind_ingress(Ingress, cfg, log_dir if cfg.request_log or exploring else None, config, payload, handles)
 
 
 def _data_of(variants: list[ResolvedVariant]) -> dict:

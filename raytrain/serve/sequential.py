@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BeforeValidator, Field
 from ray import serve
 
-from .decisions import bind_ingress, request_rows
+from .decisions import LogBuffer, bind_ingress, request_rows
 from .features import RequestError
 from .requests import _Body, _flag, _is_int, install_error_replies
 from .routing import assign, forced_variant
@@ -125,7 +125,7 @@ class SequenceIngress:
         self.cfg = ServeSpec.model_validate(config["serve"])
         self.name = config["name"]
         self.handles = handles  # variant -> its SequenceRanker
-        self.decision_log = decision_log
+        self.log_buffer = LogBuffer(decision_log) if decision_log is not None else None
         self.requests = COUNTS
         self.started = time.time()
 
@@ -159,11 +159,15 @@ class SequenceIngress:
         if "error" in out:
             raise RequestError(out["error"], out["status"])
         rid = uuid.uuid4().hex
-        if self.decision_log is not None:
-            await self.decision_log.log.remote([], request_rows(rid, "recommend", [variant], forced is not None,
-                                                                [user], [out["items"]]))
+        if self.log_buffer is not None:
+            self.log_buffer.add(request_rows(rid, "recommend", [variant], forced is not None, [user], [out["items"]]))
         self.requests["recommend"] += 1
         return {"request_id": rid, key: user, "variant": variant, "forced": forced is not None, **out}
+
+    async def __del__(self):  # Serve's graceful shutdown: the buffered rows reach the decision log
+        buffer = getattr(self, "log_buffer", None)
+        if buffer is not None:
+            await buffer.flush()
 
     @api.post("/predict")
     async def predict(self, request: Request):
@@ -197,5 +201,5 @@ def build_sequential_app(spec, variants: list, log_dir: str | None = None):
             name=f"ranker-{v.name}"[:60], num_replicas=cfg.replicas,
             ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus}).bind(v.members[0],
                                                                                         cfg.torch_threads)
-    return bind_ingress(SequenceIngress, cfg, log_dir, {"name": spec.name, "serve": cfg.model_dump(mode="json")},
-                        handles)
+    config = {"name": spec.name, "serve": cfg.model_dump(mode="json")}
+    return bind_ingress(SequenceIngress, cfg, log_dir if cfg.request_log else None, config, handles)

@@ -280,3 +280,42 @@ def test_request_models_refuse_bad_bodies_with_the_field_and_the_reason():
         big.check(max_rows=3)
     assert e.value.status == 413
     assert FeedbackRequest.model_validate({"request_id": "r", "item_id": 7}).check("item_id") == 7
+
+
+def test_the_ingress_sends_request_rows_in_batches_and_the_log_opens_every_request_of_a_batch(tmp_path):
+    import asyncio
+
+    from raytrain.serve.decisions import LogBuffer
+
+    log = _decision_log(tmp_path, lambda: 1000.0)
+    calls = []
+
+    class Remote:  # stands in for the DecisionLog's Serve handle: records each call, then runs it on the real log
+        def __init__(self, name):
+            self.name = name
+
+        async def remote(self, *args):
+            calls.append((self.name, [len(a) for a in args]))
+            return await getattr(log, self.name)(*args)
+
+    class Handle:
+        log = Remote("log")
+
+    def row(rid, items):
+        return {"request_id": rid, "time": 1000.0, "endpoint": "predict", "variant": "x", "forced": False,
+                "user": "1", "items": items}
+
+    async def go():
+        buffer = LogBuffer(Handle(), every_s=0.05)
+        for i in range(5):
+            buffer.add([row(f"r{i}", [i, 10 + i])])
+        assert calls == []  # nothing sent yet: one call per batch, not per request
+        await asyncio.sleep(0.2)
+        assert calls == [("log", [0, 5])]
+        buffer.add([row("late", [3])])
+        await buffer.flush()  # what feedback does first: the request is known before its feedback
+        return await log.record_feedback("late", 3, 1.0)
+
+    assert asyncio.run(go()) == (200, "recorded")
+    assert list(log.open) == ["r0", "r1", "r2", "r3", "r4", "late"]
+    assert log.open["r2"][1] == (2, 12)
