@@ -68,8 +68,8 @@ def main() -> None:
     for name, a, b, r in rows:
         print(f"{name:<24}{a:>14.4f}{b:>14.4f}{r:>18.4f}" if isinstance(a, float) else
               f"{name:<24}{a:>14,}{b:>14,}{r:>18.4f}")
-    print(f"goals: parameters <= 0.2x: {s_params / t_params:.3f} {'met' if s_params / t_params <= 0.2 else 'MISSED'}; "
-          f"AUC retained >= 99.5%: {100 * s['auc'] / t['auc']:.2f}% {'met' if s['auc'] / t['auc'] >= 0.995 else 'MISSED'}")
+    goals = [("student_parameter_ratio", s_params / t_params, "<=0.200", s_params / t_params <= 0.2),
+             ("student_auc_retained_pct", 100 * s["auc"] / t["auc"], ">=99.500", s["auc"] / t["auc"] >= 0.995)]
     ens_dir = Path(spec.distill.teacher.ensemble) if spec.distill.teacher.ensemble else None
     if ens_dir is not None and (ens_dir / "report.parquet").exists():
         rep = pd.read_parquet(ens_dir / "report.parquet")
@@ -78,10 +78,13 @@ def main() -> None:
         stacked = rep.loc[rep["model"] == "ensemble:stacked", "test_auc"]
         if len(stacked):
             a = float(stacked.iloc[0])
-            print(f"stacked ensemble test AUC {a:.4f} vs best member {best_member:.4f} ({a - best_member:+.4f}); "
-                  f"goal above the best member and >= 0.80: {'met' if a > best_member and a >= 0.80 else 'MISSED'}")
+            print(f"stacked ensemble test AUC {a:.4f} vs best member {best_member:.4f} ({a - best_member:+.4f})")
+            goals += [("stacked_minus_best_member_auc", a - best_member, ">0", a > best_member),
+                      ("stacked_test_auc", a, ">=0.800", a >= 0.80)]
     json.dump({"teacher": t, "student": s, "latency": lat}, sys.stderr)
     print(file=sys.stderr)
+    for name, value, target, ok in goals:
+        print(f"GOAL {name} {value:.3f} {target} {'met' if ok else 'missed'}")
 
 
 if __name__ == "__main__":

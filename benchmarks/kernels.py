@@ -97,11 +97,12 @@ def main() -> None:
     print(f"{'arm':<8}{'time (median)':>16}{'peak memory':>16}")
     for a in ("naive", "fused"):
         print(f"{a:<8}{t[a] * 1000:>13.1f} ms{m[a]:>12.1f} MiB")
-    print(f"speed-up fused vs naive: {t['naive'] / t['fused']:.2f}x   (goal >= 2x)")
-    print(f"peak memory fused / naive: {m['fused'] / m['naive']:.3f}   (goal <= 0.1)")
     if args.device == "cuda":
         bytes_streamed = args.n * args.d * (4 if args.dtype == "fp32" else 2)
         print(f"fused streaming bandwidth: {bytes_streamed / t['fused'] / 1e9:.0f} GB/s of item table read")
+    speed, memory = t["naive"] / t["fused"], m["fused"] / m["naive"]
+    print(f"GOAL fused_topk_speedup {speed:.2f} >=2.00 {'met' if speed >= 2 else 'missed'}")
+    print(f"GOAL fused_topk_peak_memory_ratio {memory:.3f} <=0.100 {'met' if memory <= 0.1 else 'missed'}")
 
 
 if __name__ == "__main__":

@@ -176,7 +176,7 @@ def main() -> None:
                  for a, b in zip(results["raytrain"], results["handwritten"])]
     print(f"ray.init (once, not in start-up above): {ray_init_s:.1f}s")
     print("ratio per round: " + ", ".join(f"{r:.3f}" for r in per_round))
-    print(f"ratio raytrain / handwritten: {a / b:.3f}  (goal >= 0.95)")
+    print(f"GOAL raytrain_vs_handwritten_examples_per_s {a / b:.3f} >=0.950 {'met' if a / b >= 0.95 else 'missed'}")
 
 
 if __name__ == "__main__":

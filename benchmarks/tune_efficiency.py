@@ -66,7 +66,8 @@ def main() -> None:
 
     ray.init(num_cpus=8, include_dashboard=False, runtime_env=RUNTIME_ENV, log_to_driver=False)
     storage = Path(tempfile.mkdtemp(prefix="raytrain-tune-bench-"))
-    lines = []
+    lines: list[str] = []
+    goals: list[tuple[str, str, str, bool]] = []
     if not args.skip_part1:
         rf = args.reduction_factor
         fifo = run(storage, args.trials, args.epochs, "random", "fifo", args.seeds[0], rf)
@@ -76,11 +77,17 @@ def main() -> None:
         lines.append(f"{'scheduler':<10}{'trial-epochs':>14}{'wall s':>10}{'best val AUC':>14}{'stopped':>9}")
         for name, r in (("fifo", fifo), ("asha", asha)):
             lines.append(f"{name:<10}{r['trial_epochs']:>14}{r['wall_s']:>10.0f}{r['best_auc']:>14.4f}{r['stopped']:>9}")
-        lines.append(f"ASHA / FIFO trial-epochs: {asha['trial_epochs'] / fifo['trial_epochs']:.3f} (goal <= 0.333); "
-                     f"AUC gap FIFO - ASHA: {fifo['best_auc'] - asha['best_auc']:+.4f} (goal <= 0.002)")
+        share, gap = asha["trial_epochs"] / fifo["trial_epochs"], fifo["best_auc"] - asha["best_auc"]
+        goals += [("asha_vs_fifo_trial_epochs", f"{share:.3f}", "<=0.333", share <= 0.333),
+                  ("fifo_minus_asha_best_val_auc", f"{gap:+.4f}", "<=0.002", gap <= 0.002)]
         print("\n".join(lines), flush=True)
-    if args.skip_part2:
-        return
+    if not args.skip_part2:
+        part2(args, storage, lines, goals)
+    for name, value, target, ok in goals:
+        print(f"GOAL {name} {value} {target} {'met' if ok else 'missed'}")
+
+
+def part2(args, storage, lines: list[str], goals: list) -> None:
     best: dict[str, list[float]] = {"optuna_tpe": [], "random": []}
     for seed in args.seeds:
         for algorithm in ("optuna_tpe", "random"):
@@ -95,6 +102,8 @@ def main() -> None:
         lines.append(f"{algorithm:<11} mean best val AUC {statistics.mean(values):.4f}  "
                      f"({', '.join(f'{v:.4f}' for v in values)})")
     print("\n".join(lines))
+    lift = statistics.mean(best["optuna_tpe"]) - statistics.mean(best["random"])
+    goals.append(("tpe_minus_random_best_val_auc", f"{lift:+.4f}", ">0", lift > 0))
 
 
 if __name__ == "__main__":
