@@ -106,15 +106,25 @@ class SequentialModel(nn.Module):
             raise ValueError(f"unknown sequential arch {arch!r}; sasrec or hstu")
         self.final_norm = nn.LayerNorm(d)
         nn.init.normal_(self.positions.weight, std=0.02)
+        self.num_actions = int(getattr(cfg, "actions", 0) or 0)
+        self.action_table = nn.Embedding(self.num_actions, d) if self.num_actions else None  # added to item tokens
+        if self.action_table is not None:
+            nn.init.normal_(self.action_table.weight, std=0.02)
 
-    def forward(self, kjt: KeyedJaggedTensor, timestamps: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(self, kjt: KeyedJaggedTensor, timestamps: torch.Tensor, actions: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(the normalised user representation after each history action, jagged [T, d]; the normalised embeddings
-        of the ``target`` and ``negative`` ids). ``timestamps``: [T], aligned with the history's values."""
+        of the ``target`` and ``negative`` ids). ``timestamps`` and ``actions`` (ids in [0, actions), read when the
+        model embeds actions; missing: 0): [T], aligned with the history's values."""
         looked = self.item_table(kjt)
         hist = looked["history"]
         offsets, lengths = hist.offsets(), hist.lengths()
         n = int(lengths.max())
-        x = _padded(hist.values() * math.sqrt(self.d), offsets, n) + self.positions.weight[:n]
+        tokens = hist.values() * math.sqrt(self.d)
+        if self.action_table is not None:  # the action taken on each item joins its token
+            ids = actions if actions is not None else torch.zeros(len(tokens), dtype=torch.long, device=tokens.device)
+            tokens = tokens + self.action_table(ids.clamp(0, self.num_actions - 1))
+        x = _padded(tokens, offsets, n) + self.positions.weight[:n]
         x = F.dropout(x, self.dropout, self.training)
         # seconds since the batch's first action, as float32 (exact to a few seconds over years: enough for log2 buckets)
         rel = (timestamps - timestamps.min()).float()[:, None] if len(timestamps) else timestamps.float()[:, None]

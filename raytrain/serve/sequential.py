@@ -43,6 +43,8 @@ class SequenceRecommendRequest(_Body):
         None, description="item ids, oldest first (default: the user's history in the run's data)")
     timestamps: Annotated[Optional[list[Any]], BeforeValidator(_id_list)] = Field(
         None, description="with history: one time (seconds) per item (default: all equal)")
+    actions: Annotated[Optional[list[Any]], BeforeValidator(_id_list)] = Field(
+        None, description="with history: one action id per item, for a model that embeds actions (default: 0)")
     exclude_seen: Annotated[bool, BeforeValidator(_flag)] = Field(True, description="leave the history's items out")
     variant: Any = None
 
@@ -57,8 +59,10 @@ class SequenceRecommendRequest(_Body):
             raise RequestError(f"k: expected an integer in [1, {max_k}], got {self.k!r}")
         if self.history is not None and len(self.history) > max_history:
             raise RequestError(f"history: {len(self.history)} items, more than {max_history}", 413)
-        if self.timestamps is not None and (self.history is None or len(self.timestamps) != len(self.history)):
-            raise RequestError("timestamps: needs 'history', one time per item")
+        for name in ("timestamps", "actions"):
+            given = getattr(self, name)
+            if given is not None and (self.history is None or len(given) != len(self.history)):
+                raise RequestError(f"{name}: needs 'history', one value per item")
 
 
 @serve.deployment
@@ -78,8 +82,8 @@ class SequenceRanker:
         self.source_id = s.item_ids if s.item_ids is not None else np.arange(s.num_items)
         self.model_id = {int(x): i for i, x in enumerate(self.source_id) if i > 0}
 
-    def recommend(self, user: int | None, history: list[int] | None, timestamps: list[int] | None, k: int,
-                  exclude_seen: bool) -> dict:
+    def recommend(self, user: int | None, history: list[int] | None, timestamps: list[int] | None,
+                  actions: list[int] | None, k: int, exclude_seen: bool) -> dict:
         from ..data.sequences import Sequences
         from ..kernels import topk_scores
         from ..train.sequential import user_vectors
@@ -89,16 +93,19 @@ class SequenceRanker:
             row = self.user_row.get(int(user)) if user is not None else None
             if row is None:
                 return {"error": f"user {user!r} has no history in this model's data; send 'history'", "status": 404}
-            items, times = s.items[s.offsets[row]:s.offsets[row + 1]], s.timestamps[s.offsets[row]:s.offsets[row + 1]]
+            span = slice(s.offsets[row], s.offsets[row + 1])
+            items, times = s.items[span], s.timestamps[span]
+            acts = None if s.actions is None else s.actions[span]
         else:
             ids = [self.model_id.get(int(x)) for x in history]
             unknown = sum(i is None for i in ids)
             keep = [i for i, x in enumerate(ids) if x is not None]
             items = np.array([ids[i] for i in keep], dtype=np.int64)
             times = np.array([timestamps[i] for i in keep] if timestamps else np.zeros(len(keep)), dtype=np.int64)
+            acts = np.array([actions[i] for i in keep], dtype=np.int64) if actions else None
         if len(items) == 0:
             return {"error": "history: no item this model knows", "status": 422}
-        one = Sequences(items, times, np.array([0, len(items)], dtype=np.int64), s.num_items)
+        one = Sequences(items, times, np.array([0, len(items)], dtype=np.int64), s.num_items, acts)
         query = user_vectors(self.model, one)
         mask = torch.ones(self.items.shape[0], dtype=torch.bool)
         mask[0] = False
@@ -154,7 +161,7 @@ class SequenceIngress:
         if forced is not None:
             self.requests["forced"] += 1
         variant = forced or assign(self.cfg.shares, self.name, user if user is not None else tuple(body.history or ()))
-        out = await self.handles[variant].recommend.remote(user, body.history, body.timestamps, body.k,
+        out = await self.handles[variant].recommend.remote(user, body.history, body.timestamps, body.actions, body.k,
                                                            body.exclude_seen)
         if "error" in out:
             raise RequestError(out["error"], out["status"])

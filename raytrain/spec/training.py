@@ -36,6 +36,8 @@ class SequenceSpec(Section):
     blocks: int = Field(2, ge=1, le=64)
     heads: int = Field(1, ge=1, le=64, description="embedding_dim must be divisible by it")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    actions: int = Field(0, ge=0, le=1_000_000, description="embed each history action's id (a rating, an action "
+                                                            "type; in [0, actions)) into its item token; 0: off")
 
 
 class SampledSoftmaxSpec(Section):
@@ -265,6 +267,8 @@ def sequential_checks(spec: Any) -> list[str]:
         problems.append(f"data.source: {arch} reads histories from movielens-100k or parquet, not {spec.data.source}")
     if spec.data.source == "parquet" and spec.data.sequences is None:
         problems.append(f"data.sequences: {arch} on parquet needs the user, item and timestamp columns declared")
+    elif spec.model.sequence.actions and spec.data.source == "parquet" and spec.data.sequences.action is None:
+        problems.append("model.sequence.actions: embeds each action, but data.sequences declares no action column")
     if spec.model.embedding_dim % 4:
         problems.append(f"model.embedding_dim: {arch}'s item table is a sharded sequence table, whose width TorchRec "
                         f"needs divisible by 4; got {spec.model.embedding_dim}")

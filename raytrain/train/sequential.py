@@ -31,10 +31,15 @@ class SeqBatch:
     timestamps: torch.Tensor  # [T] aligned with the history values
     targets: torch.Tensor  # [T] the next item at each history position (training), else empty
     negatives: torch.Tensor  # [K] sampled negative ids (training), else empty
+    actions: torch.Tensor | None = None  # [T] the action (rating, type) of each history position, where the data has one
+
+    def inputs(self) -> tuple:
+        """What the model reads: ``model(*batch.inputs())``."""
+        return self.kjt, self.timestamps, self.actions
 
 
-def _batch(histories: list[np.ndarray], times: list[np.ndarray], targets: list[np.ndarray], negatives: np.ndarray
-           ) -> SeqBatch:
+def _batch(histories: list[np.ndarray], times: list[np.ndarray], targets: list[np.ndarray], negatives: np.ndarray,
+           actions: list[np.ndarray] | None = None) -> SeqBatch:
     b = len(histories)
     lengths = np.array([len(h) for h in histories], dtype=np.int64)
     neg_lengths = np.zeros(b, dtype=np.int64)
@@ -45,12 +50,13 @@ def _batch(histories: list[np.ndarray], times: list[np.ndarray], targets: list[n
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=KEYS, values=torch.from_numpy(values),
                                               lengths=torch.from_numpy(all_lengths))
     return SeqBatch(kjt, torch.from_numpy(np.concatenate(times)), torch.from_numpy(tgt),
-                    torch.from_numpy(negatives.astype(np.int64)))
+                    torch.from_numpy(negatives.astype(np.int64)),
+                    None if actions is None else torch.from_numpy(np.concatenate(actions).astype(np.int64)))
 
 
 def next_item_loss(model, batch: SeqBatch, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(the sampled-softmax loss, the candidate logits it came from) of one training batch."""
-    user, looked = model(batch.kjt, batch.timestamps)
+    user, looked = model(*batch.inputs())
     logits = candidate_logits(user, looked["target"], looked["negative"], batch.targets, batch.negatives, temperature)
     return torch.nn.functional.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long)), logits
 
@@ -76,17 +82,19 @@ def train_batches(train: Sequences, users_per_batch: int, max_len: int, negative
     if chunks is None:
         chunks = in_batches(rng.permutation(trainable_users(train)), users_per_batch)
     for chunk in chunks:
-        hs, ts, tg = [], [], []
+        hs, ts, tg, acts = [], [], [], []
         for u in chunk:
             a, z = train.offsets[u], train.offsets[u + 1]
             start = max(a, z - 1 - max_len)
             hs.append(train.items[start:z - 1])
             ts.append(train.timestamps[start:z - 1])
             tg.append(train.items[start + 1:z])
+            if train.actions is not None:
+                acts.append(train.actions[start:z - 1])
         neg = rng.integers(1, train.num_items, size=negatives)
         if in_batch:
             neg = np.concatenate([neg, rng.choice(np.concatenate(tg), size=in_batch)])
-        yield _batch(hs, ts, tg, neg)
+        yield _batch(hs, ts, tg, neg, acts if train.actions is not None else None)
 
 
 def eval_batches(history: Sequences, users_per_batch: int, max_len: int, chunks: list[np.ndarray] | None = None
@@ -94,8 +102,9 @@ def eval_batches(history: Sequences, users_per_batch: int, max_len: int, chunks:
     """(the users, their last ``max_len`` actions), in order or in the given ``chunks`` of users."""
     for chunk in chunks if chunks is not None else in_batches(np.arange(history.users), users_per_batch):
         spans = [_last(history, u, max_len) for u in chunk]
+        acts = None if history.actions is None else [history.actions[s] for s in spans]
         yield chunk, _batch([history.items[s] for s in spans], [history.timestamps[s] for s in spans], [],
-                            np.zeros(0, np.int64))
+                            np.zeros(0, np.int64), acts)
 
 
 @torch.no_grad()
@@ -104,7 +113,7 @@ def user_vectors(model: SequentialModel, history: Sequences, users_per_batch: in
     model.eval()
     out = []
     for _, batch in eval_batches(history, users_per_batch, model.max_len):
-        user, _ = model(batch.kjt, batch.timestamps)
+        user, _ = model(*batch.inputs())
         last = batch.kjt["history"].offsets()[1:] - 1
         out.append(user[last])
     return torch.cat(out)

@@ -34,6 +34,7 @@ log = get_logger(__name__)
 def load_sequences(path: str) -> Sequences:
     with np.load(path) as z:
         return Sequences(z["items"], z["timestamps"], z["offsets"], int(z["num_items"]),
+                         actions=z["actions"] if "actions" in z else None,
                          user_ids=z["user_ids"] if "user_ids" in z else None,
                          item_ids=z["item_ids"] if "item_ids" in z else None)
 
@@ -80,7 +81,7 @@ def evaluate(sharded: ShardedModel, history: Sequences, targets: np.ndarray, wor
     chunks = _chunks(np.arange(history.users), world, rank, users_per_batch)
     vectors, users = [], []
     for chunk, batch in eval_batches(history, users_per_batch, max_len, chunks):
-        user, _ = dmp(batch.kjt, batch.timestamps)
+        user, _ = dmp(*batch.inputs())
         vectors.append(user[batch.kjt["history"].offsets()[1:] - 1])
         users.append(chunk)
     mine = np.concatenate(users)

@@ -33,10 +33,22 @@ def sequences_of(spec: JobSpec) -> Sequences:
 def write_sequences(spec: JobSpec, run_dir: Path) -> Path:
     """The histories, once, into ``run_dir/sequences.npz`` (what the workers and ``load_sequential`` read)."""
     seqs = sequences_of(spec)
+    vocab = spec.model.sequence.actions
+    if vocab:  # the actions the model embeds: integer ids in [0, vocab)
+        from ..errors import DataError
+
+        acts = seqs.actions
+        if acts is None or not np.issubdtype(np.asarray(acts).dtype, np.integer):
+            raise DataError(f"model.sequence.actions: {spec.data.source}'s histories carry no integer action ids "
+                            "(parquet: data.sequences.action)")
+        bad = (acts < 0) | (acts >= vocab)
+        if bad.any():
+            raise DataError(f"model.sequence.actions: action id {int(acts[bad][0])} outside [0, {vocab})")
     path = run_dir / "sequences.npz"
     arrays: dict[str, np.ndarray] = {"items": seqs.items, "timestamps": seqs.timestamps, "offsets": seqs.offsets,
                                      "num_items": np.asarray(seqs.num_items)}
-    arrays.update({k: v for k, v in (("user_ids", seqs.user_ids), ("item_ids", seqs.item_ids)) if v is not None})
+    arrays.update({k: v for k, v in (("user_ids", seqs.user_ids), ("item_ids", seqs.item_ids),
+                                     ("actions", seqs.actions if vocab else None)) if v is not None})
     np.savez(path, **arrays)  # type: ignore[arg-type]
     log.info(f"data: {spec.data.source}, {seqs.users:,} users, {seqs.num_items - 1:,} items, {len(seqs.items):,} "
              f"actions; {spec.model.arch} pretraining by next-item prediction, leave-one-out evaluation over the "

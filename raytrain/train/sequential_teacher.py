@@ -32,7 +32,7 @@ class SequenceTeacher:
 
     def mix(self, hard: torch.Tensor, student_logits: torch.Tensor, batch) -> torch.Tensor:
         with torch.no_grad():
-            user, looked = self.model(batch.kjt, batch.timestamps)
+            user, looked = self.model(*batch.inputs())
             teacher_logits = candidate_logits(user, looked["target"], looked["negative"], batch.targets,
                                               batch.negatives, self.temperature)
         soft = distill_loss(student_logits, teacher_logits, self.kd_temperature)

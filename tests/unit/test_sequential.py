@@ -55,7 +55,7 @@ def test_a_position_sees_only_earlier_actions(arch):
     for s in (same_past, other_future):
         (_, batch), = list(eval_batches(s, 4, CFG.max_len))
         with torch.no_grad():
-            outs.append(model(batch.kjt, batch.timestamps)[0])
+            outs.append(model(*batch.inputs())[0])
     assert torch.allclose(outs[0][:3], outs[1][:3], atol=1e-6)  # positions 0-2: the same past
     assert not torch.allclose(outs[0][3:], outs[1][3:])
 
@@ -181,8 +181,54 @@ def test_distillation_loss_is_the_tempered_kl_over_the_candidates_and_the_teache
     other = SequentialModel("hstu", 30, 8, cfg).eval()
     soft_only = SequenceTeacher(other, 0.1, 0.0, 2.0)
     with torch.no_grad():
-        t_user, t_looked = other(batch.kjt, batch.timestamps)
+        t_user, t_looked = other(*batch.inputs())
         t_logits = candidate_logits(t_user, t_looked["target"], t_looked["negative"], batch.targets, batch.negatives,
                                     0.1)
     expected = float(distill_loss(logits, t_logits, 2.0))
     assert expected > 1e-3 and float(soft_only.mix(hard, logits, batch)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_action_ids_join_the_item_tokens_causally_and_are_checked():
+    from raytrain.data.sequences import Sequences
+
+    cfg = SimpleNamespace(max_len=8, blocks=2, heads=1, dropout=0.0, actions=6)
+    torch.manual_seed(0)
+    model = SequentialModel("hstu", 30, 8, cfg).eval()
+    offsets = np.array([0, 6])
+
+    def encode(actions):
+        s = Sequences(np.array([3, 5, 7, 9, 11, 13]), np.arange(6) * 100, offsets, 30, np.array(actions))
+        (_, batch), = list(eval_batches(s, 4, cfg.max_len))
+        with torch.no_grad():
+            return model(*batch.inputs())[0]
+
+    base = encode([5, 4, 5, 1, 2, 3])
+    later = encode([5, 4, 5, 1, 2, 5])  # only the last action differs: the positions before it see the same
+    earlier = encode([1, 4, 5, 1, 2, 3])  # the first action differs: every position after it changes
+    assert torch.allclose(base[:5], later[:5], atol=1e-6) and not torch.allclose(base[5], later[5])
+    assert not torch.allclose(base[1:], earlier[1:])
+    plain = SequentialModel("hstu", 30, 8, SimpleNamespace(max_len=8, blocks=2, heads=1, dropout=0.0)).eval()
+    assert plain.action_table is None  # actions: 0 (the default) reads none
+
+
+def test_parquet_actions_outside_the_declared_range_are_refused(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from raytrain.errors import SpecError
+    from raytrain.spec import parse_spec
+    from raytrain.train.sequential_run import write_sequences
+
+    pq.write_table(pa.table({"user_id": [1, 1, 1, 2, 2, 2], "item_id": [1, 2, 3, 1, 2, 3],
+                             "timestamp": [1, 2, 3, 1, 2, 3], "stars": [1, 5, 9, 2, 3, 4]}), tmp_path / "h.parquet")
+
+    def spec(action, actions):
+        return parse_spec({"name": "a", "data": {"source": "parquet", "path": str(tmp_path / "h.parquet"),
+                                                 "sequences": {"action": action}},
+                           "model": {"arch": "hstu", "embedding_dim": 8, "sequence": {"actions": actions}}})
+
+    with pytest.raises(DataError, match=r"action id 9 outside \[0, 6\)"):
+        write_sequences(spec("stars", 6), tmp_path)
+    assert np.load(write_sequences(spec("stars", 10), tmp_path))["actions"].tolist() == [1, 5, 9, 2, 3, 4]
+    with pytest.raises(SpecError, match="declares no action column"):
+        spec(None, 6)
