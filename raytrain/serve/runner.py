@@ -72,7 +72,8 @@ def wait_healthy(url: str, timeout_s: float = 300) -> None:
         except (urllib.error.URLError, OSError) as e:
             last = str(e)
         time.sleep(0.5)
-    raise TimeoutError(f"{url}/healthz did not answer within {timeout_s:.0f}s ({last})")
+    raise TimeoutError(f"{url}/healthz did not answer within {timeout_s:.0f}s ({last}); if Serve was already "
+                       "running on this Ray cluster, it kept the host and port it started with")
 
 
 def shutdown(spec: JobSpec) -> None:

@@ -215,8 +215,8 @@ def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
         never_5xx()
         code, _ = _post(f"{url}/recommend", {"user_id": user})
         assert code == 200
-    finally:
-        serve.delete(spec.name)
+    finally:  # Serve stopped, not only the app: a later deploy in this session starts it on its own port
+        serve.shutdown()
 
 
 def test_distilled_hstu_student_learns_from_the_teacher(pretrained, tmp_path):
