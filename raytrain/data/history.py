@@ -153,14 +153,20 @@ def user_vector_names(path: str) -> list[str]:
     return vec
 
 
-def user_vector_columns(path: str, users: np.ndarray) -> dict[str, pa.Array]:
-    """Each row's user vector from the file (a user-level feature: it holds no label); users the file lacks get
-    zeros."""
-    names = user_vector_names(path)
-    table = pq.read_table(path)
+def user_vector_columns(source: str | pa.Table, users: np.ndarray) -> dict[str, pa.Array]:
+    """Each row's user vector from the file (or the table read from it once: ``read_user_vectors``), a user-level
+    feature that holds no label; users the file lacks get zeros."""
+    table = read_user_vectors(source) if isinstance(source, str) else source
+    names = [n for n in table.column_names if n.startswith(USER_VECTOR_PREFIX)]
     ids = table.column("user_id").to_numpy()
     order = np.argsort(ids, kind="stable")
     pos = np.clip(np.searchsorted(ids[order], users), 0, max(len(ids) - 1, 0))
     found = (ids[order][pos] == users) if len(ids) else np.zeros(len(users), dtype=bool)
     rows = order[pos]
     return {n: pa.array(np.where(found, table.column(n).to_numpy()[rows], 0.0).astype(np.float32)) for n in names}
+
+
+def read_user_vectors(path: str) -> pa.Table:
+    """A user-vectors file, its columns checked (``user_vector_names``)."""
+    user_vector_names(path)
+    return pq.read_table(path)

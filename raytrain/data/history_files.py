@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError
 from ..log import get_logger
-from .history import History, columns, history_rows, user_vector_columns
+from .history import History, columns, history_rows, read_user_vectors, user_vector_columns
 from .parallel import fan_out
 from .schema import FeatureSchema
 from .split import ROW_GROUP_ROWS
@@ -58,7 +58,8 @@ def _read_train(path: str, data_spec, ts: str | None) -> dict[str, np.ndarray]:
     return out
 
 
-def _write(path: str, out: str, keep: np.ndarray | None, history: History, data_spec) -> int:
+def _write(path: str, out: str, keep: np.ndarray | None, history: History, data_spec,
+           vectors: pa.Table | None) -> int:
     hspec = data_spec.history
     table = pq.read_table(path)
     if keep is not None:
@@ -66,9 +67,9 @@ def _write(path: str, out: str, keep: np.ndarray | None, history: History, data_
     feats = history.features(table.column(hspec.user).to_numpy(), table.column(hspec.item).to_numpy(),
                              hspec.max_items, is_seen=np.full(table.num_rows, keep is not None))
     dense, lists = columns(hspec.fraction)
-    if hspec.user_vectors:
-        vectors = user_vector_columns(hspec.user_vectors, table.column(hspec.user).to_numpy())
-        feats, dense = {**feats, **vectors}, dense + list(vectors)
+    if vectors is not None:
+        found = user_vector_columns(vectors, table.column(hspec.user).to_numpy())
+        feats, dense = {**feats, **found}, dense + list(found)
     for name in dense + lists:
         table = table.append_column(name, feats[name])
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -92,10 +93,11 @@ def with_history(paths: dict[str, list[str]], schema: FeatureSchema, data_spec, 
                       cat["time"][held] if "time" in cat else None, cards[hspec.user], cards[hspec.item],
                       seen=(cat["user"], cat["item"], cat.get("time")))
     bounds = np.concatenate([[0], np.cumsum(sizes)])
+    vectors = read_user_vectors(hspec.user_vectors) if hspec.user_vectors else None  # once, not once per file
     calls: list[tuple] = [(f, str(out_dir / "train" / f"part-{i:05d}.parquet"), ~held[bounds[i]:bounds[i + 1]],
-                           history, data_spec) for i, f in enumerate(paths["train"])]
+                           history, data_spec, vectors) for i, f in enumerate(paths["train"])]
     for split in SPLITS[1:]:
-        calls += [(f, str(out_dir / split / f"part-{i:05d}.parquet"), None, history, data_spec)
+        calls += [(f, str(out_dir / split / f"part-{i:05d}.parquet"), None, history, data_spec, vectors)
                   for i, f in enumerate(paths[split])]
     rows = fan_out(_write, calls, "history features")
     log.info(f"history features from {int(held.sum()):,} held-out training rows; {sum(rows):,} rows written "

@@ -209,14 +209,21 @@ class LogBuffer:
         self.decisions: list[dict] = []
         self.requests: list[dict] = []
         self._task: asyncio.Task | None = None
+        self._running: set[asyncio.Task] = set()  # the loop keeps only weak references to its tasks
+
+    def _start(self, coro) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return task
 
     def add(self, requests: list[dict], decisions: list[dict] | None = None) -> None:
         self.requests.extend(requests)
         self.decisions.extend(decisions or [])
         if len(self.requests) + len(self.decisions) >= self.max_rows:
-            asyncio.get_running_loop().create_task(self.flush())
+            self._start(self.flush())
         elif self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._later())
+            self._task = self._start(self._later())
 
     async def _later(self) -> None:
         await asyncio.sleep(self.every_s)
