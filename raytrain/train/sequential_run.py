@@ -56,6 +56,13 @@ def write_sequences(spec: JobSpec, run_dir: Path) -> Path:
     return path
 
 
+def sequential_worker(config: dict) -> None:
+    """Ray Train's function on each worker, importing the loop (TorchRec, FBGEMM) there and not on the driver."""
+    from .sequential_loop import sequential_loop
+
+    sequential_loop(config)
+
+
 def sequential_trainer(spec: JobSpec, run_dir: str | Path, sequences: str | Path, callbacks: list | None = None,
                        teacher: dict | None = None):
     """The TorchTrainer of one sequential run (also one tune trial; with ``teacher``, a distilled student), its
@@ -63,11 +70,9 @@ def sequential_trainer(spec: JobSpec, run_dir: str | Path, sequences: str | Path
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from .sequential_loop import sequential_loop
-
     res = spec.train.resources_per_worker
     return TorchTrainer(
-        sequential_loop,
+        sequential_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": str(run_dir),
                            "sequences": str(sequences), "teacher": teacher},
         scaling_config=ScalingConfig(num_workers=spec.train.workers, resources_per_worker={"CPU": res.cpu}),
