@@ -129,7 +129,7 @@ def train_loop_per_worker(config: dict) -> None:
     if restored is None and init:  # a run that starts from another run's weights (PBT exploit)
         restored = ray.train.Checkpoint(init)
     train = TrainData(prepared, spec.train.batch_size, rank, world, spec.train.seed,
-                      buffer_rows=spec.train.ingest.shuffle_buffer_rows, prefetch=spec.train.ingest.prefetch_batches)
+                      buffer_rows=spec.train.ingest.shuffle_buffer_rows, prefetch=spec.train.prefetch_depth())
     if restored is None and spec.train.init_from is not None:  # a fresh run warm-started from another run
         from .warm_start import warm_start
 
@@ -146,7 +146,7 @@ def train_loop_per_worker(config: dict) -> None:
                                                           "time": time.time()}) + "\n")
 
     val = EvalData(prepared, "validation", spec.train.eval_batch_size, rank, world,
-                   buffer_rows=spec.train.ingest.shuffle_buffer_rows)
+                   prefetch=min(2, spec.train.prefetch_depth()), buffer_rows=spec.train.ingest.shuffle_buffer_rows)
     if rank == 0:
         log.info(f"{world} workers, {train.steps} steps/epoch of {spec.train.batch_size} examples, "
              f"{val.total_rows:,} validation rows")

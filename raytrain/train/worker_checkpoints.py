@@ -81,7 +81,7 @@ def test_metrics(spec, prepared, sharded, device, rank: int, world: int, store: 
     ``metrics`` to metrics/test.json."""
 
     test = EvalData(prepared, "test", spec.train.eval_batch_size, rank, world,
-                    buffer_rows=spec.train.ingest.shuffle_buffer_rows)
+                    prefetch=min(2, spec.train.prefetch_depth()), buffer_rows=spec.train.ingest.shuffle_buffer_rows)
     t = evaluate(sharded.module, test, device)
     out = {"test_auc": t["auc"], "test_logloss": t["logloss"], "test_rows": t["rows"]}
     if rank == 0:

@@ -217,3 +217,15 @@ def test_fuzzed_overrides_give_a_spec_or_a_spec_error():
             assert str(e)
 
     check()
+
+
+def test_prefetch_depth_defaults_to_inline_building_on_multi_threaded_cpu_workers():
+    def depth(**train):
+        return parse_spec({"name": "p", "data": {"source": "synthetic"}, "train": train}).train.prefetch_depth()
+
+    assert depth() == 4
+    assert depth(threads_per_worker=1) == 4
+    assert depth(threads_per_worker=2) == 0
+    assert depth(threads_per_worker=2, device="cuda", resources_per_worker={"gpu": 1}) == 4
+    assert depth(threads_per_worker=2, ingest={"prefetch_batches": 3}) == 3
+    assert depth(ingest={"prefetch_batches": 0}) == 0
