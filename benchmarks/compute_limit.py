@@ -12,7 +12,8 @@ tables run, without the sharding).
 
 Arm "raytrain": ``raytrain run jobs/train_ml100k.yaml`` (2 Ray Train workers, TorchRec sharding over
 gloo, streamed parquet input); its steady-state rate is the training examples/s of the epochs after
-the first. The same job with 1 worker x 2 threads shows what distribution costs, and TorchRec's
+the first. The same job with 1 worker x 2 threads (its own GOAL line: the configuration that suits one
+2-core machine) shows what distribution costs, and TorchRec's
 ``DistributedModelParallel`` as raytrain builds it, in one process on the prebuilt batches, what the
 sharded modules cost by themselves (with the demo's pinned sharding types, and with the planner's
 choice for every table). The arms alternate,
@@ -232,7 +233,10 @@ def main() -> None:
           f"{statistics.median(o / m for o, m in zip(ours, limits)):.3f}")
     print(f"raytrain with 1 worker x {args.threads} threads: {max(singles):,.0f} examples/s "
           f"({max(singles) / max(limits):.3f} of the limit)")
+    single = max(singles) / max(limits)
     print(f"GOAL raytrain_vs_compute_limit {ratio:.3f} >=0.80 {'met' if ratio >= 0.8 else 'missed'}")
+    # the same job in the configuration that suits one machine: the 2-worker demo shows sharding over workers
+    print(f"GOAL raytrain_1_worker_vs_compute_limit {single:.3f} >=0.80 {'met' if single >= 0.8 else 'missed'}")
 
 
 if __name__ == "__main__":
