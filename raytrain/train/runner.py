@@ -29,6 +29,7 @@ RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_ENABLE_PRINT_
 # Python process fewer competing for the cores while the workers start). A missed look is not a failure: Ray marks a
 # worker dead only after its check hangs for RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S (10 minutes).
 EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+_set_here: set[str] = set()  # the EMBEDDED_TRAIN_ENV keys this process set, taken back before it joins a cluster
 
 
 def init_ray(spec: JobSpec, address: str | None = None) -> None:
@@ -52,6 +53,9 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
         runtime_env["env_vars"][CREDENTIALS_ENV] = os.environ[CREDENTIALS_ENV]
     address = address or spec.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
+        for key in _set_here:  # a cluster keeps Ray Train's defaults (or its own settings)
+            os.environ.pop(key, None)
+        _set_here.clear()
         # a submitted job (raytrain submit) already runs in a runtime env holding these variables, and Ray
         # refuses a driver runtime env that repeats a job's keys
         in_job = "RAYTRAIN_SPEC" in os.environ
@@ -59,7 +63,10 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
         console.quiet_ray()
         return
     for key, value in EMBEDDED_TRAIN_ENV.items():  # read from the driver's environment when a trainer starts
-        runtime_env["env_vars"][key] = os.environ.setdefault(key, value)  # and by trainers inside tune trials
+        if key not in os.environ:
+            os.environ[key] = value
+            _set_here.add(key)
+        runtime_env["env_vars"][key] = os.environ[key]  # and by trainers inside tune trials
     need = spec.train.workers * spec.train.resources_per_worker.cpu + 2
     num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,

@@ -173,3 +173,29 @@ def test_concurrent_tune_runs_spread_over_the_nodes_and_leave_other_jobs_alone(c
     finally:
         tenant.kill()
         tenant.wait(timeout=30)
+
+
+# a process that ran an embedded Ray (raytrain's local Ray Train settings in its environment) and then joins a
+# cluster: the cluster's runs keep Ray Train's own defaults
+PROBE_ENV = """
+import os, sys, ray
+from raytrain.spec import parse_spec
+from raytrain.train.runner import init_ray
+keys = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+spec = parse_spec({"name": "e", "data": {"source": "synthetic"}, "ray": {"num_cpus": 1}})
+init_ray(spec)
+print("embedded", [os.environ.get(k) for k in keys], flush=True)
+ray.shutdown()
+init_ray(spec, address=sys.argv[1])
+remote = ray.get(ray.remote(num_cpus=0)(lambda: [os.environ.get(k) for k in keys]).remote())
+print("cluster", [os.environ.get(k) for k in keys], remote, flush=True)
+ray.shutdown()
+"""
+
+
+def test_a_process_that_ran_an_embedded_ray_joins_a_cluster_without_its_local_settings(cluster):
+    out = subprocess.run([sys.executable, "-c", PROBE_ENV, cluster["gcs"]], capture_output=True, text=True,
+                         env=_env(), timeout=300, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [line for line in out.stdout.splitlines() if line.startswith(("embedded", "cluster"))]
+    assert lines == ["embedded ['0.5', '0']", "cluster [None, None] [None, None]"]
