@@ -168,9 +168,9 @@ class TrainSpec(Section):
 
     def prefetch_depth(self) -> int:
         """``ingest.prefetch_batches``, or its default: 4, except on a CPU worker stepping with several intra-op
-        threads, which builds its batches itself. There, a background thread building batches takes a core from
-        the step's OpenMP threads, and each parallel region then waits for the thread that lost its core: the demo
-        model in one process with 2 threads trained 20.5k examples/s with the thread, 27-31k without it (README)."""
+        threads, which builds its batches itself: there a background thread slowed the step by more than building
+        costs (likely by taking a core from the step's OpenMP threads): the demo model in one process with 2 threads
+        trained 20.5k examples/s with the thread, 27-31k without it (README)."""
         if self.ingest.prefetch_batches is not None:
             return self.ingest.prefetch_batches
         return 0 if self.device == "cpu" and (self.threads_per_worker or 1) > 1 else 4
