@@ -64,6 +64,25 @@ async def drive(url: str, bodies: list[bytes], concurrency: int, duration: float
             "req_per_s": len(latencies) / wall, "wall_s": wall}
 
 
+def test_bodies(run_dir: str, requests: int, rows: int) -> list[bytes]:
+    """``requests`` /predict bodies of ``rows`` random test rows each (seed 0) of the run's data."""
+    import pyarrow.parquet as pq
+
+    from raytrain.data import prepare
+    from raytrain.spec import load_spec
+
+    data = load_spec(Path(run_dir) / "spec.yaml").data
+    test = pq.read_table(prepare(data).paths["test"][0], columns=["user_id", "item_id"]).to_pylist()
+    rng = random.Random(0)
+    return [json.dumps({"rows": [rng.choice(test) for _ in range(rows)]}).encode() for _ in range(requests)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", nargs="?", default=str(ROOT / "runs" / "pipeline-ml100k"))
@@ -79,28 +98,19 @@ def main() -> None:
     args = ap.parse_args()
 
     import pandas as pd
-    import pyarrow.parquet as pq
     import ray
     from ray import serve
 
-    from raytrain.data import prepare
     from raytrain.serve.runner import deploy
     from raytrain.serve.sources import newest
-    from raytrain.spec import load_spec
     from raytrain.spec.loader import parse_spec
 
     ens_dir = newest(args.run, "ensemble.json")
     ens = json.loads((ens_dir / "ensemble.json").read_text())
     best = ens["members"][0]  # members are listed best trial first
     print(f"ensemble {ens_dir}: {len(ens['members'])} members; single model: {best['name']}")
-    data = load_spec(Path(best["run_dir"]) / "spec.yaml").data
-    test = pq.read_table(prepare(data).paths["test"][0], columns=["user_id", "item_id"]).to_pylist()
-    rng = random.Random(0)
-    bodies = [json.dumps({"rows": [rng.choice(test) for _ in range(args.rows)]}).encode()
-              for _ in range(args.requests)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    bodies = test_bodies(best["run_dir"], args.requests, args.rows)
+    port = free_port()
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     # the request log's cost from a side-by-side pair: the single model with the log off, then on, first in the run
     # (run last, the log-off arm measured 0.83x of an earlier build's rate; alone, 0.93-0.98x)

@@ -18,8 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,24 +30,16 @@ def arm(run: str, request_log: str) -> None:
     """One arm, in this process: deploy ``run``'s model with the raytrain first on sys.path, drive it, print a JSON
     line."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import pyarrow.parquet as pq
     import ray
     from ray import serve
-    from serve_load import drive
+    from serve_load import drive, free_port, test_bodies
 
-    sys.path.insert(0, os.getcwd())  # the arm's build (serve_load put this checkout first)
-    from raytrain.data import prepare
+    sys.path.insert(0, os.getcwd())  # the arm's build (serve_load put this checkout first); test_bodies imports it late
     from raytrain.serve.runner import deploy
-    from raytrain.spec import load_spec
     from raytrain.spec.loader import parse_spec
 
-    data = load_spec(Path(run) / "spec.yaml").data
-    test = pq.read_table(prepare(data).paths["test"][0], columns=["user_id", "item_id"]).to_pylist()
-    rng = random.Random(0)
-    bodies = [json.dumps({"rows": [rng.choice(test)]}).encode() for _ in range(3000)]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    bodies = test_bodies(run, 3000, 1)
+    port = free_port()
     ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
     cfg: dict = {"variants": {"single": {"run": run}}, "port": port, "max_batch_size": 32, "max_request_rows": 1024}
     if request_log != "none":
