@@ -13,13 +13,14 @@ logging.getLogger("torchrec").setLevel(logging.ERROR)
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One embedded Ray for every test that needs it (start-up costs ~10 s on 2 cores)."""
+    """One embedded Ray for every test that needs it (start-up costs ~10 s on 2 cores), set up as the local Ray
+    raytrain starts itself (its Ray Train settings, the lean trainer)."""
     import ray
 
-    from raytrain.train.runner import RUNTIME_ENV
+    from raytrain.train.runner import local_runtime_env
 
     if not ray.is_initialized():
-        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
+        ray.init(num_cpus=8, include_dashboard=False, log_to_driver=True, runtime_env=local_runtime_env())
     yield ray
     ray.shutdown()
 
@@ -28,9 +29,9 @@ def ray_local():
 def without_session_ray(ray_local):
     """The session's Ray stopped for a module whose runs start their own (as `raytrain run` does): one Ray at a
     time on these machines. The session's Ray is back afterwards."""
-    from raytrain.train.runner import RUNTIME_ENV
+    from raytrain.train.runner import local_runtime_env
 
     ray_local.shutdown()
     yield
     ray_local.shutdown()
-    ray_local.init(num_cpus=8, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
+    ray_local.init(num_cpus=8, include_dashboard=False, log_to_driver=True, runtime_env=local_runtime_env())

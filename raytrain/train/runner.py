@@ -28,7 +28,10 @@ RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_ENABLE_PRINT_
 # preemption watcher actor is started (it watches for nodes being drained, which a one-machine Ray never is; one
 # Python process fewer competing for the cores while the workers start). A missed look is not a failure: Ray marks a
 # worker dead only after its check hangs for RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S (10 minutes).
-EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+# LOCAL_RAY_ENV: trainers leave out Ray Train's helper actors that only a cluster uses (raytrain/train/lean.py).
+LOCAL_RAY_ENV = "RAYTRAIN_LOCAL_RAY"
+EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                      LOCAL_RAY_ENV: "1"}
 _set_here: set[str] = set()  # the EMBEDDED_TRAIN_ENV keys this process set, taken back before it joins a cluster
 
 
@@ -48,9 +51,6 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     if ray.is_initialized():
         return
     console.quiet_loggers()
-    runtime_env = {"env_vars": dict(RUNTIME_ENV["env_vars"])}
-    if os.environ.get(CREDENTIALS_ENV):
-        runtime_env["env_vars"][CREDENTIALS_ENV] = os.environ[CREDENTIALS_ENV]
     address = address or spec.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
         for key in _set_here:  # a cluster keeps Ray Train's defaults (or its own settings)
@@ -59,19 +59,36 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
         # a submitted job (raytrain submit) already runs in a runtime env holding these variables, and Ray
         # refuses a driver runtime env that repeats a job's keys
         in_job = "RAYTRAIN_SPEC" in os.environ
-        ray.init(address=address, log_to_driver=True, runtime_env=None if in_job else runtime_env)
+        ray.init(address=address, log_to_driver=True, runtime_env=None if in_job else _runtime_env())
         console.quiet_ray()
         return
-    for key, value in EMBEDDED_TRAIN_ENV.items():  # read from the driver's environment when a trainer starts
-        if key not in os.environ:
-            os.environ[key] = value
-            _set_here.add(key)
-        runtime_env["env_vars"][key] = os.environ[key]  # and by trainers inside tune trials
+    runtime_env = local_runtime_env()
     need = spec.train.workers * spec.train.resources_per_worker.cpu + 2
     num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,
              logging_level=console.ray_logging_level())
     console.quiet_ray()
+
+
+def _runtime_env() -> dict:
+    """What every Ray process of a job gets: RUNTIME_ENV and storage credentials adopted from a URI (in memory)."""
+    runtime_env = {"env_vars": dict(RUNTIME_ENV["env_vars"])}
+    if os.environ.get(CREDENTIALS_ENV):
+        runtime_env["env_vars"][CREDENTIALS_ENV] = os.environ[CREDENTIALS_ENV]
+    return runtime_env
+
+
+def local_runtime_env() -> dict:
+    """The runtime env of a local Ray raytrain starts (the tests' Ray too): ``_runtime_env`` and EMBEDDED_TRAIN_ENV,
+    which is also set in this process's environment (a user's value wins), where Ray Train reads it when a trainer
+    starts; trainers inside tune trials read it from the runtime env."""
+    runtime_env = _runtime_env()
+    for key, value in EMBEDDED_TRAIN_ENV.items():
+        if key not in os.environ:
+            os.environ[key] = value
+            _set_here.add(key)
+        runtime_env["env_vars"][key] = os.environ[key]
+    return runtime_env
 
 
 def process_group_backend(device: str) -> str:
@@ -86,14 +103,16 @@ def make_trainer(spec: JobSpec, prepared, location: str | Path, callbacks: list 
     data themselves (raytrain.data.stream): each reads its own row groups of ``prepared``'s files.
     ``location``: where the run lives, a path or a pyarrow.fs URI; Ray Train's own state goes to ``<location>/<name>``."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    from .lean import trainer_class
 
     res = spec.train.resources_per_worker
     storage: dict[str, Any] = {"storage_path": str(location)}
     if is_uri(str(location)):
         fs, path = filesystem(str(location))
         storage = {"storage_path": path, "storage_filesystem": fs}
-    return TorchTrainer(
+    return trainer_class()(
         train_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "data": prepared.to_dict(),
                            "run_dir": str(location), "init_checkpoint": init_checkpoint},

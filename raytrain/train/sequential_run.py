@@ -68,10 +68,12 @@ def sequential_trainer(spec: JobSpec, run_dir: str | Path, sequences: str | Path
     """The TorchTrainer of one sequential run (also one tune trial; with ``teacher``, a distilled student), its
     checkpoints ranked by validation NDCG@10."""
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
+
+    from .lean import trainer_class
 
     res = spec.train.resources_per_worker
-    return TorchTrainer(
+    return trainer_class()(
         sequential_worker,
         train_loop_config={"spec": spec.model_dump(mode="json"), "run_dir": str(run_dir),
                            "sequences": str(sequences), "teacher": teacher},

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from raytrain.train.runner import EMBEDDED_TRAIN_ENV
+
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 TOKEN = "raytrain-test-token-0123456789abcdef"
@@ -29,8 +31,10 @@ def _free_port() -> int:
 def _env(token: str | None = TOKEN) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # the cluster's `python` has raytrain
-    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
-        env.pop(name, None)  # an embedded test cluster may have set RAY_AUTH_MODE in this process
+    # an embedded test cluster may have set RAY_AUTH_MODE in this process, and the session's Ray raytrain's
+    # local-Ray settings (a cluster keeps Ray Train's defaults)
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", *EMBEDDED_TRAIN_ENV):
+        env.pop(name, None)
     if token:
         env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
     return env
@@ -180,8 +184,8 @@ def test_concurrent_tune_runs_spread_over_the_nodes_and_leave_other_jobs_alone(c
 PROBE_ENV = """
 import os, sys, ray
 from raytrain.spec import parse_spec
-from raytrain.train.runner import init_ray
-keys = ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER")
+from raytrain.train.runner import EMBEDDED_TRAIN_ENV, init_ray
+keys = sorted(EMBEDDED_TRAIN_ENV)
 spec = parse_spec({"name": "e", "data": {"source": "synthetic"}, "ray": {"num_cpus": 1}})
 init_ray(spec)
 print("embedded", [os.environ.get(k) for k in keys], flush=True)
@@ -198,4 +202,5 @@ def test_a_process_that_ran_an_embedded_ray_joins_a_cluster_without_its_local_se
                          env=_env(), timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith(("embedded", "cluster"))]
-    assert lines == ["embedded ['0.5', '0']", "cluster [None, None] [None, None]"]
+    # sorted keys: RAYTRAIN_LOCAL_RAY, RAY_TRAIN_ENABLE_PREEMPTION_WATCHER, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
+    assert lines == ["embedded ['1', '0', '0.5']", "cluster [None, None, None] [None, None, None]"]

@@ -48,6 +48,12 @@ def test_movielens_dcn_v2_on_two_workers(ray_local, tmp_path):
     assert read_marker(ckpts[-1])["epoch"] == 1
     assert sorted(p.name for p in (run_dir / "workers").glob("*.pid")) == ["rank0.pid", "rank1.pid"]
     assert len((run_dir / "workers" / "placement_groups.txt").read_text().split()) == 1  # the worker group's
+    # on raytrain's own local Ray, Ray Train ran without the helper actors only a cluster uses (train/lean.py)
+    from ray._private.state import actors
+
+    classes = {a["ActorClassName"] for a in actors().values()}
+    assert {"TrainController", "RayTrainWorker"} <= classes
+    assert not classes & {"_AutoscalingCoordinatorActor", "PlacementGroupCleaner", "DatasetManager"}, classes
 
 
 def test_synthetic_mixed_sharding_learns(ray_local, tmp_path):

@@ -53,3 +53,34 @@ def test_an_embedded_ray_gets_ray_trains_local_settings_and_a_users_value_wins()
     lines = dict((line.split(" ", 1)) for line in out.strip().splitlines()[-2:])
     assert lines["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5 1.5"
     assert lines["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0 0"
+
+
+def test_the_lean_trainer_runs_only_on_raytrains_local_ray_and_keeps_the_dataset_manager_when_given_datasets():
+    # which of Ray Train's helpers a run starts (the run itself: tests/integration/test_train_ray.py)
+    out = _run("""
+        import os
+        import ray
+        from ray.train import ScalingConfig
+        from raytrain.train.lean import trainer_class
+        datasets = {"train": lambda: None}  # a Dataset factory, called only when a run starts (no Ray needed here)
+        for value in (None, "0", "1"):
+            os.environ.pop("RAYTRAIN_LOCAL_RAY", None)
+            if value:
+                os.environ["RAYTRAIN_LOCAL_RAY"] = value
+            cls = trainer_class()
+            for ds in (None, datasets):
+                trainer = cls(lambda config: None, scaling_config=ScalingConfig(num_workers=2), datasets=ds)
+                names = {type(cb).__name__ for cb in trainer._create_default_callbacks()}
+                helpers = sorted(names & {"DatasetsCallback", "PlacementGroupCleanerCallback"})
+                print(value, cls.__name__, ds is not None, ",".join(helpers))
+        print("ray started:", ray.is_initialized())
+    """)
+    assert out.strip().splitlines()[-7:] == [
+        "None TorchTrainer False DatasetsCallback,PlacementGroupCleanerCallback",
+        "None TorchTrainer True DatasetsCallback,PlacementGroupCleanerCallback",
+        "0 TorchTrainer False DatasetsCallback,PlacementGroupCleanerCallback",
+        "0 TorchTrainer True DatasetsCallback,PlacementGroupCleanerCallback",
+        "1 LocalTorchTrainer False ",
+        "1 LocalTorchTrainer True DatasetsCallback",
+        "ray started: False",
+    ]
