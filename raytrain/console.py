@@ -154,10 +154,26 @@ def ray_logging_level() -> int:
     return logging.INFO if CONSOLE.verbose else logging.WARNING
 
 
+class _DemoteNotice(logging.Filter):
+    """Ray's notice that a new local Ray has token authentication on (its default, kept): an info line for the
+    run's log, not a warning on the console."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and record.getMessage().startswith("Token authentication is enabled"):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
 def quiet_loggers() -> None:
     """The driver's loggers print warnings and errors only (unless verbose); their handlers on the console stay."""
     if CONSOLE.verbose:
         return
+    auth = logging.getLogger(_AUTH_LOGGER)
+    if not any(isinstance(f, _DemoteNotice) for f in auth.filters):
+        auth.addFilter(_DemoteNotice())
     for name in _LOGGERS:
         logger = logging.getLogger(name)
         for h in logger.handlers:

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 
 
 def _run(tmp_path: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
+    # as from a fresh shell: no address, and no RAY_AUTH_MODE (which the tests' own Ray set in this process)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
     return subprocess.run([sys.executable, "-m", "raytrain.cli.main", "run", str(ROOT / "jobs/train_ml100k.yaml"),
                            f"storage={tmp_path}", *extra], capture_output=True, text=True, env=env, cwd=ROOT,
                           timeout=900)
@@ -30,9 +31,11 @@ def test_the_demo_job_prints_at_most_40_lines_and_its_test_auc(without_session_r
     assert len(lines) <= 40, len(lines)
     assert any("test (epoch" in line and "auc 0." in line for line in lines)
     assert not any("pid=" in line for line in lines)  # no worker's or Ray actor's own line
+    assert not any("Token authentication" in line for line in lines)  # Ray's notice of its default (still on)
     (run_dir,) = list((tmp_path / "quiet" / "train-ml100k").iterdir())
     filed = (run_dir / "logs" / "ray.log").read_text()
     assert "RayTrainWorker" in filed and "[raytrain] epoch 1/" in filed  # what the console left out is on file
+    assert "Token authentication is enabled" in filed
 
     loud = _run(tmp_path / "loud", "train.epochs=1", "--verbose")
     assert loud.returncode == 0
