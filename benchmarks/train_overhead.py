@@ -149,11 +149,11 @@ def main() -> None:
 
     import ray
 
-    from raytrain.train.runner import RUNTIME_ENV
+    from raytrain.train.runner import local_runtime_env
 
     tmp = Path(tempfile.mkdtemp(prefix="raytrain-bench-"))
     t = time.time()
-    ray.init(num_cpus=8, include_dashboard=False, runtime_env=RUNTIME_ENV, log_to_driver=False)
+    ray.init(num_cpus=8, include_dashboard=False, runtime_env=local_runtime_env(), log_to_driver=False)
     ray_init_s = time.time() - t
     results: dict[str, list[dict]] = {"raytrain": [], "handwritten": []}
     for r in range(args.rounds):

@@ -45,7 +45,8 @@ def cmd_plan(args) -> int:
     topology = make_topology(args.world_size, args.device, hbm_gb=args.hbm_gb, ddr_gb=args.ddr_gb,
                              local_world_size=args.local_world_size, gpu=args.gpu)
     batch_per_rank = max(1, spec.train.batch_size // args.world_size)
-    plan, estimate = plan_with_estimate(model, topology, build_constraints(schema, spec.train.sharding), batch_per_rank)
+    constraints = build_constraints(schema, spec.train.sharding, spec.model.embedding_dim, args.device)
+    plan, estimate = plan_with_estimate(model, topology, constraints, batch_per_rank)
     rows = describe_plan(plan, args.world_size)
     per_rank = memory_per_rank(rows, schema, spec.model.embedding_dim, spec.train.optimizer.sparse, args.world_size)
     caps = [args.gpu or "", f"hbm {args.hbm_gb} GiB" if args.hbm_gb else "", f"ddr {args.ddr_gb} GiB" if args.ddr_gb else ""]

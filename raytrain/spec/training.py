@@ -78,6 +78,8 @@ class ShardingSpec(Section):
     pooling_factors: dict[str, float] = Field(
         default_factory=dict, description="feature name -> expected ids per sample (TorchRec's pooling factor): a "
                                           "hint to the planner's cost model; default 1")
+    replicate_below_mib: Optional[float] = Field(None, ge=0.0, description="auto tables smaller than this are "
+                                                 "data_parallel (default: 1 on CPU, 0 on CUDA)")
 
     @field_validator("pooling_factors")
     @classmethod

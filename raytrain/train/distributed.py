@@ -112,7 +112,8 @@ def shard_model(
     world = dist.get_world_size(pg)
     module = build_train_module(spec, schema, device)
     topology = make_topology(world, device.type, hbm_gb=hbm_gb, ddr_gb=ddr_gb, local_world_size=local_world_size)
-    plan = make_plan(module, topology, build_constraints(schema, spec.train.sharding), pg)
+    constraints = build_constraints(schema, spec.train.sharding, spec.model.embedding_dim, device.type)
+    plan = make_plan(module, topology, constraints, pg)
     # meta tables are materialised shard by shard on their owner rank (each seeded per table)
     dmp = DistributedModelParallel(module, device=device, plan=plan, init_data_parallel=True, init_parameters=True)
     # Data-parallel tables use the dense (DDP) path, not the fused kernel: give them the sparse

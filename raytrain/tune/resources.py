@@ -54,7 +54,7 @@ def preflight(spec: JobSpec, prepared: PreparedData) -> None:
     min_workers = workers
     if "train.workers" in tune_of(spec).space:
         min_workers = int(min(parse_dist(tune_of(spec).space["train.workers"]).extremes()))
-    constraints = build_constraints(prepared.schema, spec.train.sharding)
+    constraints = build_constraints(prepared.schema, spec.train.sharding, dim, spec.train.device)
     plan = make_plan(model, make_topology(min_workers, spec.train.device), constraints)
     per_rank = memory_per_rank(describe_plan(plan, min_workers), prepared.schema, dim, spec.train.optimizer.sparse,
                                min_workers)

@@ -17,7 +17,10 @@ pytestmark = pytest.mark.slow
 
 
 def test_movielens_dcn_v2_on_two_workers(ray_local, tmp_path):
-    spec = load_spec(ROOT / "jobs/train_ml100k.yaml", [f"storage={tmp_path}", "train.epochs=2"])
+    # the demo job with its tables sharded three ways (as shipped they are all small enough to be replicated)
+    spec = load_spec(ROOT / "jobs/train_ml100k.yaml", [
+        f"storage={tmp_path}", "train.epochs=2",
+        "train.sharding.tables={item_id: column_wise, user_id: table_wise, genres: data_parallel}"])
     summary = run_train(spec)
     run_dir = Path(summary["run_dir"])
     for name in ("spec.yaml", "plan.txt", "schema.json", "metrics.parquet", "result.json"):

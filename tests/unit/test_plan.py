@@ -80,3 +80,32 @@ def test_plan_of_the_mlperf_configuration_prints_the_cost_models_estimate():
     one_hot = _plan("jobs/mlperf_dlrm_dcnv2.yaml", "--world-size", "8", "--device", "cuda", "--gpu", "h100-80gb",
                     "train.sharding.pooling_factors={}")
     assert _estimate(one_hot.stdout)[0] < step_ms
+
+
+def test_small_auto_tables_are_replicated_on_cpu_and_pinned_tables_keep_their_type():
+    from raytrain.data.schema import FeatureSchema, SparseFeature
+    from raytrain.sharding.planner import build_constraints
+    from raytrain.spec.training import ShardingSpec
+
+    # dim 64: 4,000 rows are 0.98 MiB (under the CPU default of 1 MiB), 5,000 rows 1.22 MiB
+    schema = FeatureSchema(tuple(SparseFeature(n, rows, False, "context") for n, rows in
+                                 (("small", 4000), ("big", 5000), ("pinned", 10))), (), "label")
+
+    def types(device: str, **kw) -> dict:
+        spec = ShardingSpec(tables={"pinned": "table_wise"}, **kw)
+        return {t: c.sharding_types for t, c in build_constraints(schema, spec, 64, device).items()}
+
+    assert types("cpu") == {"t_small": ["data_parallel"], "t_pinned": ["table_wise"]}  # t_big: the planner's
+    assert types("cuda") == {"t_pinned": ["table_wise"]}  # on CUDA the planner decides
+    assert types("cpu", replicate_below_mib=0) == {"t_pinned": ["table_wise"]}
+    assert types("cuda", replicate_below_mib=2) == {"t_small": ["data_parallel"], "t_big": ["data_parallel"],
+                                                     "t_pinned": ["table_wise"]}
+    small = build_constraints(schema, ShardingSpec(), 64, "cpu")["t_small"]
+    assert small.compute_kernels == ["dense"]  # the kernel data_parallel needs
+
+
+def test_the_demo_job_replicates_its_tables_on_cpu():
+    proc = _plan("jobs/train_ml100k.yaml", "--world-size", "2", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr
+    rows = _rows(proc.stdout)
+    assert len(rows) == 9 and all(r[2:4] == ["data_parallel", "dense"] for r in rows.values()), proc.stdout
