@@ -5,10 +5,10 @@
 Arm "limit": the model of jobs/train_ml100k.yaml (DCN-v2: the same tables, pooling, bottom MLP,
 low-rank cross layers and top MLP, built from TorchRec's plain modules) trained in ONE process on
 batches prebuilt in memory: no Ray, no sharding, no input distribution, no data loading; Adam for
-dense weights; ``--threads`` intra-op threads (the machine's cores). Two table paths, the faster
-counts as the limit: ``nn.EmbeddingBag`` with sparse gradients and sparse Adagrad (plain PyTorch),
-and FBGEMM's fused CPU kernel with row-wise Adagrad in the backward pass (what raytrain's sharded
-tables run, without the sharding).
+dense weights; ``--threads`` intra-op threads (the machine's cores). Two table paths: ``nn.EmbeddingBag``
+with sparse gradients and sparse Adagrad (plain PyTorch), and FBGEMM's fused CPU kernel with row-wise
+Adagrad in the backward pass (what raytrain's sharded tables run, without the sharding).
+The limit is the best of these and of the one-process DMP arms below.
 
 Arm "raytrain": ``raytrain run jobs/train_ml100k.yaml`` (2 Ray Train workers, TorchRec DMP over
 gloo, streamed parquet input); its steady-state rate is the training examples/s of the epochs after
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -215,13 +214,14 @@ def main() -> None:
     from raytrain.train.runner import local_runtime_env
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, runtime_env=local_runtime_env())
-    limits, ours, singles = [], [], []
+    limits, ours, singles, dmps = [], [], [], []
     for r in range(args.rounds):
         plain, fused = limit_rate(args.epochs, args.threads), limit_rate(args.epochs, args.threads, fused=True)
         limits.append(max(plain, fused))
         print(f"ROUND {r + 1} limit (1 process, {args.threads} threads, prebuilt batches): nn.EmbeddingBag + sparse "
               f"Adagrad {plain:,.0f} examples/s; FBGEMM fused tables {fused:,.0f}", flush=True)
         shipped, pinned = dmp_rate(args.epochs, args.threads), dmp_rate(args.epochs, args.threads, PINNED)
+        dmps.append(max(shipped, pinned))
         print(f"ROUND {r + 1} TorchRec DMP (1 process, {args.threads} threads, prebuilt batches): demo job as shipped "
               f"{shipped:,.0f} examples/s; its tables sharded as pinned before {pinned:,.0f}", flush=True)
         rate, summary = raytrain_rate(args.epochs, args.storage)
@@ -235,13 +235,17 @@ def main() -> None:
         singles.append(one)
         print(f"ROUND {r + 1} raytrain (1 worker x 2 threads, same job): {one:,.0f} examples/s, test AUC "
               f"{summary['test_auc']:.4f}", flush=True)
-    ratio = max(ours) / max(limits)
-    print(f"\nlimit {max(limits):,.0f} examples/s (rounds {', '.join(f'{x:,.0f}' for x in limits)}); raytrain "
-          f"{max(ours):,.0f} (rounds {', '.join(f'{x:,.0f}' for x in ours)}); median ratio "
-          f"{statistics.median(o / m for o, m in zip(ours, limits)):.3f}")
+    # the limit is the best one-process arm on prebuilt batches: TorchRec's DMP on replicated tables (its dense
+    # batched kernel) can beat the fused-table arm, and then it is what this machine can compute
+    best = max(max(limits), max(dmps))
+    ratio = max(ours) / best
+    print(f"\nlimit {best:,.0f} examples/s (fused / plain-table arm, rounds {', '.join(f'{x:,.0f}' for x in limits)}; "
+          f"DMP one process, rounds {', '.join(f'{x:,.0f}' for x in dmps)}); raytrain "
+          f"{max(ours):,.0f} (rounds {', '.join(f'{x:,.0f}' for x in ours)}); against the fused-table arm alone "
+          f"{max(ours) / max(limits):.3f}")
     print(f"raytrain with 1 worker x {args.threads} threads: {max(singles):,.0f} examples/s "
-          f"({max(singles) / max(limits):.3f} of the limit)")
-    single = max(singles) / max(limits)
+          f"({max(singles) / best:.3f} of the limit)")
+    single = max(singles) / best
     print(f"GOAL raytrain_vs_compute_limit {ratio:.3f} >=0.80 {'met' if ratio >= 0.8 else 'missed'}")
     # the same job in the configuration that suits one machine (one process, both cores as threads)
     print(f"GOAL raytrain_1_worker_vs_compute_limit {single:.3f} >=0.80 {'met' if single >= 0.8 else 'missed'}")
