@@ -45,7 +45,6 @@ def handwritten_worker(rank: int, world: int, port: int, epochs: int, out: str, 
     import torch.distributed as dist
     from torchrec.distributed.model_parallel import DistributedModelParallel
     from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-    from torchrec.distributed.planner.types import ParameterConstraints
     from torchrec.models.dlrm import DLRM_DCN
     from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
     from torchrec.modules.embedding_modules import EmbeddingBagCollection
@@ -84,10 +83,10 @@ def handwritten_worker(rank: int, world: int, port: int, epochs: int, out: str, 
     model = DLRM_DCN(ebc, len(schema.dense), [*m.dense_arch, m.embedding_dim], [*m.over_arch, 1],
                      m.dcn.num_layers, m.dcn.low_rank_dim)
     apply_optimizer_in_backward(RowWiseAdagrad, model.sparse_arch.parameters(), {"lr": o.sparse_lr, "eps": o.eps})
-    constraints = {
-        f"t_{name}": ParameterConstraints(sharding_types=[st], compute_kernels=["dense" if st == "data_parallel" else "fused"])
-        for name, st in spec.train.sharding.tables.items()
-    }
+    # the sharding types raytrain gives each table (the spec's pins; on CPU small auto tables replicated)
+    from raytrain.sharding import build_constraints
+
+    constraints = build_constraints(schema, spec.train.sharding, m.embedding_dim, "cpu")
     planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device="cpu"), constraints=constraints)
     plan = planner.collective_plan(model, None, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan)
