@@ -55,6 +55,7 @@ def handwritten_worker(rank: int, world: int, port: int, epochs: int, out: str, 
 
     from raytrain.data import prepare
     from raytrain.data.batches import Columns
+    from raytrain.sharding import build_constraints
     from raytrain.spec import load_spec
 
     logging.getLogger("torchrec").setLevel(logging.ERROR)
@@ -84,8 +85,6 @@ def handwritten_worker(rank: int, world: int, port: int, epochs: int, out: str, 
                      m.dcn.num_layers, m.dcn.low_rank_dim)
     apply_optimizer_in_backward(RowWiseAdagrad, model.sparse_arch.parameters(), {"lr": o.sparse_lr, "eps": o.eps})
     # the sharding types raytrain gives each table (the spec's pins; on CPU small auto tables replicated)
-    from raytrain.sharding import build_constraints
-
     constraints = build_constraints(schema, spec.train.sharding, m.embedding_dim, "cpu")
     planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device="cpu"), constraints=constraints)
     plan = planner.collective_plan(model, None, dist.GroupMember.WORLD)

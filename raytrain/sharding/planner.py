@@ -39,7 +39,7 @@ CPU_REPLICATE_BELOW_MIB = 1.0
 
 
 def replicate_below_bytes(sharding_spec, device: str) -> float:
-    mib = getattr(sharding_spec, "replicate_below_mib", None)
+    mib = sharding_spec.replicate_below_mib
     if mib is None:
         mib = CPU_REPLICATE_BELOW_MIB if device == "cpu" else 0.0
     return mib * 1024**2

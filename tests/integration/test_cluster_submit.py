@@ -31,8 +31,8 @@ def _free_port() -> int:
 def _env(token: str | None = TOKEN) -> dict:
     env = dict(os.environ)
     env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"  # the cluster's `python` has raytrain
-    # an embedded test cluster may have set RAY_AUTH_MODE in this process, and the session's Ray raytrain's
-    # local-Ray settings (a cluster keeps Ray Train's defaults)
+    # this process may hold RAY_AUTH_MODE (set by an embedded test Ray) and raytrain's local-Ray settings (set by
+    # the session's Ray); a cluster keeps Ray Train's defaults
     for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", *EMBEDDED_TRAIN_ENV):
         env.pop(name, None)
     if token:
