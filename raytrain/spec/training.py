@@ -160,6 +160,8 @@ class TrainSpec(Section):
     max_failures: int = Field(0, ge=-1, description="-1: retry forever")
     seed: int = 0
     threads_per_worker: Optional[int] = Field(None, ge=1, description="torch intra-op threads per worker")
+    allreduce: Literal["auto", "gloo"] = Field("auto", description="auto: CPU workers that all run on one machine "
+                                                                   "average gradients through shared memory; gloo")
     init_from: Optional[InitFromSpec] = Field(None, description="start from another run's weights (warm start, "
                                                                 "fine-tuning); a resumed run continues from its own")
     sampled_softmax: SampledSoftmaxSpec = Field(default_factory=SampledSoftmaxSpec,
@@ -170,9 +172,8 @@ class TrainSpec(Section):
 
     def prefetch_depth(self) -> int:
         """``ingest.prefetch_batches``, or its default: 4, except on a CPU worker stepping with several intra-op
-        threads, which builds its batches itself: there a background thread slowed the step by more than building
-        costs (likely by taking a core from the step's OpenMP threads): the demo model in one process with 2 threads
-        trained 20.5k examples/s with the thread, 27-31k without it (README)."""
+        threads, which builds its batches itself: there a background thread slowed the step (the demo model, one
+        process, 2 threads: 20.5k examples/s with the thread, 27-31k without it; README)."""
         if self.ingest.prefetch_batches is not None:
             return self.ingest.prefetch_batches
         return 0 if self.device == "cpu" and (self.threads_per_worker or 1) > 1 else 4

@@ -28,6 +28,7 @@ from ..data.schema import FeatureSchema
 from ..models import RecModel, build_model
 from ..models.build import embedding_collection
 from ..sharding import build_constraints, make_plan, make_topology
+from .shm_allreduce import ShmAllReduce, use_shared_memory
 
 SPARSE_OPTIMIZERS = {
     "rowwise_adagrad": RowWiseAdagrad,
@@ -65,6 +66,7 @@ class ShardedModel:
     module: DistributedModelParallel  # wraps a TrainModule
     plan: ShardingPlan
     optimizer: CombinedOptimizer
+    allreduce: ShmAllReduce | None = None  # gradients averaged through shared memory (None: by the process group)
 
 
 def _sparse_kwargs(opt_spec) -> dict:
@@ -126,7 +128,16 @@ def shard_model(
     if dp_tables:
         sparse_cls, sparse_kwargs = SPARSE_OPTIMIZERS[opt.sparse], _sparse_kwargs(opt)
         optimizers.append(KeyedOptimizerWrapper(dp_tables, lambda ps: sparse_cls(ps, **sparse_kwargs)))
-    return ShardedModel(dmp, plan, CombinedOptimizer(optimizers))
+    return ShardedModel(dmp, plan, CombinedOptimizer(optimizers), local_allreduce(dmp, spec, device, pg, local_world_size))
+
+
+def local_allreduce(dmp, spec, device: torch.device, pg, local_world_size: int | None) -> ShmAllReduce | None:
+    """Gradients averaged through shared memory when ``train.allreduce`` is auto and every rank of ``pg`` is a CPU
+    worker on this machine (``local_world_size`` ranks here, as Ray Train counts them); else the process group."""
+    world = dist.get_world_size(pg)
+    if device.type == "cpu" and world > 1 and local_world_size == world and spec.train.allreduce == "auto":
+        return use_shared_memory(dmp, pg)
+    return None
 
 
 def load_full_state(dmp: nn.Module, full: dict[str, torch.Tensor]) -> None:

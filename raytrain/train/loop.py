@@ -118,6 +118,9 @@ def train_loop_per_worker(config: dict) -> None:
         rows = describe_plan(sharded.plan, world)
         per_rank = memory_per_rank(rows, prepared.schema, spec.model.embedding_dim, spec.train.optimizer.sparse, world)
         text = format_plan(rows, per_rank, prepared.schema, spec.model.embedding_dim)
+        if world > 1:
+            text += "\ngradients averaged " + ("through shared memory (every worker on this machine)"
+                                             if sharded.allreduce else f"by {dist.get_backend()}")
         store.write_text("plan.txt", text + "\n")
         print("sharding plan:\n" + text, flush=True)  # the whole plan: in plan.txt and the run's logs/ray.log
         log.info(f"sharding plan: {summarize_plan(rows, per_rank)} (plan.txt)")

@@ -23,7 +23,7 @@ from ..log import get_logger
 from ..models.sequential import KEYS, SequentialModel
 from ..sharding.planner import make_plan, make_topology, sharders
 from ..storage import Store
-from .distributed import SPARSE_OPTIMIZERS, ShardedModel, _sparse_kwargs, dense_optimizer_factory
+from .distributed import SPARSE_OPTIMIZERS, ShardedModel, _sparse_kwargs, dense_optimizer_factory, local_allreduce
 from .sequential import KS, eval_batches, next_item_loss, rank_sums, train_batches, trainable_users
 from .sequential_teacher import SequenceTeacher
 from .worker_checkpoints import restore, save_and_report
@@ -39,7 +39,7 @@ def load_sequences(path: str) -> Sequences:
                          item_ids=z["item_ids"] if "item_ids" in z else None)
 
 
-def shard(spec: JobSpec, num_items: int, pg) -> ShardedModel:
+def shard(spec: JobSpec, num_items: int, pg, local_world_size: int | None = None) -> ShardedModel:
     model = SequentialModel(spec.model.arch, num_items, spec.model.embedding_dim, spec.model.sequence, device="meta")
     opt = spec.train.optimizer
     apply_optimizer_in_backward(SPARSE_OPTIMIZERS[opt.sparse], model.item_table.parameters(), _sparse_kwargs(opt))
@@ -48,7 +48,7 @@ def shard(spec: JobSpec, num_items: int, pg) -> ShardedModel:
     dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan, sharders=sharders())
     dense = dict(in_backward_optimizer_filter(dmp.named_parameters()))
     optimizer = CombinedOptimizer([dmp.fused_optimizer, KeyedOptimizerWrapper(dense, dense_optimizer_factory(opt))])
-    return ShardedModel(dmp, plan, optimizer)
+    return ShardedModel(dmp, plan, optimizer, local_allreduce(dmp, spec, torch.device("cpu"), pg, local_world_size))
 
 
 def _chunks(users: np.ndarray, world: int, rank: int, per_rank: int) -> list[np.ndarray]:
@@ -103,7 +103,7 @@ def sequential_loop(config: dict) -> None:
         torch.set_num_threads(spec.train.threads_per_worker)
     seqs = load_sequences(config["sequences"])
     split = leave_one_out(seqs)
-    sharded = shard(spec, seqs.num_items, dist.GroupMember.WORLD)
+    sharded = shard(spec, seqs.num_items, dist.GroupMember.WORLD, ctx.get_local_world_size())
     teacher = SequenceTeacher.load(config.get("teacher"))
     start = 0
     restored = ray.train.get_checkpoint()

@@ -1,7 +1,8 @@
 """A model sharded over 2 gloo workers computes what the unsharded model computes in 1 process.
 
 Same initial weights, same global batch: same loss, same updated embedding rows and dense weights
-after one optimizer step, with mixed sharding types (table-, column-, table-column-wise, data parallel).
+after one optimizer step, with mixed sharding types (table-, column-, table-column-wise, data parallel),
+with gradients averaged by gloo and through shared memory (raytrain.train.shm_allreduce).
 """
 
 from __future__ import annotations
@@ -70,15 +71,19 @@ def _reference(spec: JobSpec) -> tuple[dict, float, dict]:
     return init, float(loss), {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
-def _sharded_step(rank: int, world: int, spec_doc: dict, init: dict, sharding: dict):
+def _sharded_step(rank: int, world: int, spec_doc: dict, init: dict, sharding: dict, shm: bool = False):
     import torch.distributed as dist
 
     from raytrain.sharding.planner import describe_plan
     from raytrain.train.distributed import gather_full_state, load_full_state, shard_model
+    from raytrain.train.shm_allreduce import ddp_modules
 
     spec = JobSpec.model_validate(spec_doc)
     spec.train.sharding.tables = sharding
-    sharded = shard_model(spec, SCHEMA, torch.device("cpu"))
+    # Ray Train's local world size: every rank on this machine (shared memory), or unknown (gloo)
+    sharded = shard_model(spec, SCHEMA, torch.device("cpu"), local_world_size=world if shm else None)
+    assert (sharded.allreduce is not None) == shm
+    hooked = sharded.allreduce.exchanges if shm else None
     load_full_state(sharded.module, init)
     b = GLOBAL_BATCH // world
     batch = _columns().batch(torch.arange(rank * b, (rank + 1) * b))
@@ -90,18 +95,21 @@ def _sharded_step(rank: int, world: int, spec_doc: dict, init: dict, sharding: d
     dist.all_reduce(total)
     state = gather_full_state(sharded.module)
     types = {r.table: r.sharding_type for r in describe_plan(sharded.plan, world)}
-    return float(total) / world, {k: v.numpy() for k, v in state.items()}, types
+    if shm:  # both DDPs (dense layers, the data-parallel table's lookup) averaged through shared memory
+        hooked = (len(ddp_modules(sharded.module)), sharded.allreduce.exchanges - hooked)
+    return float(total) / world, {k: v.numpy() for k, v in state.items()}, types, hooked
 
 
 @pytest.mark.parametrize(
-    "arch,sparse_opt,dense_opt",
-    [("dcn_v2", "sgd", "sgd"), ("dcn_v2", "rowwise_adagrad", "adam"), ("two_tower", "adagrad", "adam")],
+    "arch,sparse_opt,dense_opt,shm",
+    [("dcn_v2", "sgd", "sgd", False), ("dcn_v2", "rowwise_adagrad", "adam", True), ("two_tower", "adagrad", "adam", True)],
 )
-def test_two_sharded_workers_match_one_unsharded_process(arch, sparse_opt, dense_opt):
+def test_two_sharded_workers_match_one_unsharded_process(arch, sparse_opt, dense_opt, shm):
     spec = _spec(arch, sparse_opt, dense_opt)
     init, ref_loss, ref_state = _reference(spec)
-    results = run_distributed(_sharded_step, 2, spec.model_dump(mode="json"), init, SHARDING)
-    loss, state, types = results[0]
+    results = run_distributed(_sharded_step, 2, spec.model_dump(mode="json"), init, SHARDING, shm)
+    loss, state, types, hooked = results[0]
+    assert hooked == ((2, 2) if shm else None)
     # the plan really mixes sharding types
     assert types == {"t_user": "table_wise", "t_item": "column_wise", "t_tags": "data_parallel",
                      "t_city": "table_column_wise"}

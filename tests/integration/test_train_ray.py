@@ -46,6 +46,8 @@ def test_movielens_dcn_v2_on_two_workers(ray_local, tmp_path):
     assert roc_auc_score(labels, logits) == pytest.approx(test["test_auc"], abs=2e-4)
     plan = (run_dir / "plan.txt").read_text()
     assert "t_item_id" in plan and "column_wise" in plan and "data_parallel" in plan
+    # both workers on this machine: DDP's buckets went through shared memory, not gloo (train/shm_allreduce.py)
+    assert "gradients averaged through shared memory" in plan
     ckpts = sorted((run_dir / "ray").glob("epoch_*"))
     assert [c.name for c in ckpts] == ["epoch_0001", "epoch_0002"]  # keep: 2
     assert read_marker(ckpts[-1])["epoch"] == 1
@@ -62,9 +64,10 @@ def test_movielens_dcn_v2_on_two_workers(ray_local, tmp_path):
 def test_synthetic_mixed_sharding_learns(ray_local, tmp_path):
     spec = load_spec(ROOT / "jobs/train_synthetic.yaml",
                      [f"storage={tmp_path}", "data.synthetic.rows={train: 65536, validation: 16384, test: 16384}",
-                      "train.epochs=2", "train.checkpoint.keep=1"])
+                      "train.epochs=2", "train.checkpoint.keep=1", "train.allreduce=gloo"])
     summary = run_train(spec)
     assert summary["test_auc"] > 0.6  # the hidden per-id weights are learnable
+    assert "gradients averaged by gloo" in (Path(summary["run_dir"]) / "plan.txt").read_text()  # as asked
     ckpts = sorted((Path(summary["run_dir"]) / "ray").glob("epoch_*"))
     # keep 1: the best by validation AUC, and the latest (for resuming) when that is another one
     names = [c.name for c in ckpts]

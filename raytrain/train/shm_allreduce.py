@@ -1,0 +1,183 @@
+"""Gradient averaging through shared memory for CPU ranks on one machine.
+
+On CPU, DDP averages gradients with gloo over loopback TCP. A gloo all-reduce is latency-bound at the sizes
+of a recommender's replicated part: 0.5 ms for 4 bytes and 3 ms for 1.2 MB between two processes on the
+2-core machine, more inside a step, when both cores are busy and each transfer waits for a gloo thread to be
+scheduled. The demo model's step does two (TorchRec wraps data-parallel tables in a DDP of their own):
+4-6 ms of a 13-17 ms step. When every rank of the group runs on this machine, raytrain registers a DDP comm
+hook on each of the model's DDP modules that exchanges the bucket through shared memory instead: 0.05 ms
+for 4 bytes, 0.18 ms for 1.2 MB (README, "Gradient averaging").
+
+Each rank owns a segment of two slots; ranks signal each other through named pipes, one per ordered pair
+(a kernel round trip, which also orders the memory writes). The n-th exchange (a bucket, or a chunk of one
+no larger than a slot): rank r writes its bucket, divided by the world size as DDP's own reducer does, into
+its slot ``n % 2``, writes a byte to each peer, reads a byte from each peer, then sums slot ``n % 2`` of every
+rank in rank order, so every rank computes the same bits. Two slots suffice: before a rank writes slot
+``n % 2`` again (exchange n + 2) it has read every peer's byte of exchange n + 1, which each peer wrote
+after summing exchange n.
+
+Segments and pipes are unlinked once every rank has opened them: nothing stays in /dev/shm, even when a
+worker is killed. A peer that dies closes its pipes, so the others fail with an error instead of waiting.
+Setup that fails on any rank (no shared /dev/shm, no space) leaves every rank on gloo.
+"""
+
+import os
+import secrets
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+SLOT_NUMEL_MAX = 1 << 20  # 4 MiB slots (8 MiB per rank): a larger bucket goes through in chunks
+
+
+def _shm_dir() -> Path:
+    shm = Path("/dev/shm")
+    return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
+
+
+def _all_ok(ok: bool, group) -> bool:
+    flag = torch.tensor([1 if ok else 0])
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
+    return bool(flag.item())
+
+
+class ShmAllReduce:
+    """The shared slots and pipes of the group's ranks; ``hook`` is a DDP comm hook. Build with ``create``."""
+
+    def __init__(self, group, slot_numel: int) -> None:
+        self.group = group
+        self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
+        self.slot_numel = slot_numel
+        self.slots: list[torch.Tensor] = []
+        self._reads: dict[int, int] = {}
+        self._writes: dict[int, int] = {}
+        self._paths: list[Path] = []  # what this rank created, unlinked once every rank has opened it
+        self.exchanges = 0
+
+    @classmethod
+    def create(cls, group, numel: int) -> "ShmAllReduce | None":
+        """Set up on every rank of ``group`` (a collective); None on every rank if any rank could not. ``numel``: the
+        largest bucket this rank expects; the ranks agree on the largest (every rank must lay out its slots alike)."""
+        largest = torch.tensor([numel], dtype=torch.int64)
+        dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=group)
+        self = cls(group, max(1, min(int(largest.item()), SLOT_NUMEL_MAX)))
+        token = [secrets.token_hex(8) if self.rank == 0 else None]
+        dist.broadcast_object_list(token, src=dist.get_global_rank(group, 0) if group else 0, group=group)
+        base = f"{_shm_dir()}/raytrain-grad-{token[0]}"
+        ok = _all_ok(self._try(self._create_own, base), group)
+        if ok:
+            ok = _all_ok(self._try(self._open_peers, base), group)
+        self._unlink()
+        if not ok:
+            self.close()
+            return None
+        for fd in self._reads.values():
+            os.set_blocking(fd, True)
+        return self
+
+    def _try(self, step, base: str) -> bool:
+        try:
+            step(base)
+            return True
+        except OSError as e:
+            from ..log import get_logger
+
+            get_logger(__name__).warning(f"shared-memory gradient averaging unavailable on rank {self.rank} ({e}): "
+                                         "using gloo")
+            return False
+
+    def _create_own(self, base: str) -> None:
+        mine = Path(f"{base}-r{self.rank}")
+        fd = os.open(mine, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+        self._paths.append(mine)
+        try:
+            os.posix_fallocate(fd, 0, 2 * self.slot_numel * 4)  # no space fails here, not as SIGBUS mid-step
+        finally:
+            os.close(fd)
+        for peer in range(self.world):
+            if peer != self.rank:  # the pipe peer -> this rank
+                path = Path(f"{base}-p{peer}to{self.rank}")
+                os.mkfifo(path, 0o600)
+                self._paths.append(path)
+                self._reads[peer] = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+
+    def _open_peers(self, base: str) -> None:
+        for r in range(self.world):
+            t = torch.from_file(f"{base}-r{r}", shared=True, size=2 * self.slot_numel, dtype=torch.float32)
+            self.slots.append(t.view(2, self.slot_numel))
+        for peer in range(self.world):
+            if peer != self.rank:  # its reader is open (previous step), so this does not block
+                self._writes[peer] = os.open(f"{base}-p{self.rank}to{peer}", os.O_WRONLY | os.O_NONBLOCK)
+                os.set_blocking(self._writes[peer], True)
+
+    def _unlink(self) -> None:
+        for path in self._paths:
+            path.unlink(missing_ok=True)
+        self._paths = []
+
+    def close(self) -> None:
+        for fd in [*self._reads.values(), *self._writes.values()]:
+            os.close(fd)
+        self._reads, self._writes, self.slots = {}, {}, []
+
+    def _exchange(self) -> None:
+        try:
+            for fd in self._writes.values():
+                os.write(fd, b"\x01")
+            for peer, fd in self._reads.items():
+                if os.read(fd, 1) != b"\x01":
+                    raise EOFError(f"rank {peer}")
+        except (BrokenPipeError, EOFError) as e:
+            raise RuntimeError(f"shared-memory gradient averaging: a rank on this machine is gone ({e})") from e
+
+    def average_(self, flat: torch.Tensor) -> torch.Tensor:
+        """Average ``flat`` (float32, contiguous, CPU) over the ranks, in place; the same bits on every rank."""
+        for lo in range(0, flat.numel(), self.slot_numel):
+            part = flat[lo:lo + self.slot_numel]
+            n, parity = part.numel(), self.exchanges % 2
+            self.exchanges += 1
+            torch.div(part, self.world, out=self.slots[self.rank][parity, :n])
+            self._exchange()
+            torch.add(self.slots[0][parity, :n], self.slots[1][parity, :n], out=part)
+            for r in range(2, self.world):
+                part.add_(self.slots[r][parity, :n])
+        return flat
+
+    # the annotations are what DDP checks (this module does not use postponed annotations)
+    def hook(self, state, bucket: dist.GradBucket) -> torch.futures.Future[torch.Tensor]:
+        buf = bucket.buffer()
+        fut: torch.futures.Future[torch.Tensor] = torch.futures.Future()
+        if buf.dtype == torch.float32 and buf.is_contiguous() and buf.device.type == "cpu":
+            fut.set_result(self.average_(buf))
+        else:
+            fut.set_result(self.average_(buf.to(torch.float32).contiguous()).to(buf.dtype))
+        return fut
+
+
+def ddp_modules(model: torch.nn.Module) -> list[DistributedDataParallel]:
+    """Every DDP in a DistributedModelParallel: the dense part's, and those TorchRec wraps data-parallel table
+    lookups in (kept in a plain list, ``_lookups``, which ``modules()`` does not reach)."""
+    found: dict[int, DistributedDataParallel] = {}
+    for m in model.modules():
+        for cand in [m, *(getattr(m, "_lookups", None) or [])]:
+            if isinstance(cand, DistributedDataParallel):
+                found.setdefault(id(cand), cand)
+    return list(found.values())
+
+
+def use_shared_memory(model: torch.nn.Module, group=None) -> ShmAllReduce | None:
+    """Average every DDP bucket of ``model`` through shared memory (a collective; call before the first forward,
+    only when every rank of ``group`` runs on this machine). None, with gloo left in place, if setup failed."""
+    ddps = ddp_modules(model)  # the same modules on every rank: one plan
+    if not ddps:
+        return None
+    # parameters() also lists those DDP ignores (this rank's shards of sharded tables): more than its buckets hold
+    numel = max(sum(p.numel() for p in d.parameters() if p.requires_grad) for d in ddps)
+    ar = ShmAllReduce.create(group, numel)
+    if ar is not None:
+        for d in ddps:
+            d.register_comm_hook(None, ar.hook)
+    return ar

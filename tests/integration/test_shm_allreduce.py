@@ -1,0 +1,117 @@
+"""Gradient averaging through shared memory (raytrain.train.shm_allreduce) on real processes.
+
+The same averages as gloo's all-reduce, the same bits on every rank, across chunked buckets and reused
+slots; nothing left in /dev/shm; every rank back on gloo when one rank cannot set up; a rank that dies
+makes the others fail instead of wait. The training-level check (a sharded model that averages through
+shared memory trains exactly what one unsharded process trains) is in test_sharded_equivalence.py.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from helpers import _free_port, run_distributed
+
+
+def _leftovers() -> list[str]:
+    from raytrain.train.shm_allreduce import _shm_dir
+
+    return sorted(p.name for p in _shm_dir().glob("raytrain-grad-*"))
+
+
+def _average_rounds(rank: int, world: int, sizes: list[int], slot: int):
+    import torch.distributed as dist
+
+    from raytrain.train import shm_allreduce
+
+    if slot is not None:
+        shm_allreduce.SLOT_NUMEL_MAX = slot  # small slots: buckets go through in several chunks
+        ar = shm_allreduce.ShmAllReduce.create(None, max(sizes))
+    else:  # ranks that expect different largest buckets (a sharded model's DDP lists other parameters per rank)
+        ar = shm_allreduce.ShmAllReduce.create(None, max(sizes) - 300 * rank)
+    assert ar is not None and ar.slot_numel == (slot or max(sizes))
+    dist.barrier()
+    left = _leftovers()
+    out = []
+    for i, n in enumerate(sizes):
+        x = torch.randn(n, generator=torch.Generator().manual_seed(1000 * i + rank)) * (rank + 1)
+        ref = x.clone()
+        dist.all_reduce(ref)
+        ref /= world
+        ar.average_(x)
+        out.append((x.numpy().copy(), ref.numpy()))
+    exchanges = ar.exchanges
+    ar.close()
+    return out, left, exchanges
+
+
+@pytest.mark.parametrize("world,slot", [(2, 64), (3, 64), (3, None)])
+def test_averages_match_gloo_with_the_same_bits_on_every_rank(world, slot):
+    sizes = [1, 5, 64, 1000, 257, 64, 3]
+    results = run_distributed(_average_rounds, world, sizes, slot)
+    for rank, (out, left, exchanges) in enumerate(results):
+        assert left == [], f"rank {rank} found {left} in shared memory after setup"
+        # with 64-element slots, 1000 -> 16 chunks: the two slots are reused many times
+        assert exchanges == sum(-(-n // (slot or max(sizes))) for n in sizes)
+        for i, (mine, ref) in enumerate(out):
+            np.testing.assert_allclose(mine, ref, rtol=1e-5, atol=1e-6, err_msg=f"rank {rank} bucket {i}")
+            # bit-identical replicas: every rank sums the same slots in the same order
+            assert mine.tobytes() == results[0][0][i][0].tobytes(), f"rank {rank} bucket {i} differs from rank 0"
+
+
+def _setup_fails_on_rank_1(rank: int, world: int):
+    from pathlib import Path
+
+    from raytrain.train import shm_allreduce
+
+    if rank == 1:
+        shm_allreduce._shm_dir = lambda: Path("/nonexistent-raytrain-dir")
+    ar = shm_allreduce.ShmAllReduce.create(None, 100)
+    return ar is None, _leftovers()
+
+
+def test_a_rank_that_cannot_set_up_leaves_every_rank_on_gloo():
+    for none, left in run_distributed(_setup_fails_on_rank_1, 2):
+        assert none  # every rank, not only the one that failed: a mixed group would deadlock
+        assert left == []
+
+
+def _dies_after_setup(rank: int, world: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    from raytrain.train.shm_allreduce import ShmAllReduce
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    ar = ShmAllReduce.create(None, 16)
+    if rank == 1:
+        os._exit(0)  # gone without a word: the kernel closes its pipes
+    try:
+        ar.average_(torch.ones(16))
+        queue.put("averaged without its peer")
+    except RuntimeError as e:
+        queue.put(f"raised: {e}")
+    queue.close()
+    queue.join_thread()  # the message is out before this process ends without cleaning up
+    os._exit(0)
+
+
+def test_a_rank_that_dies_makes_the_others_fail_instead_of_wait():
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_dies_after_setup, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    try:
+        said = queue.get(timeout=120)
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
+    assert said.startswith("raised:") and "gone" in said, said
