@@ -7,9 +7,11 @@ Arm B: a TorchRec DistributedModelParallel loop written by hand, launched with
 torch.multiprocessing over gloo, no Ray; it builds DLRM_DCN / the planner / optimizers itself and
 feeds batches from its half of the same training parquet file.
 
-Both use the same batch builder (raytrain.data.batches.Columns) so the ratio isolates what the
-framework adds around the training steps. Throughput is training examples/s over the epochs after
-the first (warm); start-up is the time from launch to the first training step.
+Both use the same batch builder (raytrain.data.batches.Columns) and average gradients the same way
+(through shared memory, raytrain.train.shm_allreduce, as raytrain does when every worker is on one
+machine), so the ratio isolates what the framework adds around the training steps. Throughput is
+training examples/s over the epochs after the first (warm); start-up is the time from launch to the
+first training step.
 """
 
 from __future__ import annotations
@@ -89,6 +91,10 @@ def handwritten_worker(rank: int, world: int, port: int, epochs: int, out: str, 
     planner = EmbeddingShardingPlanner(topology=Topology(world_size=world, compute_device="cpu"), constraints=constraints)
     plan = planner.collective_plan(model, None, dist.GroupMember.WORLD)
     dmp = DistributedModelParallel(model, device=torch.device("cpu"), plan=plan)
+    if world > 1:  # gradients averaged the way raytrain averages them on one machine (a DDP comm hook)
+        from raytrain.train.shm_allreduce import use_shared_memory
+
+        assert use_shared_memory(dmp) is not None
     dense = KeyedOptimizerWrapper(dict(in_backward_optimizer_filter(dmp.named_parameters())),
                                   lambda ps: torch.optim.Adam(ps, lr=o.lr))
     opt = CombinedOptimizer([dmp.fused_optimizer, dense])
