@@ -79,7 +79,7 @@ def training_worker(rank: int, port: int, allreduce: str, epochs: int, out: str)
     from raytrain.data import prepare
     from raytrain.data.batches import Columns
     from raytrain.spec import load_spec
-    from raytrain.train.distributed import shard_model
+    from raytrain.train.distributed import shard_model, train_step
 
     _init(rank, port)
     spec = load_spec(ROOT / "jobs" / "train_ml100k.yaml", [f"train.allreduce={allreduce}"])
@@ -95,10 +95,7 @@ def training_worker(rank: int, port: int, allreduce: str, epochs: int, out: str)
         dist.barrier()
         t0 = time.perf_counter()
         for batch in batches:
-            loss, _ = sharded.module(batch)
-            sharded.optimizer.zero_grad()
-            loss.backward()
-            sharded.optimizer.step()
+            train_step(sharded, batch)
         dist.barrier()
         rates.append(len(batches) * b * 2 / (time.perf_counter() - t0))
     digest = hashlib.sha256()

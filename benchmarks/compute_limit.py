@@ -169,7 +169,7 @@ def dmp_rate(epochs: int, threads: int, overrides: list[str] = ()) -> float:
 
     import torch.distributed as dist
 
-    from raytrain.train.distributed import shard_model
+    from raytrain.train.distributed import shard_model, train_step
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
@@ -183,10 +183,7 @@ def dmp_rate(epochs: int, threads: int, overrides: list[str] = ()) -> float:
     for epoch in range(epochs):
         t0 = time.perf_counter()
         for b in batches:
-            loss, _ = sharded.module(b)
-            sharded.optimizer.zero_grad()
-            loss.backward()
-            sharded.optimizer.step()
+            train_step(sharded, b)
         if epoch > 0:
             rates.append(len(batches) * B / (time.perf_counter() - t0))
     return max(rates)

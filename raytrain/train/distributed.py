@@ -131,6 +131,15 @@ def shard_model(
     return ShardedModel(dmp, plan, CombinedOptimizer(optimizers), local_allreduce(dmp, spec, device, pg, local_world_size))
 
 
+def train_step(sharded: ShardedModel, batch: Batch) -> torch.Tensor:
+    """One optimizer step on a CPU batch (what the loop does per step, for benchmarks and tests); the loss."""
+    loss, _ = sharded.module(batch)
+    sharded.optimizer.zero_grad()
+    loss.backward()
+    sharded.optimizer.step()
+    return loss
+
+
 def local_allreduce(dmp, spec, device: torch.device, pg, local_world_size: int | None) -> ShmAllReduce | None:
     """Gradients averaged through shared memory when ``train.allreduce`` is auto and every rank of ``pg`` is a CPU
     worker on this machine (``local_world_size`` ranks here, as Ray Train counts them); else the process group."""
