@@ -22,13 +22,13 @@ from ..data.schema import FeatureSchema
 from ..data.stream import RankStream, SplitIndex, prefetched
 
 
-def _agree(n: int, op, device: torch.device | None = None) -> int:
-    """One integer agreed over all ranks. The tensor lives on the process group's device: a CPU tensor under
-    the ``cpu:gloo,cuda:nccl`` backend raytrain selects for CUDA runs, or ``device``."""
-    if not dist.is_initialized() or dist.get_world_size() == 1:
+def _agree(n: int, op, device: torch.device | None = None, group=None) -> int:
+    """One integer agreed over all ranks of ``group`` (default: all). The tensor lives on the process group's
+    device: a CPU tensor under the ``cpu:gloo,cuda:nccl`` backend raytrain selects for CUDA runs, or ``device``."""
+    if not dist.is_initialized() or dist.get_world_size(group) == 1:
         return n
     t = torch.tensor([n], dtype=torch.int64, device=device)
-    dist.all_reduce(t, op=op)
+    dist.all_reduce(t, op=op, group=group)
     return int(t.item())
 
 

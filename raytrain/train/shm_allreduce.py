@@ -30,6 +30,11 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ..log import get_logger
+from .loaders import _agree
+
+log = get_logger(__name__)
+
 SLOT_NUMEL_MAX = 1 << 20  # 4 MiB slots (8 MiB per rank): a larger bucket goes through in chunks
 
 
@@ -38,17 +43,10 @@ def _shm_dir() -> Path:
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
 
 
-def _all_ok(ok: bool, group) -> bool:
-    flag = torch.tensor([1 if ok else 0])
-    dist.all_reduce(flag, op=dist.ReduceOp.MIN, group=group)
-    return bool(flag.item())
-
-
 class ShmAllReduce:
     """The shared slots and pipes of the group's ranks; ``hook`` is a DDP comm hook. Build with ``create``."""
 
     def __init__(self, group, slot_numel: int) -> None:
-        self.group = group
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
         self.slot_numel = slot_numel
         self.slots: list[torch.Tensor] = []
@@ -61,15 +59,12 @@ class ShmAllReduce:
     def create(cls, group, numel: int) -> "ShmAllReduce | None":
         """Set up on every rank of ``group`` (a collective); None on every rank if any rank could not. ``numel``: the
         largest bucket this rank expects; the ranks agree on the largest (every rank must lay out its slots alike)."""
-        largest = torch.tensor([numel], dtype=torch.int64)
-        dist.all_reduce(largest, op=dist.ReduceOp.MAX, group=group)
-        self = cls(group, max(1, min(int(largest.item()), SLOT_NUMEL_MAX)))
+        largest = _agree(numel, dist.ReduceOp.MAX, group=group)
+        self = cls(group, max(1, min(largest, SLOT_NUMEL_MAX)))
         token = [secrets.token_hex(8) if self.rank == 0 else None]
         dist.broadcast_object_list(token, src=dist.get_global_rank(group, 0) if group else 0, group=group)
         base = f"{_shm_dir()}/raytrain-grad-{token[0]}"
-        ok = _all_ok(self._try(self._create_own, base), group)
-        if ok:
-            ok = _all_ok(self._try(self._open_peers, base), group)
+        ok = self._all_ok(self._create_own, base, group) and self._all_ok(self._open_peers, base, group)
         self._unlink()
         if not ok:
             self.close()
@@ -78,16 +73,15 @@ class ShmAllReduce:
             os.set_blocking(fd, True)
         return self
 
-    def _try(self, step, base: str) -> bool:
+    def _all_ok(self, step, base: str, group) -> bool:
+        """Run a set-up step here; whether it succeeded on every rank (a collective)."""
         try:
             step(base)
-            return True
+            ok = 1
         except OSError as e:
-            from ..log import get_logger
-
-            get_logger(__name__).warning(f"shared-memory gradient averaging unavailable on rank {self.rank} ({e}): "
-                                         "using gloo")
-            return False
+            log.warning(f"shared-memory gradient averaging unavailable on rank {self.rank} ({e}): using gloo")
+            ok = 0
+        return bool(_agree(ok, dist.ReduceOp.MIN, group=group))
 
     def _create_own(self, base: str) -> None:
         mine = Path(f"{base}-r{self.rank}")
