@@ -200,10 +200,16 @@ class Columns:
                      row_ids)
 
 
+SLICE_FROM = 64  # mean list length from which a copy per row beats index arithmetic per value (2x at 160 ids a row)
+
+
 def _gather_lists(vals: torch.Tensor, offs: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The lists of rows ``idx``: (their values end to end, their lengths)."""
     starts, lens = offs[idx], offs[idx + 1] - offs[idx]
     total = int(lens.sum())
+    if idx.numel() and total >= SLICE_FROM * idx.numel():  # long lists (histories): one slice copied per row
+        v = vals.numpy()
+        return torch.from_numpy(np.concatenate([v[a:b] for a, b in zip(starts.tolist(), (starts + lens).tolist())])), lens
     out_starts = torch.cumsum(lens, 0) - lens
     gather = torch.repeat_interleave(starts - out_starts, lens, output_size=total) + torch.arange(total)
     return vals[gather], lens

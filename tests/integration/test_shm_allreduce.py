@@ -45,8 +45,17 @@ def _average_rounds(rank: int, world: int, sizes: list[int], slot: int):
         ar.average_(x)
         out.append((x.numpy().copy(), ref.numpy()))
     exchanges = ar.exchanges
+    # all of them in one call (a step's buckets): laid end to end, across slot boundaries, an empty one among them
+    xs = [torch.randn(n, generator=torch.Generator().manual_seed(7 * i + rank)) for i, n in enumerate([*sizes, 0])]
+    refs = [x.clone() for x in xs]
+    for r in refs:
+        dist.all_reduce(r)
+        r /= world
+    ar.average_(*xs)
+    out += [(x.numpy().copy(), r.numpy()) for x, r in zip(xs, refs)]
+    together = ar.exchanges - exchanges
     ar.close()
-    return out, left, exchanges
+    return out, left, (exchanges, together)
 
 
 @pytest.mark.parametrize("world,slot", [(2, 64), (3, 64), (3, None)])
@@ -56,7 +65,7 @@ def test_averages_match_gloo_with_the_same_bits_on_every_rank(world, slot):
     for rank, (out, left, exchanges) in enumerate(results):
         assert left == [], f"rank {rank} found {left} in shared memory after setup"
         # with 64-element slots, 1000 -> 16 chunks: the two slots are reused many times
-        assert exchanges == sum(-(-n // (slot or max(sizes))) for n in sizes)
+        assert exchanges == (sum(-(-n // (slot or max(sizes))) for n in sizes), -(-sum(sizes) // (slot or max(sizes))))
         for i, (mine, ref) in enumerate(out):
             np.testing.assert_allclose(mine, ref, rtol=1e-5, atol=1e-6, err_msg=f"rank {rank} bucket {i}")
             # bit-identical replicas: every rank sums the same slots in the same order

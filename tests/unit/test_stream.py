@@ -152,3 +152,31 @@ def test_histogram_auc_of_narrow_predictions():
     acc = BinaryAccumulator()
     acc.add(y, p)
     assert abs(acc.result()["auc"] - roc_auc_score(y, p)) < 1e-4
+
+
+@pytest.mark.parametrize("mean_len", [1, 3, 200])  # short lists (index arithmetic) and long ones (a slice per row)
+def test_batches_gather_each_rows_list_whatever_its_length(mean_len):
+    import torch
+
+    from raytrain.data.batches import SLICE_FROM, Columns, _gather_lists
+
+    rng = np.random.default_rng(mean_len)
+    n = 300
+    lens = rng.integers(0, 2 * mean_len + 1, n)  # empty lists among them
+    lists = [rng.integers(0, 50, k) for k in lens]
+    schema = FeatureSchema(sparse=(SparseFeature("hist", 50, True, "hist"), SparseFeature("item", 50, False, "item")),
+                           dense=())
+    offs = torch.from_numpy(np.concatenate([[0], np.cumsum(lens)]).astype(np.int64))
+    vals = torch.from_numpy(np.concatenate(lists).astype(np.int64))
+    item = torch.from_numpy(rng.integers(0, 50, n))
+    cols = Columns(schema, {"item": item}, {"hist": (vals, offs)}, torch.zeros((n, 0)), torch.zeros(n))
+    none = _gather_lists(vals, offs, torch.zeros(0, dtype=torch.int64))
+    assert none[0].numel() == 0 and none[1].numel() == 0
+    for size in (1, 64, n):
+        idx = torch.from_numpy(rng.permutation(n)[:size])
+        kjt = cols.batch(idx).sparse.to_dict()
+        assert kjt["hist"].lengths().tolist() == [len(lists[i]) for i in idx.tolist()]
+        want = np.concatenate([lists[i] for i in idx.tolist()] + [np.zeros(0, np.int64)])
+        assert kjt["hist"].values().tolist() == want.tolist()
+        assert kjt["item"].values().tolist() == item[idx].tolist()
+    assert (mean_len >= SLICE_FROM) == (mean_len == 200)  # both paths ran
