@@ -11,8 +11,8 @@ for 4 bytes, 0.18 ms for 1.2 MB (README, "Gradient averaging").
 The hook does not exchange each bucket as DDP hands it over: it collects the buckets of the backward pass,
 from every DDP of the model, and averages them together when the pass ends (an autograd engine callback, which
 runs before any DDP waits on its buckets). Each exchange is a point where the ranks wait for each other: on
-the 2-core machine the demo model's step waited 1.2-2.3 ms in its two exchanges (README), and one exchange a
-step instead of one per DDP halves the waits. (Over gloo, DDP overlaps a bucket's transfer with the rest of
+the 2-core machine the demo model's step waited 1.1-2.4 ms in its two exchanges (README): one exchange a step
+instead of one per DDP gives the ranks one point to wait at. (Over gloo, DDP overlaps a bucket's transfer with the rest of
 the backward pass; a shared-memory exchange is a memory copy, with nothing to overlap.)
 
 Each rank owns a segment of two slots; ranks signal each other through named pipes, one per ordered pair
