@@ -89,18 +89,31 @@ def test_a_rank_that_cannot_set_up_leaves_every_rank_on_gloo():
         assert left == []
 
 
-def _dies_after_setup(rank: int, world: int, port: int, queue) -> None:
+def _dies_after_setup(rank: int, world: int, port: int, queue, ddp: bool) -> None:
     import torch.distributed as dist
 
     from raytrain.train.shm_allreduce import ShmAllReduce
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    ar = ShmAllReduce.create(None, 16)
+    if ddp:  # inside a DDP's backward pass: the step's exchange runs in an autograd engine callback
+        from torch.nn.parallel import DistributedDataParallel
+
+        from raytrain.train.shm_allreduce import use_shared_memory
+
+        model = DistributedDataParallel(torch.nn.Linear(4, 4))
+        assert use_shared_memory(model) is not None
+        for _ in range(2):  # with the peer: the first pass (bucket by bucket), the second (DDP rebuilds its buckets)
+            model(torch.ones(2, 4)).sum().backward()
+    else:
+        ar = ShmAllReduce.create(None, 16)
     if rank == 1:
         os._exit(0)  # gone without a word: the kernel closes its pipes
     try:
-        ar.average_(torch.ones(16))
+        if ddp:
+            model(torch.ones(2, 4)).sum().backward()
+        else:
+            ar.average_(torch.ones(16))
         queue.put("averaged without its peer")
     except RuntimeError as e:
         queue.put(f"raised: {e}")
@@ -109,11 +122,12 @@ def _dies_after_setup(rank: int, world: int, port: int, queue) -> None:
     os._exit(0)
 
 
-def test_a_rank_that_dies_makes_the_others_fail_instead_of_wait():
+@pytest.mark.parametrize("ddp", [False, True])
+def test_a_rank_that_dies_makes_the_others_fail_instead_of_wait(ddp):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_dies_after_setup, args=(r, 2, port, queue)) for r in range(2)]
+    procs = [ctx.Process(target=_dies_after_setup, args=(r, 2, port, queue, ddp)) for r in range(2)]
     for p in procs:
         p.start()
     try:
