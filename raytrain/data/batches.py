@@ -205,11 +205,12 @@ SLICE_FROM = 64  # mean list length from which a copy per row beats index arithm
 
 def _gather_lists(vals: torch.Tensor, offs: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The lists of rows ``idx``: (their values end to end, their lengths)."""
-    starts, lens = offs[idx], offs[idx + 1] - offs[idx]
+    starts, ends = offs[idx], offs[idx + 1]
+    lens = ends - starts
     total = int(lens.sum())
     if idx.numel() and total >= SLICE_FROM * idx.numel():  # long lists (histories): one slice copied per row
         v = vals.numpy()
-        return torch.from_numpy(np.concatenate([v[a:b] for a, b in zip(starts.tolist(), (starts + lens).tolist())])), lens
+        return torch.from_numpy(np.concatenate([v[a:b] for a, b in zip(starts.tolist(), ends.tolist())])), lens
     out_starts = torch.cumsum(lens, 0) - lens
     gather = torch.repeat_interleave(starts - out_starts, lens, output_size=total) + torch.arange(total)
     return vals[gather], lens

@@ -132,7 +132,7 @@ def shard_model(
 
 
 def train_step(sharded: ShardedModel, batch: Batch) -> torch.Tensor:
-    """One optimizer step on a CPU batch (what the loop does per step, for benchmarks and tests); the loss."""
+    """One optimizer step on a CPU batch (the loop's step; the benchmarks' too); the loss."""
     loss, _ = sharded.module(batch)
     sharded.optimizer.zero_grad()
     loss.backward()

@@ -17,7 +17,7 @@ from ..kinds import JobSpec
 from ..log import get_logger
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank, summarize_plan
 from ..storage import Store
-from .distributed import shard_model
+from .distributed import shard_model, train_step
 from .loaders import EvalData, TrainData
 from .metrics import evaluate
 from .worker_checkpoints import restore, resume_point, save_and_report, test_at_best
@@ -72,10 +72,7 @@ def _train_epoch(sharded, data: TrainData, epoch: int, device, rank: int, epochs
                 after_step(step + 1, None)
     else:
         for step, batch in enumerate(batches, start=start_step):
-            loss, _ = module(batch)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            loss = train_step(sharded, batch)
             total_loss += loss.detach()
             if after_step is not None:
                 after_step(step + 1, batch)
