@@ -19,6 +19,14 @@ def cmd_validate(args) -> int:
     from ..spec import load_spec, resolved_yaml
 
     spec = load_spec(args.spec, args.overrides)
+    if spec.kind == "serve" and spec.serve is not None:
+        # the models already on local storage: can they be served as the spec asks? (runs not made yet, or at a
+        # URI, are checked by `raytrain serve` before it deploys)
+        from ..serve.sources import servable_problems
+
+        problems = servable_problems(spec.serve, resolve_missing=False)
+        if problems:
+            raise SpecError(problems, args.spec)
     if args.print_resolved:
         print(resolved_yaml(spec), end="")
     else:

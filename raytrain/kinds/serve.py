@@ -25,6 +25,24 @@ class ExploreSpec(Section):
     seed: Optional[int] = Field(None, description="the sampler's seed (none: fresh randomness)")
 
 
+TableDtype = Literal["none", "fp16", "int8", "int4"]
+
+
+class RetrievalSpec(Section):
+    """How /recommend finds its candidates among the catalogue: exact top-K below ``exact_below`` items, an ANN
+    index (faiss) above; the exact path is the recall reference (docs/serving.md, "Retrieval")."""
+
+    index: Literal["auto", "exact", "ivf", "hnsw"] = Field(
+        "auto", description="auto: exact below exact_below items, ivf above; or force one")
+    exact_below: int = Field(200_000, ge=1, description="auto: catalogues smaller than this are ranked exactly")
+    nlist: Optional[int] = Field(None, ge=1, description="ivf: clusters (none: about 4 sqrt(items), at most 65536 and "
+                                                          "at least 39 items a cluster)")
+    nprobe: int = Field(16, ge=1, description="ivf: clusters searched per query")
+    hnsw_m: int = Field(32, ge=4, description="hnsw: links per node")
+    ef_search: int = Field(256, ge=1, description="hnsw: candidate list length while searching (at least twice the "
+                                                   "items a query asks for)")
+
+
 class VariantSpec(Section):
     """One served model: exactly one source. Paths may be a run directory or a directory above it (the newest
     matching run under it is used). In a pipeline, ``step`` names an earlier step's output instead."""
@@ -38,6 +56,18 @@ class VariantSpec(Section):
     step: Optional[str] = Field(
         None, description="pipeline only: the output of this earlier step")
     explore: Optional[ExploreSpec] = Field(None, description="explore on /recommend and log every decision")
+    quantize: TableDtype = Field(
+        "none", description="the members' embedding tables at serving time: fp16, int8 or int4 rows (TorchRec "
+                            "inference quantization on FBGEMM), or none (fp32 as trained)")
+    quantize_tables: dict[str, TableDtype] = Field(
+        default_factory=dict, description="per-feature overrides of quantize, e.g. {item_id: fp16}")
+    retrieval: RetrievalSpec = Field(
+        default_factory=RetrievalSpec, description="two-tower and sequential models: how /recommend searches the "
+                                                   "catalogue")
+    retrieve_from: Optional[str] = Field(
+        None, description="two-stage /recommend: another variant (a two-tower model) retrieves candidates, this one "
+                          "ranks them")
+    retrieve_k: int = Field(200, ge=1, description="with retrieve_from: candidates retrieved per request")
 
     def given(self) -> list[str]:
         return [k for k in ("ensemble", "tune_run", "run", "distill", "step") if getattr(self, k) is not None]
@@ -95,6 +125,9 @@ class ServeSpec(Section):
                            "gateway can strip from outside requests). Forced requests are marked forced")
     force_header: str = Field("X-Raytrain-Variant", pattern=r"^[A-Za-z0-9-]+$",
                               description="with force_variant: header")
+    recommend: Optional[bool] = Field(
+        None, description="serve /recommend: none (where every variant's model has a user id and an item id feature), "
+                          "true (required: a model without them is refused before deploying) or false")
     oov: Literal["unknown", "reject"] = Field(
         "unknown", description="ids never seen or out of range: 'unknown' maps them to the reserved id 0 (and the "
                                "feature store's unknown row) and counts them in the reply; 'reject' answers 422")
@@ -108,6 +141,10 @@ class ServeSpec(Section):
         return e.model_dump(mode="json") if e is not None else None
 
     @property
+    def recommend_on(self) -> bool:
+        return self.recommend is not False
+
+    @property
     def shares(self) -> dict[str, float]:
         return dict(self.traffic) or {next(iter(self.variants)): 1.0}
 
@@ -115,6 +152,9 @@ class ServeSpec(Section):
     def _traffic(self):
         names = set(self.variants)
         for name, v in self.variants.items():
+            if v.retrieve_from is not None and (v.retrieve_from not in names or v.retrieve_from == name):
+                raise ValueError(f"variants.{name}.retrieve_from: {v.retrieve_from!r} is not another variant "
+                                 f"({', '.join(sorted(names - {name})) or 'there is none'})")
             if len(v.given()) != 1:
                 raise ValueError(f"variants.{name}: give exactly one of ensemble, tune_run, run, distill or step "
                                  f"(got {', '.join(v.given()) or 'none'})")
@@ -136,6 +176,7 @@ class ServeSpec(Section):
 def checks(spec: JobSpec, steps: list[str]) -> list[str]:
     assert spec.serve is not None
     problems = []
+
     for name, v in spec.serve.variants.items():
         if v.step is not None and spec.kind != "pipeline":
             problems.append(f"serve.variants.{name}.step: only in a pipeline; give a run path instead")

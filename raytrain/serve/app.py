@@ -8,6 +8,7 @@ import logging
 import time
 import uuid
 from dataclasses import asdict
+from pathlib import Path
 
 import numpy as np
 from fastapi import FastAPI, Request
@@ -18,7 +19,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from .decisions import LogBuffer, bind_ingress, request_rows
 from .explore import explore_slate, top_k
-from .features import FeatureStore, RequestError
+from .features import FeatureStore, RequestError, _key, to_wire
 from .members import MemberModel
 from .requests import FeedbackRequest, PredictRequest, RecommendRequest, install_error_replies
 from .routing import assign, forced_variant, group_rows
@@ -44,6 +45,7 @@ class Ingress(Scorer):
         import pyarrow.parquet as pq
 
         from ..data import prepare
+        from ..data.schema import FeatureSchema
         from ..ensemble.combine import Combiner
         from ..kinds.serve import ServeSpec
         from ..spec.sections import DataSpec
@@ -53,10 +55,20 @@ class Ingress(Scorer):
         self.variants = [ResolvedVariant(v["name"], [MemberRef(**m) for m in v["members"]], v["combiner"],
                                          v["source"]) for v in variants]
         self.combiners = {v.name: (Combiner.from_dict(v.combiner) if v.combiner else None) for v in self.variants}
-        self.handles = handles  # checkpoint path -> DeploymentHandle of its MemberModel
-        prepared = prepare(DataSpec.model_validate(config["data"]))
-        table = pa.concat_tables([pq.read_table(p) for s in ("train", "validation", "test") for p in prepared.paths[s]])
-        self.store = FeatureStore(prepared.schema, table, user_key=self.cfg.sticky_key)
+        self.handles = handles  # MemberRef.key -> DeploymentHandle of its MemberModel
+        # variants that retrieve from their own index: a single two-tower model (MemberRef.retrieval)
+        self.retrievers = {v.name: v.members[0].key for v in self.variants
+                           if len(v.members) == 1 and v.members[0].retrieval}
+        schema = FeatureSchema.from_dict(config["schema"])
+        table = None
+        if _key(schema, "user", self.cfg.sticky_key) is not None or _key(schema, "item", "item_id") is not None:
+            # the feature store's rows: each user's and item's latest features (not for Criteo-format models,
+            # whose rows carry every feature and whose logs may be terabytes)
+            prepared = prepare(DataSpec.model_validate(config["data"]))
+            table = pa.concat_tables([pq.read_table(p) for s in ("train", "validation", "test")
+                                      for p in prepared.paths[s]])
+        hashed = frozenset(f.name for f in schema.sparse) if config["data"].get("source") == "criteo" else frozenset()
+        self.store = FeatureStore(schema, table, user_key=self.cfg.sticky_key, hashed=hashed)
         self.started = time.time()
         self.requests = COUNTS
         self.decision_log = decision_log  # the DecisionLog handle: every request, exploring decisions, feedback
@@ -114,8 +126,12 @@ class Ingress(Scorer):
         forced = self._forced(body.variant, request)
         body.check(self.cfg.max_request_rows)
         rows, key = body.rows, self.store.user_key
-        names = [forced or assign(self.cfg.shares, self.name, r.get(key) if isinstance(r, dict) else None)
-                 for r in rows]
+        if key is None:  # no user to stick to: the request is the unit the traffic split assigns
+            sticky = uuid.uuid4().hex
+            names = [forced or assign(self.cfg.shares, self.name, sticky)] * len(rows)
+        else:
+            names = [forced or assign(self.cfg.shares, self.name, r.get(key) if isinstance(r, dict) else None)
+                     for r in rows]
         groups = group_rows(names)
         parsed = {n: self.store.parse([rows[i] for i in idx], self.cfg.oov, where="rows") for n, idx in groups.items()}
         probs = np.empty(len(rows))
@@ -126,8 +142,10 @@ class Ingress(Scorer):
             for k, c in parsed[n].unknown.items():
                 unknown[k] = unknown.get(k, 0) + c
         rid = uuid.uuid4().hex
-        await self._log(request_rows(rid, "predict", names, forced is not None, [r.get(key) for r in rows],
-                                     [r.get(self.store.item_key) for r in rows]))
+        item_key = self.store.item_key
+        await self._log(request_rows(rid, "predict", names, forced is not None,
+                                     [r.get(key) if key else None for r in rows],
+                                     [r.get(item_key) if item_key else None for r in rows]))
         self.requests["predict"] += 1
         out = {"request_id": rid, "probabilities": probs.tolist(), "variants": names, "forced": forced is not None,
                "unknown_ids": unknown}
@@ -141,23 +159,46 @@ class Ingress(Scorer):
 
     async def _recommend(self, body: RecommendRequest, request: Request) -> dict:
         key, item_key = self.store.user_key, self.store.item_key
+        if key is None or item_key is None or not self.cfg.recommend_on:
+            raise RequestError("/recommend is not served here: "
+                               + ("serve.recommend is false" if self.cfg.recommend is False else
+                                  "the model has no single-valued user id and item id feature; POST /predict"), 404)
         body.check(key, self.cfg.max_recommend_k, 10 * self.cfg.max_request_rows)
         user, k = body.value(key), body.k
-        candidates = body.candidates if body.candidates is not None else self.store.known_items.tolist()
         forced = self._forced(body.variant, request)
         variant = forced or assign(self.cfg.shares, self.name, user)
-        parsed = self.store.parse([{key: user, item_key: c} for c in candidates], self.cfg.oov, where="candidates")
-        items = parsed.columns.ids[item_key].numpy()
-        probs = await self.scores(variant, parsed.columns)
+        spec_v, explore = self.cfg.variants[variant], self.cfg.variants[variant].explore
+        who = self.store.parse([{key: user, item_key: 0}], self.cfg.oov, where="body")
+        uid = int(who.columns.ids[key][0])
         seen = self.store.schema.seen_items
-        if body.exclude_rated and seen is not None:
-            uid = int(parsed.columns.ids[key][0])
-            rated = set(self.store.values[seen][uid]) - {0}  # type: ignore[index]
-            probs = np.where(np.isin(items, list(rated)), -np.inf, probs)
+        rated = (sorted(set(self.store.values[seen][uid]) - {0})  # type: ignore[index]
+                 if body.exclude_rated and seen is not None else [])
+        source = variant if variant in self.retrievers else spec_v.retrieve_from
+        if body.candidates is None and source is not None:
+            # retrieval: the two-tower member's index finds the candidates (seen items left out); a two-stage
+            # variant (retrieve_from) then ranks them itself
+            n = spec_v.retrieve_k if spec_v.retrieve_from else max(k, explore.pool if explore is not None else k)
+            logits, found = await self.retrieve(self.retrievers[source], to_wire(who.columns), n, [rated])
+            keep = found[0] >= 0
+            items, logit = found[0][keep], logits[0][keep].astype(np.float64)
+            unknown = {f: c for f, c in who.unknown.items() if f != item_key}
+            if spec_v.retrieve_from is not None:
+                parsed = self.store.parse([{key: user, item_key: int(c)} for c in items], self.cfg.oov,
+                                          where="candidates")
+                probs = await self.scores(variant, parsed.columns) if len(items) else np.zeros(0)
+            else:
+                probs = 1.0 / (1.0 + np.exp(-logit))
+        else:
+            candidates = body.candidates if body.candidates is not None else self.store.known_items.tolist()
+            parsed = self.store.parse([{key: user, item_key: c} for c in candidates], self.cfg.oov,
+                                      where="candidates")
+            items = parsed.columns.ids[item_key].numpy()
+            probs = await self.scores(variant, parsed.columns)
+            if rated:
+                probs = np.where(np.isin(items, rated), -np.inf, probs)
+            unknown = parsed.unknown
         rid, decisions = uuid.uuid4().hex, list[dict]()
-        explore = self.cfg.variants[variant].explore
         if explore is not None:
-            uid = int(parsed.columns.ids[key][0])
             out, decisions = explore_slate(explore, self.rngs[variant], self.store, rid, variant, uid, items, probs, k,
                                            forced is not None)
         else:
@@ -166,7 +207,7 @@ class Ingress(Scorer):
         await self._log(request_rows(rid, "recommend", [variant], forced is not None, [user],
                                      [[x[item_key] for x in out["items"]]]), decisions)
         self.requests["recommend"] += 1
-        return {key: user, "variant": variant, "forced": forced is not None, "unknown_ids": parsed.unknown, **out}
+        return {key: user, "variant": variant, "forced": forced is not None, "unknown_ids": unknown, **out}
 
     @api.post("/feedback")
     async def feedback(self, body: FeedbackRequest):
@@ -174,6 +215,8 @@ class Ingress(Scorer):
         "reward" (default 1)}; taken within serve.feedback_window_s."""
         try:
             item_key = self.store.item_key
+            if item_key is None:
+                raise RequestError("/feedback is not served here: the model has no item id feature", 404)
             item = body.check(item_key)
             if self.decision_log is None or self.log_buffer is None:
                 raise RequestError("request_id: this application keeps no request log (no run directory)", 404)
@@ -228,14 +271,15 @@ def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None)
     handles: dict[str, object] = {}
     for v in variants:
         for m in v.members:
-            if m.checkpoint in handles:
+            if m.key in handles:
                 continue
             dep = MemberModel.options(  # type: ignore[attr-defined]
                 name=f"member-{len(handles)}-{m.name}"[:60],
                 ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
                 max_ongoing_requests=max(cfg.max_ongoing_requests, 2 * cfg.max_batch_size), **scaling)
-            handles[m.checkpoint] = dep.bind(m, cfg.torch_threads)
-    config = {"name": spec.name, "serve": cfg.model_dump(mode="json"), "data": _data_of(variants)}
+            handles[m.key] = dep.bind(m, cfg.torch_threads)
+    data, schema = _data_of(variants)
+    config = {"name": spec.name, "serve": cfg.model_dump(mode="json"), "data": data, "schema": schema}
     payload = [{"name": v.name, "members": [asdict(m) for m in v.members], "combiner": v.combiner,
                 "source": v.source} for v in variants]
     exploring = any(v.explore is not None for v in cfg.variants.values())
@@ -244,8 +288,8 @@ def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None)
     return bind_ingress(Ingress, cfg, log_dir if cfg.request_log or exploring else None, config, payload, handles)
 
 
-def _data_of(variants: list[ResolvedVariant]) -> dict:
-    """The data spec every member was trained on (one feature schema for the whole application)."""
+def _data_of(variants: list[ResolvedVariant]) -> tuple[dict, dict]:
+    """The data spec every member was trained on and its feature schema (one for the whole application)."""
     from ..errors import CheckpointError
     from ..spec import load_spec
 
@@ -258,4 +302,5 @@ def _data_of(variants: list[ResolvedVariant]) -> dict:
         if json.dumps(d, sort_keys=True) != json.dumps(first, sort_keys=True):
             raise CheckpointError(f"serve: member {name} was trained on other data than the rest "
                                   "(one application serves one feature schema)")
-    return first
+    m = variants[0].members[0]
+    return first, json.loads((Path(m.run_dir) / "schema.json").read_text())

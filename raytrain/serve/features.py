@@ -48,14 +48,15 @@ def _key(schema: FeatureSchema, group: str, preferred: str) -> str | None:
 
 
 class FeatureStore:
-    def __init__(self, schema: FeatureSchema, table: pa.Table, user_key: str = "user_id", item_key: str = "item_id"):
-        """``table``: all prepared rows, oldest split first (each user's and item's latest row is its features)."""
+    def __init__(self, schema: FeatureSchema, table: pa.Table | None, user_key: str = "user_id",
+                 item_key: str = "item_id", hashed: frozenset[str] = frozenset()):
+        """``table``: all prepared rows, oldest split first (each user's and item's latest row is its features); None
+        where the schema has no user or item id (a Criteo-format model: every row carries all its features).
+        ``hashed``: features whose raw value (a hex string, as in the Criteo logs) is hashed as in training."""
         self.schema = schema
-        user, item = _key(schema, "user", user_key), _key(schema, "item", item_key)
-        if user is None or item is None:
-            raise ValueError("serving needs a single-valued user id and item id feature in the schema")
-        self.user_key: str = user
-        self.item_key: str = item
+        self.user_key: str | None = _key(schema, "user", user_key)
+        self.item_key: str | None = _key(schema, "item", item_key)
+        self.hashed = hashed
         self.card = {f.name: f.cardinality for f in schema.sparse}
         self.multi = {f.name for f in schema.sparse if f.multi_valued}
         self.group: dict[str, str] = {f.name: f.group for f in schema.sparse}
@@ -64,6 +65,8 @@ class FeatureStore:
         self.values: dict[str, object] = {}
         self.known: dict[str, np.ndarray] = {}
         for key, group in ((self.user_key, "user"), (self.item_key, "item")):
+            if key is None or table is None:
+                continue
             ids = np.asarray(table.column(key).to_numpy(), dtype=np.int64)
             size = self.card[key]
             last = np.full(size, -1, dtype=np.int64)
@@ -88,7 +91,18 @@ class FeatureStore:
                     arr = np.zeros(size, dtype=np.float32)
                     arr[where] = np.asarray(col.to_numpy(zero_copy_only=False), dtype=np.float32)
                     self.values[name] = arr
-        self.known_items = np.flatnonzero(self.known["item"])
+        self.known_items = np.flatnonzero(self.known["item"]) if "item" in self.known else np.zeros(0, np.int64)
+        # what every row must carry: the ids, context features, and the features of a group without an id to look
+        # them up by
+        kept = {g for g, k in (("user", self.user_key), ("item", self.item_key)) if k is not None and g in self.known}
+        self.required = [k for k in (self.user_key, self.item_key) if k is not None] + [
+            n for g in ("context", "user", "item") if g not in kept for n in self.features(g)
+            if n not in (self.user_key, self.item_key)]
+
+    @property
+    def ranks_items(self) -> bool:
+        """Whether /recommend can work here: a user id to know whom for, an item id to rank."""
+        return self.user_key is not None and self.item_key is not None
 
     def features(self, group: str) -> list[str]:
         names = [f.name for f in self.schema.sparse] + list(self.schema.dense)
@@ -100,8 +114,9 @@ class FeatureStore:
             "sparse": {f.name: {"cardinality": f.cardinality, "multi_valued": f.multi_valued,
                                 "group": self.group[f.name]} for f in self.schema.sparse},
             "dense": {d: {"group": self.group[d]} for d in self.schema.dense},
-            "required": [self.user_key, self.item_key] + self.features("context"),
-            "known_users": int(self.known["user"].sum()), "known_items": int(self.known["item"].sum()),
+            "required": self.required,
+            "known_users": int(self.known["user"].sum()) if "user" in self.known else 0,
+            "known_items": int(self.known["item"].sum()) if "item" in self.known else 0,
         }
 
     def user_context(self, uid: int) -> dict:
@@ -123,7 +138,7 @@ class FeatureStore:
         if max_rows is not None and len(rows) > max_rows:
             raise RequestError(f"{where}: {len(rows)} rows, more than the {max_rows} allowed per request", 413)
         allowed = set(self.card) | set(self.schema.dense)
-        required = [self.user_key, self.item_key] + self.features("context")
+        required = self.required
         n = len(rows)
         single = {name: np.zeros(n, dtype=np.int64) for name in self.card if name not in self.multi}
         lists: dict[str, list] = {name: [None] * n for name in self.multi}
@@ -141,10 +156,14 @@ class FeatureStore:
             missing = [k for k in required if k not in row]
             if missing:
                 raise RequestError(f"{at}: missing field(s) {', '.join(map(repr, missing))}")
-            uid = self._id(row[self.user_key], self.user_key, at, oov, unknown, self.known["user"])
-            iid = self._id(row[self.item_key], self.item_key, at, oov, unknown, self.known["item"])
-            users.append(row[self.user_key])
-            single[self.user_key][r], single[self.item_key][r] = uid, iid
+            uid = iid = 0
+            if self.user_key is not None:
+                uid = self._id(row[self.user_key], self.user_key, at, oov, unknown, self.known.get("user"))
+                single[self.user_key][r] = uid
+            if self.item_key is not None:
+                iid = self._id(row[self.item_key], self.item_key, at, oov, unknown, self.known.get("item"))
+                single[self.item_key][r] = iid
+            users.append(row.get(self.user_key) if self.user_key is not None else None)
             for name in single:
                 if name in (self.user_key, self.item_key):
                     continue
@@ -178,11 +197,14 @@ class FeatureStore:
         return Parsed(cols, users, unknown)
 
     def _id(self, v, name: str, at: str, oov: str, unknown: dict, known: np.ndarray | None = None) -> int:
+        if isinstance(v, str) and name in self.hashed:
+            return _hashed(v, self.card[name], f"{at}.{name}")
         if isinstance(v, bool) or not isinstance(v, int):
             if isinstance(v, float) and v.is_integer():
                 v = int(v)
             else:
-                raise RequestError(f"{at}.{name}: expected an integer id, got {v!r}")
+                also = ", or its raw hex value as a string" if name in self.hashed else ""
+                raise RequestError(f"{at}.{name}: expected an integer id{also}, got {v!r}")
         if 0 <= v < self.card[name]:
             if known is not None and not known[v]:
                 unknown[name] = unknown.get(name, 0) + 1
@@ -191,6 +213,15 @@ class FeatureStore:
             raise RequestError(f"{at}.{name}: id {v} is outside [0, {self.card[name]}) (serve.oov: reject)")
         unknown[name] = unknown.get(name, 0) + 1
         return 0
+
+
+def _hashed(v: str, size: int, at: str) -> int:
+    """A raw Criteo categorical (0-16 hex digits; empty: missing) -> its row, as ``data.criteo`` hashes it."""
+    if v == "":
+        return 0
+    if len(v) > 16 or any(c not in "0123456789abcdefABCDEF" for c in v):
+        raise RequestError(f"{at}: expected an integer id or 1-16 hex digits, got {v[:40]!r}")
+    return int(v, 16) % size
 
 
 def to_wire(cols: Columns) -> dict:

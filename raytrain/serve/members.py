@@ -1,8 +1,12 @@
-"""A member deployment: one trained model, loaded unsharded from its run directory; one forward pass per call."""
+"""A member deployment: one trained model, loaded unsharded from its run directory, its tables stored as the variant
+asks (``quantize``); one forward pass per call. A two-tower member also retrieves: it embeds every item of its
+catalogue with the item tower when it starts and searches them by the user tower's vector (``retrieval``)."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,12 +23,49 @@ class MemberModel:
     models) as well as forward passes."""
 
     def __init__(self, ref: MemberRef, threads: int):
+        from ..models.build import table_name
         from ..train.export import load_model
+        from .quantize import quantize_tables, table_dtypes, table_storage
 
         torch.set_num_threads(threads)
         self.ref = ref
         self.model = load_model(ref.run_dir, ref.checkpoint)
+        features = [f.name for f in self.model.schema.sparse]
+        dtypes = table_dtypes(features, ref.quantize, dict(ref.quantize_tables), f"member {ref.name}")
+        self.model.module = quantize_tables(self.model.module,  # type: ignore[assignment]
+                                            {table_name(f): d for f, d in dtypes.items()})
+        self.tables = table_storage(self.model.module)
         self.forward_passes = 0
+        self.index = self._build_index() if ref.retrieval else None
+
+    def _towers(self, rows: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        cols = from_wire(self.model.schema, [rows])
+        with torch.inference_mode():
+            net: Any = self.model.module.model.net
+            return net.towers(cols.batch(torch.arange(len(cols))).sparse)
+
+    def _build_index(self):
+        """The item tower's vector of every item the run's data holds, in an index (``retrieval.ItemIndex``)."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from ..data import prepare
+        from ..kinds.serve import RetrievalSpec
+        from .features import FeatureStore, to_wire
+        from .retrieval import ItemIndex
+
+        prepared = prepare(self.model.spec.data)
+        table = pa.concat_tables([pq.read_table(p) for s in ("train", "validation", "test") for p in prepared.paths[s]])
+        store = FeatureStore(self.model.schema, table)
+        assert store.user_key is not None and store.item_key is not None
+        items = store.known_items
+        vectors = []
+        for start in range(0, len(items), 65536):
+            chunk = items[start:start + 65536].tolist()
+            parsed = store.parse([{store.user_key: 0, store.item_key: i} for i in chunk], where="catalogue")
+            vectors.append(self._towers(to_wire(parsed.columns))[1].float().numpy())
+        cfg = RetrievalSpec.model_validate(json.loads(self.ref.retrieval))
+        return ItemIndex(np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32), items, cfg)
 
     async def score(self, rows: dict) -> np.ndarray:
         """Logits of parsed rows (``features.to_wire``)."""
@@ -34,9 +75,21 @@ class MemberModel:
             _, logits = self.model.module(cols.batch(torch.arange(len(cols))))
         return logits.double().numpy()
 
+    async def retrieve(self, rows: dict, k: int, exclude: list[list[int]] | None) -> tuple[np.ndarray, np.ndarray]:
+        """(logits [B, k], item ids [B, k]) of each parsed row's user, best first, without its ``exclude`` items; a
+        row with fewer eligible items ends in -inf / -1. The logits are the model's own (user . item)."""
+        if self.index is None:
+            raise ValueError(f"member {self.ref.name}: not a two-tower model; it cannot retrieve")
+        self.forward_passes += 1
+        user, _ = self._towers(rows)
+        ex = [np.asarray(e, dtype=np.int64) for e in exclude] if exclude is not None else None
+        return self.index.search(user.float().numpy(), k, ex)
+
     def info(self) -> dict:
         m = self.model
         return {**asdict(self.ref), "epoch": m.epoch, "arch": m.spec.model.arch,
                 "embedding_dim": m.spec.model.embedding_dim,
                 "parameters": int(sum(p.numel() for p in m.module.parameters())),
+                "tables": self.tables, "table_bytes": sum(t["bytes"] for t in self.tables.values()),
+                **({"retrieval": self.index.describe()} if self.index is not None else {}),
                 "forward_passes": self.forward_passes}

@@ -11,10 +11,11 @@ import urllib.request
 from pathlib import Path
 
 from .. import console
+from ..errors import SpecError
 from ..kinds import JobSpec
 from ..log import get_logger
 from ..spec import resolved_yaml
-from .sources import ResolvedVariant, resolve
+from .sources import ResolvedVariant, resolve, servable_problems
 
 log = get_logger(__name__)
 
@@ -36,6 +37,9 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
     assert spec.serve is not None
     if variants is None:
         variants = [resolve(name, v) for name, v in spec.serve.variants.items()]
+    problems = servable_problems(spec.serve, variants)
+    if problems:
+        raise SpecError(problems)
     for v in variants:
         log.info(f"variant {v.name} ({spec.serve.shares[v.name]:.0%} of users): {v.source}; "
              f"{len(v.members)} member(s): {', '.join(m.name for m in v.members)}")

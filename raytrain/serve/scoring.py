@@ -76,12 +76,21 @@ class Scorer:
         await asyncio.gather(*(score_group(v, idx) for v, idx in groups.items()))
         return out
 
+    async def retrieve(self, key: str, rows: dict, n: int, exclude: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+        """A two-tower member's top ``n`` (logits, item ids) for each parsed row's user (``MemberModel.retrieve``)."""
+        handle = self.handles[key]
+        try:
+            return await handle.retrieve.remote(rows, n, exclude)
+        except Exception as e:  # as for scoring: one retry goes to a live (or restarted) replica
+            log.warning("retrieval from %s failed (%s: %s); retrying once", key.split("|")[0], type(e).__name__, e)
+            return await handle.retrieve.remote(rows, n, exclude)
+
     async def _variant_scores(self, variant: str, rows: dict) -> np.ndarray:
         """Members of a variant scored concurrently, then combined."""
         v = next(x for x in self.variants if x.name == variant)
 
         async def call(ref: MemberRef) -> np.ndarray:
-            handle = self.handles[ref.checkpoint]
+            handle = self.handles[ref.key]
             try:
                 return await handle.score.remote(rows)
             except Exception as e:  # a replica died under us: one retry goes to a live (or restarted) replica

@@ -2,22 +2,34 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..ensemble.members import best_checkpoint, member_name, read_ensemble, top_trials
 from ..errors import CheckpointError
-from ..kinds.serve import VariantSpec
+from ..kinds.serve import ServeSpec, VariantSpec
 from ..runs import newest_local_run
 
 
 @dataclass(frozen=True)
 class MemberRef:
-    """One model to load: a run directory and the checkpoint in it."""
+    """One model to load: a run directory, the checkpoint in it, and how its tables are stored when served."""
 
     name: str
     run_dir: str
     checkpoint: str
+    quantize: str = "none"  # every table's dtype (kinds.serve.TableDtype) ...
+    quantize_tables: tuple[tuple[str, str], ...] = ()  # ... but these features'
+    retrieval: str = ""  # a two-tower member's index settings (RetrievalSpec as JSON); "" for other models
+
+    def __post_init__(self) -> None:  # JSON and asdict() round trips give lists
+        object.__setattr__(self, "quantize_tables", tuple(tuple(x) for x in self.quantize_tables))
+
+    @property
+    def key(self) -> str:
+        """One member deployment per distinct key: the same checkpoint stored two ways is two deployments."""
+        tables = ",".join(f"{f}={d}" for f, d in sorted(self.quantize_tables))
+        return f"{self.checkpoint}|{self.quantize}|{tables}|{self.retrieval}"
 
 
 @dataclass
@@ -46,6 +58,19 @@ def _ref(run_dir: str | Path, name: str) -> MemberRef:
 
 
 def resolve(name: str, v: VariantSpec) -> ResolvedVariant:
+    """A variant's models on storage, each to be served with the variant's table storage (``quantize``)."""
+    import json
+
+    out = _resolve(name, v)
+    retrieval = json.dumps(v.retrieval.model_dump(mode="json"), sort_keys=True)
+    out.members = [replace(m, quantize=v.quantize, quantize_tables=tuple(sorted(v.quantize_tables.items())),
+                           retrieval=retrieval if not is_sequential(m.run_dir) and _arch(Path(m.run_dir)) == "two_tower"
+                           else "")
+                   for m in out.members]
+    return out
+
+
+def _resolve(name: str, v: VariantSpec) -> ResolvedVariant:
     if v.ensemble is not None:
         run, doc = read_ensemble(v.ensemble, v.combine, f"serve.variants.{name}")
         members = [MemberRef(m["name"], m["run_dir"], m["checkpoint"]) for m in doc["members"]]
@@ -62,3 +87,67 @@ def resolve(name: str, v: VariantSpec) -> ResolvedVariant:
         run = newest(v.run, "spec.yaml")
         return ResolvedVariant(name, [_ref(run, name)], None, f"run {run}")
     raise CheckpointError(f"serve.variants.{name}: no source (a pipeline resolves 'step' before serving)")
+
+
+def servable_problems(cfg: ServeSpec, variants: list[ResolvedVariant] | None = None,
+                      resolve_missing: bool = True) -> list[str]:
+    """What stops these variants' models from being served as ``cfg`` asks, one line each naming the field: checked
+    on the client before anything is deployed (``raytrain validate`` and ``serve``), so replicas never fail in a loop.
+    ``variants``: already resolved; else resolved here, and with ``resolve_missing`` false a variant whose models are
+    not on storage yet is skipped (``validate`` before the runs exist)."""
+    import json
+
+    from ..data.schema import FeatureSchema
+    from .features import _key
+
+    if variants is None:
+        variants = []
+        for name, given in cfg.variants.items():
+            if given.step is not None or (not resolve_missing and any(
+                    "://" in str(getattr(given, k) or "") for k in ("ensemble", "tune_run", "run", "distill"))):
+                continue
+            try:
+                variants.append(resolve(name, given))
+            except (CheckpointError, FileNotFoundError, OSError) as e:
+                if resolve_missing:
+                    return [f"serve.variants.{name}: {e}"]
+    problems: list[str] = []
+    kinds: dict[str, str] = {}
+    for rv in variants:
+        at = f"serve.variants.{rv.name}"
+        spec_v = cfg.variants[rv.name]
+        for m in rv.members:
+            run = Path(m.run_dir)
+            if is_sequential(run):
+                kinds[rv.name] = "sequential"
+                if m.quantize != "none" or m.quantize_tables:
+                    problems.append(f"{at}.quantize: sequential models ({m.name}) are served with fp32 tables in "
+                                    "this version; use none")
+                continue
+            schema = FeatureSchema.from_dict(json.loads((run / "schema.json").read_text()))
+            arch = _arch(run)
+            kinds[rv.name] = arch
+            features = [f.name for f in schema.sparse]
+            unknown = sorted(set(spec_v.quantize_tables) - set(features))
+            if unknown:
+                problems.append(f"{at}.quantize_tables: no table for feature(s) {', '.join(map(repr, unknown))} in "
+                                f"model {m.name}; its features: {', '.join(features)}")
+            ranks = _key(schema, "user", cfg.sticky_key) is not None and _key(schema, "item", "item_id") is not None
+            if not ranks and cfg.recommend:
+                problems.append(f"serve.recommend: model {m.name} of variant {rv.name} has no single-valued user id "
+                                "and item id feature, so /recommend cannot rank items for it (recommend: false "
+                                "serves /predict only)")
+            if not ranks and spec_v.explore is not None:
+                problems.append(f"{at}.explore: model {m.name} has no user id and item id feature to explore over")
+    for rv in variants:
+        source = cfg.variants[rv.name].retrieve_from
+        if source is not None and source in kinds and kinds[source] != "two_tower":
+            problems.append(f"serve.variants.{rv.name}.retrieve_from: variant {source} serves a "
+                            f"{kinds[source]} model; candidates are retrieved by a two_tower model")
+    return problems
+
+
+def _arch(run: Path) -> str:
+    from ..spec import load_spec
+
+    return load_spec(run / "spec.yaml").model.arch
