@@ -92,13 +92,13 @@ class ItemIndex:
         fetch = min(k + extra, len(self.ids))
         if self.info.kind == "hnsw":  # the candidate list must be longer than what is asked of it
             self._faiss.hnsw.efSearch = max(self.info.params["ef_search"], 2 * fetch)
-        _, pos = self._faiss.search(np.concatenate([q, np.zeros((b, 1), np.float32)], 1), fetch)
+        _, at = self._faiss.search(np.concatenate([q, np.zeros((b, 1), np.float32)], 1), fetch)
         # the exact inner products of what the index found (its L2 distances only order them), best first
-        scores = np.einsum("bd,bkd->bk", q, self.vectors[np.maximum(pos, 0)])
-        scores[pos < 0] = -np.inf
+        scores = np.einsum("bd,bkd->bk", q, self.vectors[np.maximum(at, 0)])
+        scores[at < 0] = -np.inf
         order = np.argsort(-scores, axis=1, kind="stable")
-        scores, pos = np.take_along_axis(scores, order, 1), np.take_along_axis(pos, order, 1)
-        ids = np.where(pos >= 0, self.ids[np.maximum(pos, 0)], -1)
+        scores, at = np.take_along_axis(scores, order, 1), np.take_along_axis(at, order, 1)
+        ids = np.where(at >= 0, self.ids[np.maximum(at, 0)], -1)
         out_s = np.full((b, k), -np.inf, dtype=np.float32)
         out_i = np.full((b, k), -1, dtype=np.int64)
         for r in range(b):
