@@ -77,9 +77,8 @@ def test_synthetic_mixed_sharding_learns(ray_local, tmp_path):
         assert auc["epoch_0001"] > auc["epoch_0002"]
 
 
-def test_two_tower_reports_full_catalogue_retrieval(ray_local, tmp_path):
-    spec = load_spec(ROOT / "jobs/train_ml100k_two_tower.yaml", [f"storage={tmp_path}", "train.epochs=1"])
-    summary = run_train(spec)
+def test_two_tower_reports_full_catalogue_retrieval(two_tower_summary):
+    summary = two_tower_summary
     assert summary["catalogue_items"] == 1682
     assert 800 < summary["test_retrieval_users"] <= 943
     # random ranking of ~1,600 unseen items would give recall@50 of about 0.03
