@@ -4,7 +4,8 @@
 
 What it builds under ``--work`` (or reuses when there): the demo job's DCN-v2 (jobs/train_ml100k.yaml), the two-tower
 job's model (jobs/train_ml100k_two_tower.yaml), and a Criteo-shaped DLRM (jobs/train_criteo_synth.yaml on
-``--criteo-rows`` synthetic log lines, tables of ``--criteo-table-rows`` rows, D 16).
+``--criteo-rows`` synthetic log lines, tables of ``--criteo-table-rows`` rows, D 16). The two-tower's towers end in
+64 dimensions (``model.tower=[128, 64]``): the retrieval goal is stated for d 64.
 
 1. **Quantized tables**: each model's test split scored with fp32 tables and with int8 / int4 tables (TorchRec's
    inference quantization, as a served member stores them: ``raytrain.serve.quantize``); the AUC change and the
@@ -17,6 +18,9 @@ job's model (jobs/train_ml100k_two_tower.yaml), and a Criteo-shaped DLRM (jobs/t
    (``raytrain.serve.retrieval``), alternating in blocks; recall@100 against exact; index build time.
 3. **Two stages on ML-100K**: the two-tower retrieves 200 unseen items per test user, the DCN-v2 ranks them; NDCG@10
    of the test positives against the DCN-v2 ranking every unseen item.
+4. **A model swap under load**: the demo DCN-v2 served on Ray Serve, one-row /predict from 8 concurrent clients;
+   the variant is pointed at another run (``raytrain serve --update``'s code path), then rolled back; every request
+   must be answered 200.
 
 Goals of issue 29 that this build does not implement print ``not_built`` and ``missed``.
 """
@@ -151,8 +155,8 @@ def retrieval(run: Path, n_items: int, n_queries: int, goals: list) -> None:
     print(f"IVF index: {index.describe()}")
     items_t = torch.from_numpy(vectors)
     truth, found = [], []
-    exact_s = ann_s = 0.0
-    for lo in range(0, n_queries, 20):  # blocks of 20 queries, the two paths alternating
+    exact_s = ann_s = matmul_s = 0.0
+    for lo in range(0, n_queries, 20):  # blocks of 20 queries, the paths alternating
         block = queries[lo:lo + 20]
         t = time.perf_counter()
         for q in block:
@@ -162,13 +166,17 @@ def retrieval(run: Path, n_items: int, n_queries: int, goals: list) -> None:
         for q in block:
             found.append(index.search(q[None], 100)[1][0])
         ann_s += time.perf_counter() - t
+        t = time.perf_counter()
+        for q in block:  # the obvious way, for reference: the score vector, then torch.topk
+            torch.topk(items_t @ torch.from_numpy(q), 100)
+        matmul_s += time.perf_counter() - t
     recall = float(np.mean([len(set(a.tolist()) & set(b.tolist())) / 100 for a, b in zip(found, truth)]))
     speedup = exact_s / ann_s
-    print(f"exact fused top-K: {n_queries / exact_s:,.1f} queries/s; IVF: {n_queries / ann_s:,.1f} queries/s "
-          f"({speedup:.1f}x); recall@100 {recall:.4f}; build {index.info.build_s:.1f}s")
+    print(f"one query at a time, top 100 of {n_items:,}: exact fused top-K {n_queries / exact_s:,.1f} queries/s, "
+          f"torch matmul + topk {n_queries / matmul_s:,.1f}, IVF {n_queries / ann_s:,.1f} ({speedup:.1f}x the fused "
+          f"path, {matmul_s / ann_s:.1f}x matmul + topk); recall@100 {recall:.4f}; index build {index.info.build_s:.1f}s")
     goals.append(("ann_recall_at_100_1m_items", f"{recall:.4f}", ">=0.98", recall >= 0.98))
     goals.append(("ann_vs_exact_queries_per_s", f"{speedup:.1f}", ">=10", speedup >= 10))
-    goals.append(("ann_index_build_s", f"{index.info.build_s:.1f}", "reported", True))
 
 
 def ndcg_at_10(ranked: list[int], positives: set[int]) -> float:
@@ -225,12 +233,63 @@ def two_stage(ranker_run: Path, two_tower_run: Path, n_users: int, goals: list) 
     goals.append(("two_stage_vs_exact_ndcg_at_10", f"{ratio:.3f}", ">=0.99", ratio >= 0.99))
 
 
+def swap(run: Path, other: Path, seconds: float, goals: list) -> None:
+    """One-row /predict at 8 concurrent clients for ``seconds``; a third of the way in the variant is pointed at
+    ``other`` (raytrain.serve.runner.update), two thirds in it is rolled back. Failed requests: any but a 200."""
+    import asyncio
+    import sys
+    import threading
+
+    import ray
+    from ray import serve
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from serve_load import drive, free_port, test_bodies
+
+    from raytrain.serve.runner import deploy, update
+    from raytrain.spec import parse_spec
+
+    ray.init(num_cpus=8, include_dashboard=False, log_to_driver=False)
+    port = free_port()
+
+    def spec_of(r: Path):
+        return parse_spec({"name": "serve-scale-swap", "kind": "serve", "storage": "/tmp/raytrain-serve-scale-swap",
+                           "serve": {"variants": {"a": {"run": str(r)}}, "port": port, "request_log": False}})
+
+    url = deploy(spec_of(run))["url"] + "/predict"
+    bodies = test_bodies(str(run), 100_000, 1)
+    asyncio.run(drive(url, bodies[:200], 8, 20.0))  # warm-up
+    swaps: list[float] = []
+
+    def operator() -> None:
+        time.sleep(seconds / 3)
+        t = time.perf_counter()
+        update(spec_of(other))
+        swaps.append(time.perf_counter() - t)
+        time.sleep(max(0.0, seconds / 3 - swaps[-1]))
+        t = time.perf_counter()
+        update(spec_of(other), rollback=True)
+        swaps.append(time.perf_counter() - t)
+
+    op = threading.Thread(target=operator)
+    op.start()
+    res = asyncio.run(drive(url, bodies, 8, seconds))
+    op.join()
+    serve.shutdown()
+    ray.shutdown()
+    failed = res["requests"] - res["ok"]
+    print(f"swap under load: {res['requests']:,} requests in {res['wall_s']:.0f}s ({res['req_per_s']:.0f}/s, p99 "
+          f"{res['p99_ms']:.0f} ms), {failed} not answered 200; update took {swaps[0]:.1f}s, rollback {swaps[1]:.1f}s")
+    goals.append(("swap_failed_requests", str(failed), "==0", failed == 0 and len(swaps) == 2))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default="/tmp/raytrain-serve-scale")
     p.add_argument("--items", type=int, default=1_000_000)
     p.add_argument("--queries", type=int, default=200)
     p.add_argument("--users", type=int, default=300, help="two-stage: test users evaluated")
+    p.add_argument("--swap-seconds", type=float, default=45.0, help="swap: seconds of load (update, then rollback)")
     p.add_argument("--criteo-rows", type=int, default=1_000_000, help="synthetic log lines (8 days)")
     p.add_argument("--criteo-table-rows", type=int, default=500_000, help="rows per categorical table at most")
     a = p.parse_args()
@@ -239,7 +298,9 @@ def main() -> None:
     torch.set_num_threads(2)
 
     dcn = train("jobs/train_ml100k.yaml", work, [])
-    two_tower = train("jobs/train_ml100k_two_tower.yaml", work, [])
+    # the model the swap points the served variant at: the same job, one epoch (another run, another checkpoint)
+    dcn_other = train("jobs/train_ml100k.yaml", work / "other", ["train.epochs=1"])
+    two_tower = train("jobs/train_ml100k_two_tower.yaml", work, ["model.tower=[128, 64]"])  # d 64 item vectors
     logs = work / "criteo-logs"
     if not (logs / "day_7").exists():
         import subprocess
@@ -255,9 +316,10 @@ def main() -> None:
     quantization(criteo, "dlrm_criteo", goals)
     retrieval(two_tower, a.items, a.queries, goals)
     two_stage(dcn, two_tower, a.users, goals)
+    swap(dcn, dcn_other, a.swap_seconds, goals)
     for name, target in (("sharded_4_fp32_peak_rss_gib", "<=1.0"), ("sharded_2_int8_peak_rss_gib", "<=0.75"),
                          ("sharded_equals_unsharded_max_abs", "<=1e-6"), ("shard_kill_failed_requests", "==0"),
-                         ("swap_failed_requests", "==0"), ("fast_path_vs_http_requests_per_s", ">=2.0")):
+                         ("fast_path_vs_http_requests_per_s", ">=2.0")):
         goals.append((name, "not_built", target, False))
     for name, measured, target, ok in goals:
         print(f"GOAL {name} {measured} {target} {'met' if ok else 'missed'}")

@@ -119,6 +119,13 @@ def cmd_serve(args) -> int:
         raise SpecError([f"{args.spec}: serve needs a 'serve' section (variants, traffic, replicas, batching)"])
     if spec.kind != "serve":
         spec = spec.model_copy(update={"kind": "serve"})
+    if args.update or args.rollback:
+        from ..serve.runner import update
+
+        out = update(spec, address=args.address, rollback=args.rollback)
+        served = {v: [m["name"] + " " + m["checkpoint"] for m in info["members"]] for v, info in out["variants"].items()}
+        print(f"[raytrain] {spec.name} at {out['url']} now serves: {json.dumps(served)}")
+        return 0
     run_serve(spec, address=args.address)
     return 0
 
@@ -166,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--status", action="store_true", help="print a running application's health and metadata")
     p.add_argument("--stop", action="store_true", help="delete the spec's application from a running cluster")
     p.add_argument("--url", default=None, help="with --status: the application's URL (default: from the spec)")
+    p.add_argument("--update", action="store_true", help="roll a running application over in place to the models "
+                                                         "its spec resolves to now (no failed requests), then exit")
+    p.add_argument("--rollback", action="store_true", help="roll a running application back in place to the version "
+                                                           "it served before the current one, then exit")
     _add_verbose(p)
     p.set_defaults(func=cmd_serve)
 

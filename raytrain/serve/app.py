@@ -136,9 +136,11 @@ class Ingress(Scorer):
         parsed = {n: self.store.parse([rows[i] for i in idx], self.cfg.oov, where="rows") for n, idx in groups.items()}
         probs = np.empty(len(rows))
         unknown: dict[str, int] = {}
+        versions: dict[str, list[str]] = {}
         results = await asyncio.gather(*(self.scores(n, parsed[n].columns) for n in groups))
-        for (n, idx), p in zip(groups.items(), results):
+        for (n, idx), (p, v) in zip(groups.items(), results):
             probs[idx] = p
+            versions[n] = v
             for k, c in parsed[n].unknown.items():
                 unknown[k] = unknown.get(k, 0) + c
         rid = uuid.uuid4().hex
@@ -148,7 +150,7 @@ class Ingress(Scorer):
                                      [r.get(item_key) if item_key else None for r in rows]))
         self.requests["predict"] += 1
         out = {"request_id": rid, "probabilities": probs.tolist(), "variants": names, "forced": forced is not None,
-               "unknown_ids": unknown}
+               "unknown_ids": unknown, "model_versions": versions}
         if len(groups) == 1:
             out["variant"] = names[0]
         return out
@@ -178,14 +180,17 @@ class Ingress(Scorer):
             # retrieval: the two-tower member's index finds the candidates (seen items left out); a two-stage
             # variant (retrieve_from) then ranks them itself
             n = spec_v.retrieve_k if spec_v.retrieve_from else max(k, explore.pool if explore is not None else k)
-            logits, found = await self.retrieve(self.retrievers[source], to_wire(who.columns), n, [rated])
+            logits, found, retrieved_by = await self.retrieve(self.retrievers[source], to_wire(who.columns), n,
+                                                              [rated])
+            versions = [retrieved_by]
             keep = found[0] >= 0
             items, logit = found[0][keep], logits[0][keep].astype(np.float64)
             unknown = {f: c for f, c in who.unknown.items() if f != item_key}
             if spec_v.retrieve_from is not None:
                 parsed = self.store.parse([{key: user, item_key: int(c)} for c in items], self.cfg.oov,
                                           where="candidates")
-                probs = await self.scores(variant, parsed.columns) if len(items) else np.zeros(0)
+                probs, ranked_by = await self.scores(variant, parsed.columns) if len(items) else (np.zeros(0), [])
+                versions += ranked_by
             else:
                 probs = 1.0 / (1.0 + np.exp(-logit))
         else:
@@ -193,7 +198,7 @@ class Ingress(Scorer):
             parsed = self.store.parse([{key: user, item_key: c} for c in candidates], self.cfg.oov,
                                       where="candidates")
             items = parsed.columns.ids[item_key].numpy()
-            probs = await self.scores(variant, parsed.columns)
+            probs, versions = await self.scores(variant, parsed.columns)
             if rated:
                 probs = np.where(np.isin(items, rated), -np.inf, probs)
             unknown = parsed.unknown
@@ -207,7 +212,8 @@ class Ingress(Scorer):
         await self._log(request_rows(rid, "recommend", [variant], forced is not None, [user],
                                      [[x[item_key] for x in out["items"]]]), decisions)
         self.requests["recommend"] += 1
-        return {key: user, "variant": variant, "forced": forced is not None, "unknown_ids": unknown, **out}
+        return {key: user, "variant": variant, "forced": forced is not None, "unknown_ids": unknown,
+                "model_versions": versions, **out}
 
     @api.post("/feedback")
     async def feedback(self, body: FeedbackRequest):
@@ -270,11 +276,13 @@ def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None)
                      else {"num_replicas": cfg.replicas})
     handles: dict[str, object] = {}
     for v in variants:
-        for m in v.members:
+        for i, m in enumerate(v.members):
             if m.key in handles:
                 continue
+            # named by its place (variant, position), not by its model: pointing a variant at a newer model is an
+            # in-place rolling update of the same deployment (raytrain serve --update)
             dep = MemberModel.options(  # type: ignore[attr-defined]
-                name=f"member-{len(handles)}-{m.name}"[:60],
+                name=f"member-{v.name}-{i}"[:60],
                 ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
                 max_ongoing_requests=max(cfg.max_ongoing_requests, 2 * cfg.max_batch_size), **scaling)
             handles[m.key] = dep.bind(m, cfg.torch_threads)

@@ -67,27 +67,30 @@ class MemberModel:
         cfg = RetrievalSpec.model_validate(json.loads(self.ref.retrieval))
         return ItemIndex(np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32), items, cfg)
 
-    async def score(self, rows: dict) -> np.ndarray:
-        """Logits of parsed rows (``features.to_wire``)."""
+    async def score(self, rows: dict) -> tuple[np.ndarray, str]:
+        """Logits of parsed rows (``features.to_wire``), and the model version that made them (``MemberRef.version``:
+        during a rolling update, replicas of two versions answer side by side)."""
         self.forward_passes += 1
         cols = from_wire(self.model.schema, [rows])
         with torch.inference_mode():
             _, logits = self.model.module(cols.batch(torch.arange(len(cols))))
-        return logits.double().numpy()
+        return logits.double().numpy(), self.ref.version
 
-    async def retrieve(self, rows: dict, k: int, exclude: list[list[int]] | None) -> tuple[np.ndarray, np.ndarray]:
-        """(logits [B, k], item ids [B, k]) of each parsed row's user, best first, without its ``exclude`` items; a
-        row with fewer eligible items ends in -inf / -1. The logits are the model's own (user . item)."""
+    async def retrieve(self, rows: dict, k: int, exclude: list[list[int]] | None
+                       ) -> tuple[np.ndarray, np.ndarray, str]:
+        """(logits [B, k], item ids [B, k], model version) of each parsed row's user, best first, without its
+        ``exclude`` items; a row with fewer eligible items ends in -inf / -1. The logits are the model's own
+        (user . item)."""
         if self.index is None:
             raise ValueError(f"member {self.ref.name}: not a two-tower model; it cannot retrieve")
         self.forward_passes += 1
         user, _ = self._towers(rows)
         ex = [np.asarray(e, dtype=np.int64) for e in exclude] if exclude is not None else None
-        return self.index.search(user.float().numpy(), k, ex)
+        return (*self.index.search(user.float().numpy(), k, ex), self.ref.version)
 
     def info(self) -> dict:
         m = self.model
-        return {**asdict(self.ref), "epoch": m.epoch, "arch": m.spec.model.arch,
+        return {**asdict(self.ref), "version": self.ref.version, "epoch": m.epoch, "arch": m.spec.model.arch,
                 "embedding_dim": m.spec.model.embedding_dim,
                 "parameters": int(sum(p.numel() for p in m.module.parameters())),
                 "tables": self.tables, "table_bytes": sum(t["bytes"] for t in self.tables.values()),

@@ -52,6 +52,7 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
     app = build_app(spec, variants, log_dir=str(run_dir / "logs"))
     serve.run(app, name=spec.name, route_prefix=spec.serve.route_prefix, blocking=False)
     url = url_of(spec)
+    wait_running(spec.name, timeout_s=300)  # an update: until every replica of the new version is up
     wait_healthy(url, timeout_s=300)
     info = {"url": url, "app": spec.name, "ready_s": round(time.time() - t0, 1),
             "variants": {v.name: {"share": spec.serve.shares[v.name], "source": v.source,
@@ -60,9 +61,68 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
                          for v in variants}}
     info["logs"] = str(run_dir / "logs")  # every request (variant, user, items); exploring decisions; feedback
     (run_dir / "serve.json").write_text(json.dumps(info, indent=2))
+    record_version(spec, run_dir, variants)
     log.info(f"serving {spec.name} at {url} (ready in {info['ready_s']}s): POST /predict, POST /recommend, "
          f"POST /feedback, GET /healthz, GET /metadata; request logs: {run_dir / 'logs'}")
     return {"run_dir": str(run_dir), **info}
+
+
+def wait_running(app: str, timeout_s: float = 300) -> None:
+    """Until Serve reports the application RUNNING (after a deploy or an in-place update)."""
+    from ray import serve
+
+    deadline, status = time.time() + timeout_s, None
+    while time.time() < deadline:
+        found = serve.status().applications.get(app)
+        status = found.status if found is not None else None
+        if status == "RUNNING":
+            return
+        if status == "DEPLOY_FAILED":
+            raise RuntimeError(f"application {app}: deploy failed: {found.message if found else ''}")
+        time.sleep(0.5)
+    raise TimeoutError(f"application {app} was not running within {timeout_s:.0f}s (status {status})")
+
+
+def versions_file(spec: JobSpec) -> Path:
+    """Where the versions an application served are recorded, oldest first: ``<storage>/<name>/versions.json``."""
+    return Path(spec.storage).expanduser().resolve() / spec.name / "versions.json"
+
+
+def record_version(spec: JobSpec, run_dir: Path, variants: list[ResolvedVariant]) -> None:
+    from dataclasses import asdict
+
+    path = versions_file(spec)
+    found = json.loads(path.read_text()) if path.exists() else []
+    found.append({"deployed_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "serve_run": str(run_dir),
+                  "variants": [{"name": v.name, "members": [asdict(m) for m in v.members], "combiner": v.combiner,
+                                "source": v.source} for v in variants]})
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(found, indent=2))
+    tmp.replace(path)
+
+
+def update(spec: JobSpec, address: str | None = None, rollback: bool = False) -> dict:
+    """Roll a running application over in place to what its spec resolves to now (the newest runs), or with
+    ``rollback`` to the version it served before the current one. Serve replaces the replicas of the deployments
+    whose model changed (new replicas start, old ones finish their requests); the others keep running."""
+    from .sources import MemberRef
+
+    assert spec.serve is not None
+    variants = None
+    if rollback:
+        path = versions_file(spec)
+        found = json.loads(path.read_text()) if path.exists() else []
+        if len(found) < 2:
+            raise SpecError([f"--rollback: {spec.name} has no earlier version recorded in {path}"])
+        earlier = found[-2]
+        variants = [ResolvedVariant(v["name"], [MemberRef(**m) for m in v["members"]], v["combiner"], v["source"])
+                    for v in earlier["variants"]]
+        missing = sorted(set(spec.serve.variants) ^ {v.name for v in variants})
+        if missing:
+            raise SpecError([f"--rollback: the earlier version served other variants ({', '.join(missing)} differ); "
+                             "roll back by serving its spec"])
+        log.info(f"rolling back to the version deployed at {earlier['deployed_at']}")
+    return deploy(spec, address or "auto", variants)
 
 
 def wait_healthy(url: str, timeout_s: float = 300) -> None:

@@ -48,18 +48,19 @@ class Scorer:
         finally:
             self.in_flight -= 1
 
-    async def scores(self, variant: str, cols: Columns) -> np.ndarray:
-        """Probabilities of one variant for parsed rows: merged with concurrent requests' rows when batching."""
+    async def scores(self, variant: str, cols: Columns) -> tuple[np.ndarray, list[str]]:
+        """Probabilities of one variant for parsed rows, and the versions of the models that scored them (one per
+        member): merged with concurrent requests' rows when batching."""
         rows = to_wire(cols)
         if self.batching and self.in_flight > 1:
             return await self._scores_batched((variant, rows))
         return await self._variant_scores(variant, rows)
 
     @serve.batch(max_batch_size=32, batch_wait_timeout_s=0.005)
-    async def _scores_batched(self, requests: list[tuple[str, dict]]) -> list[np.ndarray]:
+    async def _scores_batched(self, requests: list[tuple[str, dict]]) -> list[tuple[np.ndarray, list[str]]]:
         """Concurrent requests' rows, grouped by variant: one call per member of each variant for the whole
         group, then each request gets its own slice back."""
-        out: list[np.ndarray] = [np.empty(0)] * len(requests)
+        out: list[tuple[np.ndarray, list[str]]] = [(np.empty(0), [])] * len(requests)
         self.merged["batches"] += 1
         self.merged["requests"] += len(requests)
         groups: dict[str, list[int]] = {}
@@ -68,16 +69,18 @@ class Scorer:
 
         async def score_group(variant: str, idx: list[int]) -> None:
             parts = [requests[i][1] for i in idx]
-            probs = await self._variant_scores(variant, concat_wire(parts))
+            probs, versions = await self._variant_scores(variant, concat_wire(parts))
             bounds = np.cumsum([0] + [len(p["dense"]) for p in parts])
             for i, a, b in zip(idx, bounds[:-1], bounds[1:]):
-                out[i] = probs[a:b]
+                out[i] = (probs[a:b], versions)
 
         await asyncio.gather(*(score_group(v, idx) for v, idx in groups.items()))
         return out
 
-    async def retrieve(self, key: str, rows: dict, n: int, exclude: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-        """A two-tower member's top ``n`` (logits, item ids) for each parsed row's user (``MemberModel.retrieve``)."""
+    async def retrieve(self, key: str, rows: dict, n: int, exclude: list[list[int]]
+                       ) -> tuple[np.ndarray, np.ndarray, str]:
+        """A two-tower member's top ``n`` (logits, item ids) for each parsed row's user, and its version
+        (``MemberModel.retrieve``)."""
         handle = self.handles[key]
         try:
             return await handle.retrieve.remote(rows, n, exclude)
@@ -85,11 +88,11 @@ class Scorer:
             log.warning("retrieval from %s failed (%s: %s); retrying once", key.split("|")[0], type(e).__name__, e)
             return await handle.retrieve.remote(rows, n, exclude)
 
-    async def _variant_scores(self, variant: str, rows: dict) -> np.ndarray:
-        """Members of a variant scored concurrently, then combined."""
+    async def _variant_scores(self, variant: str, rows: dict) -> tuple[np.ndarray, list[str]]:
+        """Members of a variant scored concurrently, then combined; with the versions that scored."""
         v = next(x for x in self.variants if x.name == variant)
 
-        async def call(ref: MemberRef) -> np.ndarray:
+        async def call(ref: MemberRef) -> tuple[np.ndarray, str]:
             handle = self.handles[ref.key]
             try:
                 return await handle.score.remote(rows)
@@ -97,8 +100,9 @@ class Scorer:
                 log.warning("member %s failed (%s: %s); retrying once", ref.name, type(e).__name__, e)
                 return await handle.score.remote(rows)
 
-        logits = await asyncio.gather(*(call(m) for m in v.members))
+        answers = await asyncio.gather(*(call(m) for m in v.members))
+        logits, versions = [a[0] for a in answers], [a[1] for a in answers]
         combiner = self.combiners[variant]
         if combiner is None:
-            return 1.0 / (1.0 + np.exp(-logits[0]))
-        return combiner.predict(np.stack(logits, axis=1))
+            return 1.0 / (1.0 + np.exp(-logits[0])), versions
+        return combiner.predict(np.stack(logits, axis=1)), versions

@@ -114,7 +114,7 @@ class SequenceRanker:
         scores, top = topk_scores(query, self.items, k, item_mask=mask, exclude=exclude)
         found = top[0] >= 0
         return {"items": [int(self.source_id[i]) for i in top[0][found].tolist()], "scores": scores[0][found].tolist(),
-                "history_length": int(len(items)), "unknown_ids": unknown}
+                "history_length": int(len(items)), "unknown_ids": unknown, "model_versions": [self.ref.version]}
 
     def info(self) -> dict:
         return {"name": self.ref.name, "run_dir": self.ref.run_dir, "checkpoint": self.ref.checkpoint,

@@ -26,6 +26,11 @@ class MemberRef:
         object.__setattr__(self, "quantize_tables", tuple(tuple(x) for x in self.quantize_tables))
 
     @property
+    def version(self) -> str:
+        """What a reply names as the model that scored it: the run (its directory name) and the checkpoint."""
+        return f"{Path(self.run_dir).name}/{Path(self.checkpoint.split('?')[0]).name}"
+
+    @property
     def key(self) -> str:
         """One member deployment per distinct key: the same checkpoint stored two ways is two deployments."""
         tables = ",".join(f"{f}={d}" for f, d in sorted(self.quantize_tables))

@@ -391,7 +391,7 @@ def test_a_killed_replica_is_replaced_and_one_retry_suffices(served):
     time.sleep(2.0)
     # replica actors are named SERVE_REPLICA::<app>#<deployment>#<id> in namespace serve
     replicas = [a for a in ray.util.list_named_actors(all_namespaces=True)
-                if a["namespace"] == "serve" and f"::{spec.name}#member-0-" in a["name"]]
+                if a["namespace"] == "serve" and f"::{spec.name}#member-ensemble-0#" in a["name"]]
     assert len(replicas) == 2, replicas
     ray.kill(ray.get_actor(replicas[0]["name"], namespace="serve"), no_restart=True)
     time.sleep(6.0)
@@ -404,11 +404,11 @@ def test_a_killed_replica_is_replaced_and_one_retry_suffices(served):
     assert all(first in (0, 200, 503) for first, _ in results), results  # unavailable is 503, never a 500
     assert not any(500 <= final for _, final in results)
     deployment = next(d for n, d in serve.status().applications[spec.name].deployments.items()
-                      if n.startswith("member-0-"))
+                      if n == "member-ensemble-0")
     deadline = time.time() + 120
     while time.time() < deadline:
         deployment = next(d for n, d in serve.status().applications[spec.name].deployments.items()
-                          if n.startswith("member-0-"))
+                          if n == "member-ensemble-0")
         if deployment.replica_states.get("RUNNING", 0) == 2:
             break
         time.sleep(1.0)

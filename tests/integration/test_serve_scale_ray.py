@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 from pathlib import Path
 
@@ -179,3 +180,64 @@ def test_a_criteo_model_answers_rows_of_raw_log_values_and_refuses_recommend(cri
         assert status == 422 and err["error"] == "rows[0].cat_3: expected an integer id or 1-16 hex digits, got 'zz'"
     finally:
         serve.delete(spec.name)
+
+
+def test_pointing_a_variant_at_another_model_rolls_over_under_load_without_a_failed_request(pipeline_out, serve_port,
+                                                                                           tmp_path):
+    """--update and --rollback under steady load: every request answered 200, each reply naming the model version
+    that scored it, the old version's answers before the new one's."""
+    import threading
+
+    from ray import serve
+
+    from raytrain.serve.runner import deploy, update, versions_file
+    from raytrain.serve.sources import resolve
+
+    steps = pipeline_out["steps"]
+    base = {"name": "serve-swap", "kind": "serve", "storage": str(tmp_path), "serve": {
+        "port": serve_port, "route_prefix": "/swap", "request_log": False, "replicas": 1}}
+
+    def spec_with(source: dict):
+        return parse_spec({**base, "serve": {**base["serve"], "variants": {"a": source}}})
+
+    first, second = {"tune_run": steps["tune"]["run_dir"]}, {"distill": steps["distill"]["run_dir"]}
+    v1, v2 = (resolve("a", spec_with(s).serve.variants["a"]).members[0].version for s in (first, second))
+    assert v1 != v2
+    out = deploy(spec_with(first))
+    url = out["url"]
+    results: list[tuple[int, list]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                status, body = post(url + "/predict", {"rows": [{"user_id": 12, "item_id": 50}]})
+            except OSError as e:
+                status, body = 0, {"error": str(e)}
+            results.append((status, body.get("model_versions", {}).get("a", [])))
+
+    threads = [threading.Thread(target=client) for _ in range(4)]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        update(spec_with(second))
+        time.sleep(2.0)
+        swapped = len(results)
+        update(spec_with(second), rollback=True)
+        time.sleep(2.0)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        serve.delete("serve-swap")
+    statuses = [s for s, _ in results]
+    assert len(results) > 50 and statuses.count(200) == len(results), [r for r in results if r[0] != 200][:5]
+    seen = [v[0] for _, v in results]
+    assert seen[0] == v1 and v2 in seen[:swapped] and seen[-1] == v1
+    # each version's answers come as one run: v1, then v2 (the two side by side only during the swap), then v1
+    changes = sum(a != b for a, b in zip(seen, seen[1:]))
+    assert changes <= 20, changes
+    history = json.loads(versions_file(spec_with(first)).read_text())
+    assert [h["variants"][0]["members"][0]["checkpoint"] for h in history] == [
+        resolve("a", spec_with(s).serve.variants["a"]).members[0].checkpoint for s in (first, second, first)]
