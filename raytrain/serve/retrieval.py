@@ -1,7 +1,7 @@
 """Retrieval over the catalogue: the top ``k`` items by inner product with a query vector.
 
-Below ``retrieval.exact_below`` items the search is exact (``raytrain.kernels.topk_scores``, the fused top-K without
-the score matrix); above it, an approximate index from faiss: IVF (``nlist`` clusters of the items, ``nprobe`` of
+Below ``retrieval.exact_below`` items the search is exact (one score vector and ``torch.topk`` for a few queries,
+``raytrain.kernels.topk_scores``, the fused top-K without the score matrix, for many); above it, an approximate index from faiss: IVF (``nlist`` clusters of the items, ``nprobe`` of
 them searched per query) by default, HNSW on request. The exact path is the recall reference
 (``benchmarks/serve_scale.py``). Items a query must not get (its history) are left out by asking the index for
 ``k`` plus that many and dropping them, so every index answers with the same rule.
@@ -77,14 +77,18 @@ class ItemIndex:
         b = q.shape[0]
         excl = [np.asarray(e, dtype=np.int64) for e in exclude] if exclude is not None else [np.zeros(0, np.int64)] * b
         if self._faiss is None:
-            from ..kernels import topk_scores
+            from ..kernels import topk_scores, topk_scores_reference
+
+            # a few queries: one score vector each and torch.topk is fastest (4x the fused kernel at 1 query x 1M
+            # items here, benchmarks/serve_scale.py); many: the fused kernel, which never holds the B x N scores
+            topk = topk_scores_reference if b * len(self.ids) <= (1 << 24) else topk_scores
 
             pos = [np.array([self.position[int(x)] for x in e if int(x) in self.position], dtype=np.int64)
                    for e in excl]
             offsets = torch.tensor(np.concatenate([[0], np.cumsum([len(p) for p in pos])]), dtype=torch.int64)
             flat = torch.from_numpy(np.concatenate(pos)) if pos else torch.zeros(0, dtype=torch.int64)
-            scores, top = topk_scores(torch.from_numpy(q), self._torch_items, min(k, len(self.ids)),
-                                      exclude=(offsets, flat) if len(flat) else None)
+            scores, top = topk(torch.from_numpy(q), self._torch_items, min(k, len(self.ids)),
+                               exclude=(offsets, flat) if len(flat) else None)
             s, t = scores.numpy(), top.numpy()
             found = np.where(t >= 0, self.ids[np.maximum(t, 0)], -1)
             return _pad(s, found, k)

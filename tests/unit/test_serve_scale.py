@@ -107,6 +107,11 @@ def test_exact_index_equals_the_reference_top_k_and_leaves_excluded_items_out():
     for r in range(5):
         allowed = [i for i in np.argsort(-full[r]) if ids[i] not in set(exclude[r].tolist())][:10]
         np.testing.assert_array_equal(f2[r], ids[allowed])
+    # many queries at once go through the fused kernel (no B x N score matrix): the same top 10
+    many = np.random.default_rng(3).normal(size=(6000, 16)).astype(np.float32)
+    many[:5] = q
+    s_many, f_many = index.search(many, 10)
+    np.testing.assert_allclose(s_many[:5], scores, rtol=1e-5)
     # more than the catalogue: the tail is -1 / -inf
     small = ItemIndex(vectors[:4], ids[:4], RetrievalSpec(index="exact"))
     s3, f3 = small.search(q[:1], 6, [ids[:1]])
