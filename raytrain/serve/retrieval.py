@@ -1,8 +1,10 @@
 """Retrieval over the catalogue: the top ``k`` items by inner product with a query vector.
 
-Below ``retrieval.exact_below`` items the search is exact (one score vector and ``torch.topk`` for a few queries,
-``raytrain.kernels.topk_scores``, the fused top-K without the score matrix, for many); above it, an approximate index from faiss: IVF (``nlist`` clusters of the items, ``nprobe`` of
-them searched per query) by default, HNSW on request. The exact path is the recall reference
+Below ``retrieval.exact_below`` items the search is exact: one score vector and ``torch.topk`` for a few queries,
+``raytrain.kernels.topk_scores`` (the fused top-K, without the B x N score matrix) for many. Above it, an
+approximate index from faiss: IVF (``nlist`` clusters of the items, ``nprobe`` of them searched per query) by
+default, HNSW on request, both on L2 over the vectors with one added coordinate that makes the nearest item the one
+with the largest inner product (``_mips_to_l2``). The exact path is the recall reference
 (``benchmarks/serve_scale.py``). Items a query must not get (its history) are left out by asking the index for
 ``k`` plus that many and dropping them, so every index answers with the same rule.
 """
