@@ -68,6 +68,18 @@ class VariantSpec(Section):
         None, description="two-stage /recommend: another variant (a two-tower model) retrieves candidates, this one "
                           "ranks them")
     retrieve_k: int = Field(200, ge=1, description="with retrieve_from: candidates retrieved per request")
+    shards: Optional[int] = Field(
+        None, ge=2, description="serve each member's tables from this many embedding-shard deployments (each loads "
+                                "only its rows from the checkpoint) and a dense part")
+    shard_above: Optional[int] = Field(
+        None, ge=1, description="shard the members whose fp32 tables exceed this many bytes, one shard per "
+                                "shard_above bytes")
+
+    @model_validator(mode="after")
+    def _sharding(self):
+        if self.shards is not None and self.shard_above is not None:
+            raise ValueError("give shards or shard_above, not both")
+        return self
 
     def given(self) -> list[str]:
         return [k for k in ("ensemble", "tune_run", "run", "distill", "step") if getattr(self, k) is not None]

@@ -281,10 +281,13 @@ def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None)
                 continue
             # named by its place (variant, position), not by its model: pointing a variant at a newer model is an
             # in-place rolling update of the same deployment (raytrain serve --update)
-            dep = MemberModel.options(  # type: ignore[attr-defined]
-                name=f"member-{v.name}-{i}"[:60],
-                ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
-                max_ongoing_requests=max(cfg.max_ongoing_requests, 2 * cfg.max_batch_size), **scaling)
+            options = dict(ray_actor_options={"num_cpus": cfg.num_cpus, "num_gpus": cfg.num_gpus},
+                           max_ongoing_requests=max(cfg.max_ongoing_requests, 2 * cfg.max_batch_size), **scaling)
+            name = f"member-{v.name}-{i}"[:60]
+            if m.shards:
+                handles[m.key] = _sharded(m, name, options, cfg.torch_threads)
+                continue
+            dep = MemberModel.options(name=name, **options)  # type: ignore[attr-defined]
             handles[m.key] = dep.bind(m, cfg.torch_threads)
     data, schema = _data_of(variants)
     config = {"name": spec.name, "serve": cfg.model_dump(mode="json"), "data": data, "schema": schema}
@@ -294,6 +297,23 @@ def build_app(spec, variants: list[ResolvedVariant], log_dir: str | None = None)
     if log_dir is None and exploring:
         raise ValueError("serve: an exploring variant needs a run directory for its decision logs")
     return bind_ingress(Ingress, cfg, log_dir if cfg.request_log or exploring else None, config, payload, handles)
+
+
+def _sharded(m: MemberRef, name: str, options: dict, threads: int):
+    """A member whose tables are split over ``m.shards`` embedding-shard deployments, and its dense part."""
+    from ..data.schema import FeatureSchema
+    from ..spec import load_spec
+    from .quantize import table_dtypes
+    from .shards import EmbeddingShard, ShardedMember, plan_shards
+
+    run = Path(m.run_dir)
+    schema = FeatureSchema.from_dict(json.loads((run / "schema.json").read_text()))
+    dim = load_spec(run / "spec.yaml").model.embedding_dim
+    plan = plan_shards([(f.name, f.cardinality, dim) for f in schema.sparse], m.shards)
+    dtypes = table_dtypes([f.name for f in schema.sparse], m.quantize, dict(m.quantize_tables), f"member {m.name}")
+    shards = [EmbeddingShard.options(name=f"{name}-shard-{s}"[:60], **options).bind(  # type: ignore[attr-defined]
+        m, pieces, dtypes, threads) for s, pieces in enumerate(plan)]
+    return ShardedMember.options(name=name, **options).bind(m, shards, threads)  # type: ignore[attr-defined]
 
 
 def _data_of(variants: list[ResolvedVariant]) -> tuple[dict, dict]:

@@ -9,6 +9,7 @@ from ..ensemble.members import best_checkpoint, member_name, read_ensemble, top_
 from ..errors import CheckpointError
 from ..kinds.serve import ServeSpec, VariantSpec
 from ..runs import newest_local_run
+from .shards import shard_count
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class MemberRef:
     quantize: str = "none"  # every table's dtype (kinds.serve.TableDtype) ...
     quantize_tables: tuple[tuple[str, str], ...] = ()  # ... but these features'
     retrieval: str = ""  # a two-tower member's index settings (RetrievalSpec as JSON); "" for other models
+    shards: int = 0  # embedding-shard deployments serving its tables (serve/shards.py); 0: loaded whole
 
     def __post_init__(self) -> None:  # JSON and asdict() round trips give lists
         object.__setattr__(self, "quantize_tables", tuple(tuple(x) for x in self.quantize_tables))
@@ -34,7 +36,7 @@ class MemberRef:
     def key(self) -> str:
         """One member deployment per distinct key: the same checkpoint stored two ways is two deployments."""
         tables = ",".join(f"{f}={d}" for f, d in sorted(self.quantize_tables))
-        return f"{self.checkpoint}|{self.quantize}|{tables}|{self.retrieval}"
+        return f"{self.checkpoint}|{self.quantize}|{tables}|{self.retrieval}|{self.shards}"
 
 
 @dataclass
@@ -68,11 +70,26 @@ def resolve(name: str, v: VariantSpec) -> ResolvedVariant:
 
     out = _resolve(name, v)
     retrieval = json.dumps(v.retrieval.model_dump(mode="json"), sort_keys=True)
-    out.members = [replace(m, quantize=v.quantize, quantize_tables=tuple(sorted(v.quantize_tables.items())),
-                           retrieval=retrieval if not is_sequential(m.run_dir) and _arch(Path(m.run_dir)) == "two_tower"
-                           else "")
-                   for m in out.members]
+    members = []
+    for m in out.members:
+        sequential = is_sequential(m.run_dir)
+        shards = 0 if sequential else shard_count(table_bytes(Path(m.run_dir)), v.shards, v.shard_above)
+        two_tower = not sequential and _arch(Path(m.run_dir)) == "two_tower"
+        members.append(replace(m, quantize=v.quantize, quantize_tables=tuple(sorted(v.quantize_tables.items())),
+                               retrieval=retrieval if two_tower and not shards else "", shards=shards))
+    out.members = members
     return out
+
+
+def table_bytes(run: Path) -> int:
+    """The fp32 bytes of a (non-sequential) run's embedding tables, from its schema and model spec."""
+    import json
+
+    from ..data.schema import FeatureSchema
+    from ..spec import load_spec
+
+    schema = FeatureSchema.from_dict(json.loads((run / "schema.json").read_text()))
+    return sum(f.cardinality for f in schema.sparse) * load_spec(run / "spec.yaml").model.embedding_dim * 4
 
 
 def _resolve(name: str, v: VariantSpec) -> ResolvedVariant:
@@ -128,6 +145,8 @@ def servable_problems(cfg: ServeSpec, variants: list[ResolvedVariant] | None = N
                 if m.quantize != "none" or m.quantize_tables:
                     problems.append(f"{at}.quantize: sequential models ({m.name}) are served with fp32 tables in "
                                     "this version; use none")
+                if spec_v.shards is not None or spec_v.shard_above is not None:
+                    problems.append(f"{at}.shards: sequential models ({m.name}) are served whole in this version")
                 continue
             schema = FeatureSchema.from_dict(json.loads((run / "schema.json").read_text()))
             arch = _arch(run)

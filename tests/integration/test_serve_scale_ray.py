@@ -241,3 +241,66 @@ def test_pointing_a_variant_at_another_model_rolls_over_under_load_without_a_fai
     history = json.loads(versions_file(spec_with(first)).read_text())
     assert [h["variants"][0]["members"][0]["checkpoint"] for h in history] == [
         resolve("a", spec_with(s).serve.variants["a"]).members[0].checkpoint for s in (first, second, first)]
+
+
+def test_a_member_sharded_over_table_shards_scores_as_the_whole_model_and_survives_a_shard_kill(criteo_run, serve_port,
+                                                                                                tmp_path):
+    import threading
+
+    import ray
+    from ray import serve
+
+    from raytrain.data.batches import Columns
+    from raytrain.data.criteo import CAT_COLUMNS, INT_COLUMNS, read_file
+    from raytrain.serve.runner import deploy
+    from raytrain.train.export import load_model
+
+    run_dir, day = criteo_run
+    spec = parse_spec({"name": "serve-shards", "kind": "serve", "storage": str(tmp_path), "serve": {
+        "variants": {"sharded": {"run": run_dir, "shards": 2}}, "replicas": 2, "port": serve_port,
+        "route_prefix": "/shards", "request_log": False}})
+    out = deploy(spec)
+    try:
+        url = out["url"]
+        model = load_model(run_dir)
+        table = next(read_file(str(day), [f.cardinality for f in model.schema.sparse]))[0].slice(0, 500)
+        rows = [{c: table.column(c)[i].as_py() for c in INT_COLUMNS + CAT_COLUMNS} for i in range(500)]
+        status, body = post(url + "/predict", {"rows": rows})
+        assert status == 200, body
+        cols = Columns(model.schema, {c: torch.tensor(table.column(c).to_numpy()) for c in CAT_COLUMNS}, {},
+                       torch.tensor(np.stack([table.column(c).to_numpy() for c in INT_COLUMNS], 1)), torch.zeros(500))
+        with torch.inference_mode():
+            _, logits = model.module(cols.batch(torch.arange(500)))
+        np.testing.assert_allclose(body["probabilities"], torch.sigmoid(logits.double()).numpy(), rtol=0, atol=1e-6)
+        member = _metadata(url)["models"][0]
+        assert len(member["shards"]) == 2
+        rows_held = [sum(s["rows"].values()) for s in member["shards"]]
+        total = sum(f.cardinality for f in model.schema.sparse)
+        assert sum(rows_held) == total and max(rows_held) < 0.6 * total  # each shard holds its part, not the whole
+
+        # kill one replica of a shard under load: the dense part's one retry answers every request
+        results: list[int] = []
+        stop = threading.Event()
+
+        def client() -> None:
+            while not stop.is_set():
+                try:
+                    results.append(post(url + "/predict", {"rows": rows[:4]})[0])
+                except OSError:
+                    results.append(0)
+
+        threads = [threading.Thread(target=client) for _ in range(4)]
+        for t in threads:
+            t.start()
+        time.sleep(2.0)
+        victims = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                   if a["namespace"] == "serve" and "::serve-shards#member-sharded-0-shard-0#" in a["name"]]
+        assert len(victims) == 2, victims
+        ray.kill(ray.get_actor(victims[0]["name"], namespace="serve"), no_restart=True)
+        time.sleep(5.0)
+        stop.set()
+        for t in threads:
+            t.join(timeout=120)
+        assert len(results) > 20 and all(s == 200 for s in results), [s for s in results if s != 200][:5]
+    finally:
+        serve.delete(spec.name)

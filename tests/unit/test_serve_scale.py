@@ -246,3 +246,102 @@ def test_a_model_that_cannot_be_served_as_asked_is_refused_before_anything_deplo
     assert "serve.recommend: model a of variant a" in capsys.readouterr().err
     ok = parse_spec({"name": "s", "kind": "serve", "serve": {"recommend": False, "variants": {"a": {"run": str(criteo)}}}})
     assert servable_problems(ok.serve) == []
+
+
+# ---- tables larger than a replica: shards that read only their rows --------------------------------------------------
+
+
+def _saved_run(tmp_path, arch: str = "dlrm"):
+    """A run directory with a real DCP checkpoint of a model with spread-out tables (one process, no group)."""
+    import warnings
+
+    import torch.distributed.checkpoint as dcp
+    import yaml
+
+    from raytrain.train.distributed import TrainModule
+
+    model = TrainModule(_model(arch, dim=8))
+    run = tmp_path / "run"
+    ckpt = run / "ray" / "epoch_0001"
+    ckpt.mkdir(parents=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        dcp.save({"model": model.state_dict()}, checkpoint_id=str(ckpt))
+    (run / "schema.json").write_text(json.dumps(SCHEMA.to_dict()))
+    (run / "spec.yaml").write_text(yaml.safe_dump({"name": "r", "kind": "train", "model": {
+        "arch": arch, "embedding_dim": 8, "over_arch": [32, 16], "dense_arch": [16], "tower": [32, 16]}}))
+    files = {f.name: f.stat().st_size for f in ckpt.iterdir()}
+    (ckpt / "raytrain.json").write_text(json.dumps({"epoch": 1, "metrics": {}, "files": files}))
+    return run, ckpt, model.eval()
+
+
+def test_rows_read_from_a_checkpoint_are_the_saved_rows(tmp_path):
+    from raytrain.errors import CheckpointError
+    from raytrain.train.checkpoint_rows import read_rows
+
+    _, ckpt, model = _saved_run(tmp_path)
+    key = "model.model.net.sparse_arch.embedding_bag_collection.embedding_bags.t_item.weight"
+    full = model.state_dict()[key.removeprefix("model.")]
+    assert torch.equal(read_rows(str(ckpt), key, 17, 1234), full[17:1234])
+    assert torch.equal(read_rows(str(ckpt), key, 0, 2000), full)
+    with pytest.raises(CheckpointError, match=r"rows \[1990, 2001\) outside its 2000"):
+        read_rows(str(ckpt), key, 1990, 2001)
+    with pytest.raises(CheckpointError, match="not a 2-D tensor of this checkpoint"):
+        read_rows(str(ckpt), "model.nothing.weight", 0, 1)
+
+
+def test_the_shard_plan_places_every_row_once_whole_tables_where_they_fit():
+    from raytrain.serve.shards import plan_shards
+
+    tables = [("big", 10_000, 16), ("mid", 3_000, 16), ("small", 500, 16), ("tiny", 10, 16)]
+    plan = plan_shards(tables, 3, piece_bytes=100_000)
+    for feature, rows, _ in tables:
+        covered = sorted((p.start, p.stop) for shard in plan for p in shard if p.feature == feature)
+        assert covered[0][0] == 0 and covered[-1][1] == rows
+        assert all(a[1] == b[0] for a, b in zip(covered, covered[1:]))  # contiguous, no overlap
+    # the big table (64% of the bytes) is split row-wise over the shards; the others stay whole on one shard each
+    assert sum(any(p.feature == "big" for p in shard) for shard in plan) == 3
+    for feature in ("mid", "small", "tiny"):
+        assert sum(any(p.feature == feature for p in shard) for shard in plan) == 1
+    loads = [sum(p.fp32_bytes for p in shard) for shard in plan]
+    assert max(loads) <= 1.2 * sum(loads) / 3
+    assert all(p.fp32_bytes <= 100_000 for shard in plan for p in shard)  # read and quantized piece by piece
+
+
+@pytest.mark.parametrize("arch", ["dlrm", "two_tower"])
+def test_a_sharded_member_scores_what_the_whole_model_scores(tmp_path, arch):
+    import asyncio
+    from types import SimpleNamespace
+
+    from raytrain.data.batches import Columns
+    from raytrain.serve.features import to_wire
+    from raytrain.serve.shards import EmbeddingShard, ShardedMember, plan_shards
+    from raytrain.serve.sources import MemberRef
+
+    run, ckpt, model = _saved_run(tmp_path, arch)
+    ref = MemberRef("m", str(run), str(ckpt), shards=3)
+    plan = plan_shards([(f.name, f.cardinality, 8) for f in SCHEMA.sparse], 3, piece_bytes=20_000)
+    shards = [EmbeddingShard.func_or_class(ref, pieces, {}, 1) for pieces in plan]
+    for shard, pieces in zip(shards, plan):  # each holds exactly its own rows
+        held = sum(m.embedding_bags[p.name].weight.shape[0] for p, m in shard.modules)
+        assert held == sum(p.stop - p.start for p in pieces) < 2530
+    local = [SimpleNamespace(lookup=SimpleNamespace(remote=s.lookup)) for s in shards]  # direct calls, no Ray
+    dense = ShardedMember.func_or_class(ref, local, 1)
+    g = np.random.default_rng(0)
+    n = 300
+    lens = g.integers(1, 4, n)
+    cols = Columns(SCHEMA, {"user": torch.from_numpy(g.integers(0, 500, n)), "item": torch.from_numpy(g.integers(0, 2000, n))},
+                   {"tags": (torch.from_numpy(g.integers(0, 30, int(lens.sum()))),
+                             torch.from_numpy(np.concatenate([[0], np.cumsum(lens)])))},
+                   torch.from_numpy(g.normal(size=(n, 1)).astype(np.float32)), torch.zeros(n))
+    logits, version = asyncio.run(dense.score(to_wire(cols)))
+    with torch.inference_mode():
+        _, whole = model(cols.batch(torch.arange(n)))
+    np.testing.assert_allclose(logits, whole.double().numpy(), rtol=0, atol=1e-6)
+    assert version == "run/epoch_0001"
+    # int8 shards: each piece quantized as it is read; close to fp32
+    q = [EmbeddingShard.func_or_class(ref, pieces, {f.name: "int8" for f in SCHEMA.sparse}, 1) for pieces in plan]
+    assert sum(s.bytes for s in q) < 0.5 * sum(s.bytes for s in shards)
+    qdense = ShardedMember.func_or_class(ref, [SimpleNamespace(lookup=SimpleNamespace(remote=s.lookup)) for s in q], 1)
+    q_logits, _ = asyncio.run(qdense.score(to_wire(cols)))
+    assert 0 < np.abs(q_logits - logits).max() < 0.05 * np.abs(logits).mean()
