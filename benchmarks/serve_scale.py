@@ -296,16 +296,16 @@ def swap(run: Path, other: Path, seconds: float, goals: list) -> None:
 
 def replica_peaks(app: str) -> dict[str, int]:
     """deployment -> the largest peak RSS (VmHWM) among the application's live replica processes."""
-    from ray.util.state import list_actors
+    from ray._private import state  # the GCS's actor table (pids) without the dashboard's state API
 
     out: dict[str, int] = {}
-    for a in list_actors(filters=[("state", "=", "ALIVE")], limit=1000):
-        name = a.name or ""
-        if not name.startswith(f"SERVE_REPLICA::{app}#") or a.pid is None:
+    for a in state.actors().values():
+        name = a.get("Name") or ""
+        if not name.startswith(f"SERVE_REPLICA::{app}#") or a.get("State") != "ALIVE" or not a.get("Pid"):
             continue
         deployment = name.split("#")[1]
         try:
-            status = Path(f"/proc/{a.pid}/status").read_text()
+            status = Path(f"/proc/{a['Pid']}/status").read_text()
         except OSError:
             continue
         hwm = next(int(line.split()[1]) * 1024 for line in status.splitlines() if line.startswith("VmHWM:"))

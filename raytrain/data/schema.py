@@ -86,3 +86,8 @@ class FeatureSchema:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+def table_name(feature: str) -> str:
+    """The embedding table of a sparse feature (one table per feature) in every model and checkpoint."""
+    return f"t_{feature}"

@@ -10,11 +10,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP, Perceptron
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ..data.schema import FeatureSchema
-
-
-def table_name(feature: str) -> str:
-    return f"t_{feature}"
+from ..data.schema import FeatureSchema, table_name
 
 
 def table_configs(schema: FeatureSchema, embedding_dim: int) -> list[EmbeddingBagConfig]:

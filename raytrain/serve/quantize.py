@@ -42,8 +42,15 @@ def quantize_tables(module: nn.Module, dtypes: dict[str, str]) -> nn.Module:
     from torchrec.quant.embedding_modules import quant_prep_customize_row_alignment
 
     quant_prep_customize_row_alignment(module, [EmbeddingBagCollection, EmbeddingCollection], 1)
-    return quantize_inference_model(module, per_table_weight_dtype={t: DTYPES[d] for t, d in dtypes.items()},
-                                     output_dtype=torch.float32)
+    module = quantize_inference_model(module, per_table_weight_dtype={t: DTYPES[d] for t, d in dtypes.items()},
+                                      output_dtype=torch.float32)
+    m: Any
+    for m in module.modules():
+        # the quantized rows as the conversion made them, kept beside the copy the FBGEMM kernel serves from; read
+        # only while the quantized module is built, so dropping it halves what quantized tables hold in memory
+        if getattr(m, "_table_name_to_quantized_weights", None) is not None:
+            m._table_name_to_quantized_weights = None
+    return module
 
 
 _NAMES = {"FP32": "fp32", "FP16": "fp16", "INT8": "int8", "INT4": "int4", "INT2": "int2"}

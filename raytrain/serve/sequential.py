@@ -1,12 +1,14 @@
 """Serving a sequential model (sasrec, hstu): ``/recommend`` ranks the whole catalogue for a user's history.
 
 The history is the user's own (every action the run's data holds for that user id) or the request's ``history`` of
-item ids (with optional ``timestamps``). The model encodes its last ``max_len`` actions into a user vector and
-``raytrain.kernels.topk_scores`` takes the top ``k`` over every item, the history's items left out unless
-``exclude_seen`` is false. One ``SequenceRanker`` deployment per variant; the ingress routes users to variants by
-the traffic split (``routing``) and logs every request (``decisions``).
+item ids (with optional ``timestamps``). The model encodes its last ``max_len`` actions into a user vector and the
+variant's catalogue index (``retrieval.ItemIndex``: exact below ``retrieval.exact_below`` items, faiss above) finds
+the top ``k`` over every item, the history's items left out unless ``exclude_seen`` is false. One
+``SequenceRanker`` deployment per variant; the ingress routes users to variants by the traffic split (``routing``)
+and logs every request (``decisions``).
 """
 
+import json
 import logging  # no postponed annotations here: FastAPI reads the endpoints' parameter types at runtime
 import time
 import uuid
@@ -77,6 +79,13 @@ class SequenceRanker:
         self.spec, self.model, self.seqs = load_sequential(ref.run_dir, ref.checkpoint)
         with torch.no_grad():
             self.items = self.model.item_embeddings().detach()
+        self.index = None
+        if ref.retrieval:  # the catalogue (every item but the padding row 0) in the variant's index
+            from ..kinds.serve import RetrievalSpec
+            from .retrieval import ItemIndex
+
+            cfg = RetrievalSpec.model_validate(json.loads(ref.retrieval))
+            self.index = ItemIndex(self.items[1:].float().numpy(), np.arange(1, self.items.shape[0]), cfg)
         s = self.seqs
         self.user_row = {int(u): i for i, u in enumerate(s.user_ids)} if s.user_ids is not None else {}
         self.source_id = s.item_ids if s.item_ids is not None else np.arange(s.num_items)
@@ -107,11 +116,15 @@ class SequenceRanker:
             return {"error": "history: no item this model knows", "status": 422}
         one = Sequences(items, times, np.array([0, len(items)], dtype=np.int64), s.num_items, acts)
         query = user_vectors(self.model, one)
-        mask = torch.ones(self.items.shape[0], dtype=torch.bool)
-        mask[0] = False
-        exclude = (torch.tensor([0, len(items)]), torch.from_numpy(items)) if exclude_seen else None
-        k = min(k, int(mask.sum()) - (len(set(items.tolist())) if exclude_seen else 0))
-        scores, top = topk_scores(query, self.items, k, item_mask=mask, exclude=exclude)
+        k = min(k, self.items.shape[0] - 1 - (len(set(items.tolist())) if exclude_seen else 0))
+        if self.index is not None:
+            s_, t_ = self.index.search(query.float().numpy(), k, [items] if exclude_seen else None)
+            scores, top = torch.from_numpy(s_), torch.from_numpy(t_)
+        else:
+            mask = torch.ones(self.items.shape[0], dtype=torch.bool)
+            mask[0] = False
+            exclude = (torch.tensor([0, len(items)]), torch.from_numpy(items)) if exclude_seen else None
+            scores, top = topk_scores(query, self.items, k, item_mask=mask, exclude=exclude)
         found = top[0] >= 0
         return {"items": [int(self.source_id[i]) for i in top[0][found].tolist()], "scores": scores[0][found].tolist(),
                 "history_length": int(len(items)), "unknown_ids": unknown, "model_versions": [self.ref.version]}
@@ -120,7 +133,8 @@ class SequenceRanker:
         return {"name": self.ref.name, "run_dir": self.ref.run_dir, "checkpoint": self.ref.checkpoint,
                 "arch": self.spec.model.arch, "embedding_dim": self.spec.model.embedding_dim,
                 "max_len": self.spec.model.sequence.max_len, "items": int(self.seqs.num_items - 1),
-                "users": len(self.user_row), "parameters": int(sum(p.numel() for p in self.model.parameters()))}
+                "users": len(self.user_row), "parameters": int(sum(p.numel() for p in self.model.parameters())),
+                **({"retrieval": self.index.describe()} if self.index is not None else {})}
 
 
 @serve.deployment

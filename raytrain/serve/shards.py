@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .sources import MemberRef
 
 log = logging.getLogger("ray.serve")
-PIECE_BYTES = 64 << 20  # fp32 bytes read (and quantized) at a time
+PIECE_BYTES = 32 << 20  # fp32 bytes read (and quantized) at a time
 
 
 @dataclass(frozen=True)
@@ -113,44 +113,37 @@ class EmbeddingShard:
     """Some rows of some tables of one member, sum-pooled on request."""
 
     def __init__(self, ref: MemberRef, pieces: list[Piece], dtypes: dict[str, str], threads: int) -> None:
-        from torch import nn
-        from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-        from torchrec.modules.embedding_modules import EmbeddingBagCollection
-
-        from ..models.build import table_name
+        from ..data.schema import table_name
         from ..train.checkpoint import read_metadata
         from ..train.checkpoint_rows import read_rows
-        from .quantize import quantize_tables, table_storage
 
         torch.set_num_threads(threads)
         self.ref, self.pieces = ref, pieces
         metadata = read_metadata(ref.checkpoint)
         ebc_path = _ebc_path(ref)
-        self.modules: list[tuple[Piece, nn.Module]] = []
+        # fp32 pieces are plain tensors pooled by torch (a shard of them never imports TorchRec or FBGEMM, which
+        # weigh about 0.15 GiB a process); quantized ones are TorchRec's quantized modules on FBGEMM's kernels
+        self.tables: list[tuple[Piece, torch.Tensor | None, Any]] = []
         self.bytes = 0
         for p in pieces:
-            cfg = EmbeddingBagConfig(name=p.name, embedding_dim=p.dim, num_embeddings=p.stop - p.start,
-                                     feature_names=[p.name], pooling=PoolingType.SUM)
-            holder: Any = nn.Module()
-            ebc = EmbeddingBagCollection(tables=[cfg], device=torch.device("meta")).to_empty(device="cpu")
-            holder.ebc = ebc  # quantization swaps a module's children, so the table lives in a holder
-            weight = ebc.embedding_bags[p.name].weight.detach()
             key = f"model.model.net.{ebc_path}.embedding_bags.{table_name(p.feature)}.weight"
-            read_rows(ref.checkpoint, key, p.start, p.stop, out=weight, metadata=metadata)
-            holder = quantize_tables(holder, {p.name: dtypes.get(p.feature, "none")})
-            holder.eval()
-            self.bytes += sum(t["bytes"] for t in table_storage(holder).values())
-            self.modules.append((p, holder.ebc))
+            if dtypes.get(p.feature, "none") == "none":
+                weight = torch.empty(p.stop - p.start, p.dim)
+                read_rows(ref.checkpoint, key, p.start, p.stop, out=weight, metadata=metadata)
+                self.tables.append((p, weight, None))
+                self.bytes += weight.numel() * 4
+            else:
+                module, nbytes = _quantized_piece(ref, p, key, dtypes[p.feature], metadata)
+                self.tables.append((p, None, module))
+                self.bytes += nbytes
         self.calls = 0
 
     async def lookup(self, rows: dict) -> dict[str, np.ndarray]:
         """feature -> [B, D] sums of the ids of each row that fall in this shard's rows."""
-        from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
         self.calls += 1
         out: dict[str, np.ndarray] = {}
         bags = {}
-        for p, module in self.modules:
+        for p, weight, module in self.tables:
             if p.feature not in bags:
                 bags[p.feature] = _bag(rows, p.feature)
             ids, lengths = bags[p.feature]
@@ -159,10 +152,16 @@ class EmbeddingShard:
                 continue
             row_of = np.repeat(np.arange(len(lengths)), lengths)
             kept = np.bincount(row_of[inside], minlength=len(lengths))
-            kjt = KeyedJaggedTensor.from_lengths_sync([p.name], torch.from_numpy(ids[inside] - p.start),
-                                                      torch.from_numpy(kept))
+            local = torch.from_numpy(ids[inside] - p.start)
             with torch.inference_mode():
-                pooled = module(kjt).values().float().numpy()
+                if weight is not None:
+                    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(kept)[:-1]]))
+                    pooled = torch.nn.functional.embedding_bag(local, weight, offsets, mode="sum").numpy()
+                else:
+                    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+                    kjt = KeyedJaggedTensor.from_lengths_sync([p.name], local, torch.from_numpy(kept))
+                    pooled = module(kjt).values().float().numpy()
             out[p.feature] = out[p.feature] + pooled if p.feature in out else pooled.copy()
         return out
 
@@ -170,6 +169,25 @@ class EmbeddingShard:
         return {"pieces": len(self.pieces), "rows": {f: int(sum(p.stop - p.start for p in self.pieces if p.feature == f))
                                                      for f in dict.fromkeys(p.feature for p in self.pieces)},
                 "table_bytes": self.bytes, "peak_rss_bytes": _peak_rss(), "calls": self.calls}
+
+
+def _quantized_piece(ref: MemberRef, p: Piece, key: str, dtype: str, metadata: Any) -> tuple[Any, int]:
+    """One piece read into a TorchRec table and quantized (``serve.quantize``); its kernel's storage in bytes."""
+    from torch import nn
+    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+    from torchrec.modules.embedding_modules import EmbeddingBagCollection
+
+    from ..train.checkpoint_rows import read_rows
+    from .quantize import quantize_tables, table_storage
+
+    cfg = EmbeddingBagConfig(name=p.name, embedding_dim=p.dim, num_embeddings=p.stop - p.start, feature_names=[p.name],
+                             pooling=PoolingType.SUM)
+    holder: Any = nn.Module()
+    ebc = EmbeddingBagCollection(tables=[cfg], device=torch.device("meta")).to_empty(device="cpu")
+    holder.ebc = ebc  # quantization swaps a module's children, so the table lives in a holder
+    read_rows(ref.checkpoint, key, p.start, p.stop, out=ebc.embedding_bags[p.name].weight.detach(), metadata=metadata)
+    holder = quantize_tables(holder, {p.name: dtype}).eval()
+    return holder.ebc, sum(t["bytes"] for t in table_storage(holder).values())
 
 
 def _ebc_path(ref: MemberRef) -> str:

@@ -76,7 +76,7 @@ def resolve(name: str, v: VariantSpec) -> ResolvedVariant:
         shards = 0 if sequential else shard_count(table_bytes(Path(m.run_dir)), v.shards, v.shard_above)
         two_tower = not sequential and _arch(Path(m.run_dir)) == "two_tower"
         members.append(replace(m, quantize=v.quantize, quantize_tables=tuple(sorted(v.quantize_tables.items())),
-                               retrieval=retrieval if two_tower and not shards else "", shards=shards))
+                               retrieval=retrieval if (two_tower or sequential) and not shards else "", shards=shards))
     out.members = members
     return out
 

@@ -323,7 +323,7 @@ def test_a_sharded_member_scores_what_the_whole_model_scores(tmp_path, arch):
     plan = plan_shards([(f.name, f.cardinality, 8) for f in SCHEMA.sparse], 3, piece_bytes=20_000)
     shards = [EmbeddingShard.func_or_class(ref, pieces, {}, 1) for pieces in plan]
     for shard, pieces in zip(shards, plan):  # each holds exactly its own rows
-        held = sum(m.embedding_bags[p.name].weight.shape[0] for p, m in shard.modules)
+        held = sum(w.shape[0] for _, w, _ in shard.tables)  # fp32 pieces: plain tensors of their rows
         assert held == sum(p.stop - p.start for p in pieces) < 2530
     local = [SimpleNamespace(lookup=SimpleNamespace(remote=s.lookup)) for s in shards]  # direct calls, no Ray
     dense = ShardedMember.func_or_class(ref, local, 1)
@@ -342,6 +342,9 @@ def test_a_sharded_member_scores_what_the_whole_model_scores(tmp_path, arch):
     # int8 shards: each piece quantized as it is read; close to fp32
     q = [EmbeddingShard.func_or_class(ref, pieces, {f.name: "int8" for f in SCHEMA.sparse}, 1) for pieces in plan]
     assert sum(s.bytes for s in q) < 0.5 * sum(s.bytes for s in shards)
+    for shard, pieces in zip(q, plan):
+        held = sum(m.embedding_bags[p.name].weight.shape[0] for p, _, m in shard.tables)
+        assert held == sum(p.stop - p.start for p in pieces)
     qdense = ShardedMember.func_or_class(ref, [SimpleNamespace(lookup=SimpleNamespace(remote=s.lookup)) for s in q], 1)
     q_logits, _ = asyncio.run(qdense.score(to_wire(cols)))
     assert 0 < np.abs(q_logits - logits).max() < 0.05 * np.abs(logits).mean()
