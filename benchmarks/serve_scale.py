@@ -328,9 +328,10 @@ def sharded(run: Path, n_rows: int, goals: list) -> None:
     from serve_load import drive, free_port
 
     from raytrain.ensemble.members import load_member, score, split_table
+    from raytrain.serve.refs import MemberRef
     from raytrain.serve.runner import deploy
     from raytrain.serve.shards import EmbeddingShard
-    from raytrain.serve.sources import MemberRef, resolve
+    from raytrain.serve.sources import resolve
     from raytrain.spec import parse_spec
 
     member = load_member(run)

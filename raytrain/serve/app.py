@@ -21,10 +21,10 @@ from .decisions import LogBuffer, bind_ingress, request_rows
 from .explore import explore_slate, top_k
 from .features import FeatureStore, RequestError, _key, to_wire
 from .members import MemberModel
+from .refs import MemberRef, ResolvedVariant
 from .requests import FeedbackRequest, PredictRequest, RecommendRequest, install_error_replies
 from .routing import assign, forced_variant, group_rows
 from .scoring import Scorer
-from .sources import MemberRef, ResolvedVariant
 
 log = logging.getLogger("ray.serve")
 # a member deployment that cannot answer now (replicas dead, restarting, or at their request limit): retryable

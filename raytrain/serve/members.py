@@ -13,7 +13,7 @@ import torch
 from ray import serve
 
 from .features import from_wire
-from .sources import MemberRef
+from .refs import MemberRef
 
 
 @serve.deployment

@@ -15,7 +15,8 @@ from ..errors import SpecError
 from ..kinds import JobSpec
 from ..log import get_logger
 from ..spec import resolved_yaml
-from .sources import ResolvedVariant, resolve, servable_problems
+from .refs import ResolvedVariant
+from .sources import resolve, servable_problems
 
 log = get_logger(__name__)
 
@@ -105,7 +106,7 @@ def update(spec: JobSpec, address: str | None = None, rollback: bool = False) ->
     """Roll a running application over in place to what its spec resolves to now (the newest runs), or with
     ``rollback`` to the version it served before the current one. Serve replaces the replicas of the deployments
     whose model changed (new replicas start, old ones finish their requests); the others keep running."""
-    from .sources import MemberRef
+    from .refs import MemberRef
 
     assert spec.serve is not None
     variants = None

@@ -19,7 +19,7 @@ from ray import serve
 
 from ..data.batches import Columns
 from .features import concat_wire, to_wire
-from .sources import MemberRef, ResolvedVariant
+from .refs import MemberRef, ResolvedVariant
 
 log = logging.getLogger("ray.serve")
 

@@ -23,9 +23,9 @@ from ray import serve
 
 from .decisions import LogBuffer, bind_ingress, request_rows
 from .features import RequestError
+from .refs import MemberRef
 from .requests import _Body, _flag, _is_int, install_error_replies
 from .routing import assign, forced_variant
-from .sources import MemberRef
 
 log = logging.getLogger("ray.serve")
 api = FastAPI(title="raytrain serving (sequential models)")

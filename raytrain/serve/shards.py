@@ -26,7 +26,7 @@ import torch
 from ray import serve
 
 if TYPE_CHECKING:
-    from .sources import MemberRef
+    from .refs import MemberRef
 
 log = logging.getLogger("ray.serve")
 PIECE_BYTES = 32 << 20  # fp32 bytes read (and quantized) at a time

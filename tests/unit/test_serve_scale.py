@@ -315,8 +315,8 @@ def test_a_sharded_member_scores_what_the_whole_model_scores(tmp_path, arch):
 
     from raytrain.data.batches import Columns
     from raytrain.serve.features import to_wire
+    from raytrain.serve.refs import MemberRef
     from raytrain.serve.shards import EmbeddingShard, ShardedMember, plan_shards
-    from raytrain.serve.sources import MemberRef
 
     run, ckpt, model = _saved_run(tmp_path, arch)
     ref = MemberRef("m", str(run), str(ckpt), shards=3)
