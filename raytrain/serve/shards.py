@@ -95,6 +95,24 @@ def plan_shards(tables: list[tuple[str, int, int]], n: int, piece_bytes: int = P
     return out
 
 
+def _pack(weight: torch.Tensor, dtype: str) -> torch.Tensor:
+    """fp32 rows stored as ``dtype``: fp16, or row-wise quantized int8 / int4 (a scale and a bias per row)."""
+    if dtype == "fp16":
+        return weight.half()
+    if dtype == "int8":
+        return torch.ops.quantized.embedding_bag_byte_prepack(weight)
+    return torch.ops.quantized.embedding_bag_4bit_prepack(weight, False)
+
+
+def _pool(weight: torch.Tensor, dtype: str, ids: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Sums of the rows of each bag, whatever the rows are stored as."""
+    if dtype in ("none", "fp16"):
+        return torch.nn.functional.embedding_bag(ids, weight, offsets, mode="sum").float()
+    op = (torch.ops.quantized.embedding_bag_byte_rowwise_offsets if dtype == "int8"
+          else torch.ops.quantized.embedding_bag_4bit_rowwise_offsets)
+    return op(weight, ids, offsets, mode=0, include_last_offset=False)
+
+
 def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
@@ -121,21 +139,19 @@ class EmbeddingShard:
         self.ref, self.pieces = ref, pieces
         metadata = read_metadata(ref.checkpoint)
         ebc_path = _ebc_path(ref)
-        # fp32 pieces are plain tensors pooled by torch (a shard of them never imports TorchRec or FBGEMM, which
-        # weigh about 0.15 GiB a process); quantized ones are TorchRec's quantized modules on FBGEMM's kernels
-        self.tables: list[tuple[Piece, torch.Tensor | None, Any]] = []
+        # pieces are plain tensors pooled by PyTorch's own kernels: embedding_bag for fp32 / fp16, its row-wise
+        # quantized embedding-bag operators for int8 (D + 8 bytes a row) and int4 (D / 2 + 4); a shard process so
+        # never imports TorchRec or FBGEMM, which weigh about 0.19 GiB a process here
+        self.tables: list[tuple[Piece, torch.Tensor, str]] = []
         self.bytes = 0
         for p in pieces:
             key = f"model.model.net.{ebc_path}.embedding_bags.{table_name(p.feature)}.weight"
-            if dtypes.get(p.feature, "none") == "none":
-                weight = torch.empty(p.stop - p.start, p.dim)
-                read_rows(ref.checkpoint, key, p.start, p.stop, out=weight, metadata=metadata)
-                self.tables.append((p, weight, None))
-                self.bytes += weight.numel() * 4
-            else:
-                module, nbytes = _quantized_piece(ref, p, key, dtypes[p.feature], metadata)
-                self.tables.append((p, None, module))
-                self.bytes += nbytes
+            dtype = dtypes.get(p.feature, "none")
+            weight = read_rows(ref.checkpoint, key, p.start, p.stop, metadata=metadata)
+            if dtype != "none":  # quantized before the next piece is read
+                weight = _pack(weight, dtype)
+            self.tables.append((p, weight, dtype))
+            self.bytes += weight.numel() * weight.element_size()
         self.calls = 0
 
     async def lookup(self, rows: dict) -> dict[str, np.ndarray]:
@@ -143,7 +159,7 @@ class EmbeddingShard:
         self.calls += 1
         out: dict[str, np.ndarray] = {}
         bags = {}
-        for p, weight, module in self.tables:
+        for p, weight, dtype in self.tables:
             if p.feature not in bags:
                 bags[p.feature] = _bag(rows, p.feature)
             ids, lengths = bags[p.feature]
@@ -153,15 +169,9 @@ class EmbeddingShard:
             row_of = np.repeat(np.arange(len(lengths)), lengths)
             kept = np.bincount(row_of[inside], minlength=len(lengths))
             local = torch.from_numpy(ids[inside] - p.start)
+            offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(kept)[:-1]]))
             with torch.inference_mode():
-                if weight is not None:
-                    offsets = torch.from_numpy(np.concatenate([[0], np.cumsum(kept)[:-1]]))
-                    pooled = torch.nn.functional.embedding_bag(local, weight, offsets, mode="sum").numpy()
-                else:
-                    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
-
-                    kjt = KeyedJaggedTensor.from_lengths_sync([p.name], local, torch.from_numpy(kept))
-                    pooled = module(kjt).values().float().numpy()
+                pooled = _pool(weight, dtype, local, offsets).numpy()
             out[p.feature] = out[p.feature] + pooled if p.feature in out else pooled.copy()
         return out
 
@@ -169,25 +179,6 @@ class EmbeddingShard:
         return {"pieces": len(self.pieces), "rows": {f: int(sum(p.stop - p.start for p in self.pieces if p.feature == f))
                                                      for f in dict.fromkeys(p.feature for p in self.pieces)},
                 "table_bytes": self.bytes, "peak_rss_bytes": _peak_rss(), "calls": self.calls}
-
-
-def _quantized_piece(ref: MemberRef, p: Piece, key: str, dtype: str, metadata: Any) -> tuple[Any, int]:
-    """One piece read into a TorchRec table and quantized (``serve.quantize``); its kernel's storage in bytes."""
-    from torch import nn
-    from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
-    from torchrec.modules.embedding_modules import EmbeddingBagCollection
-
-    from ..train.checkpoint_rows import read_rows
-    from .quantize import quantize_tables, table_storage
-
-    cfg = EmbeddingBagConfig(name=p.name, embedding_dim=p.dim, num_embeddings=p.stop - p.start, feature_names=[p.name],
-                             pooling=PoolingType.SUM)
-    holder: Any = nn.Module()
-    ebc = EmbeddingBagCollection(tables=[cfg], device=torch.device("meta")).to_empty(device="cpu")
-    holder.ebc = ebc  # quantization swaps a module's children, so the table lives in a holder
-    read_rows(ref.checkpoint, key, p.start, p.stop, out=ebc.embedding_bags[p.name].weight.detach(), metadata=metadata)
-    holder = quantize_tables(holder, {p.name: dtype}).eval()
-    return holder.ebc, sum(t["bytes"] for t in table_storage(holder).values())
 
 
 def _ebc_path(ref: MemberRef) -> str:
