@@ -411,6 +411,7 @@ def sharded(run: Path, n_rows: int, goals: list) -> None:
 
 REQUEST_PATHS = {"http": {}, "throughput_optimized": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
                  "haproxy": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}}
+# haproxy is what serve.request_path: haproxy sets (raytrain.serve.runner.HAPROXY_ENV)
 
 
 def path_arm(run: str, path: str, seconds: float) -> None:

@@ -47,6 +47,7 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
     run_dir = run_dir or new_run_dir(spec)
     (run_dir / "spec.yaml").write_text(resolved_yaml(spec))
     console.attach(run_dir / "logs")
+    _request_path(spec, address)
     init_ray(spec, address)
     t0 = time.time()
     serve.start(http_options={"host": spec.serve.host, "port": spec.serve.port})
@@ -66,6 +67,27 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
     log.info(f"serving {spec.name} at {url} (ready in {info['ready_s']}s): POST /predict, POST /recommend, "
          f"POST /feedback, GET /healthz, GET /metadata; request logs: {run_dir / 'logs'}")
     return {"run_dir": str(run_dir), **info}
+
+
+HAPROXY_ENV = {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1", "RAY_SERVE_ENABLE_HA_PROXY": "1"}
+
+
+def _request_path(spec: JobSpec, address: str | None) -> None:
+    """``serve.request_path: haproxy``: Serve reads its request path from the environment its processes start with,
+    so it is set here for the local Ray raytrain is about to start; a running Ray keeps the one it started with."""
+    import os
+
+    import ray
+
+    assert spec.serve is not None
+    if spec.serve.request_path != "haproxy":
+        return
+    if ray.is_initialized() or address or spec.ray.address or os.environ.get("RAY_ADDRESS"):
+        if any(os.environ.get(k) != v for k, v in HAPROXY_ENV.items()):
+            log.warning("serve.request_path haproxy: this Ray is already running; it serves through HAProxy only if "
+                        "it was started with " + " ".join(f"{k}={v}" for k, v in HAPROXY_ENV.items()))
+        return
+    os.environ.update(HAPROXY_ENV)
 
 
 def wait_running(app: str, timeout_s: float = 300) -> None:
