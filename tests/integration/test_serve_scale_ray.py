@@ -73,6 +73,11 @@ def test_a_quantized_two_tower_retrieves_what_its_own_scores_rank_first(two_towe
 
     status, rec = post(url + "/recommend", {"user_id": 12, "k": 10}, variant="exact")
     assert status == 200 and len(rec["items"]) == 10, rec
+    # a body sent as a form's (curl -d, urllib's default content type) is read as JSON all the same
+    plain = urllib.request.Request(url + "/predict", data=b'{"rows": [{"user_id": 12, "item_id": 50}]}',
+                                   headers={"X-Raytrain-Variant": "exact"})
+    with urllib.request.urlopen(plain, timeout=60) as r:
+        assert r.status == 200 and len(json.loads(r.read())["probabilities"]) == 1
     scores = [x["score"] for x in rec["items"]]
     assert scores == sorted(scores, reverse=True)
     # the retrieved items' scores are the model's own /predict probabilities of those (user, item) rows ...
