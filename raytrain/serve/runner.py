@@ -33,7 +33,7 @@ def deploy(spec: JobSpec, address: str | None = None, variants: list[ResolvedVar
 
     from ..runs import new_run_dir
     from ..train.runner import init_ray
-    from .app import build_app
+    from .build import build_app
 
     assert spec.serve is not None
     if variants is None:
@@ -115,6 +115,7 @@ def record_version(spec: JobSpec, run_dir: Path, variants: list[ResolvedVariant]
     from dataclasses import asdict
 
     path = versions_file(spec)
+    path.parent.mkdir(parents=True, exist_ok=True)
     found = json.loads(path.read_text()) if path.exists() else []
     found.append({"deployed_at": time.strftime("%Y-%m-%dT%H:%M:%S"), "serve_run": str(run_dir),
                   "variants": [{"name": v.name, "members": [asdict(m) for m in v.members], "combiner": v.combiner,
