@@ -4,7 +4,8 @@
     python benchmarks/report.py "python benchmarks/serve_scale.py" /tmp/serve_scale.log
 
 Each call replaces the rows of that command (a benchmark's goals as its last run printed them) and keeps the
-others; every row carries the command, the date, the commit of the checkout and the machine.
+others, and the page's hand-written "## Notes" section; every row carries the command, the date, the commit of the
+checkout and the machine.
 """
 
 from __future__ import annotations
@@ -52,12 +53,16 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     stamp, where = time.strftime("%Y-%m-%d"), machine()
-    kept = []
+    kept, notes = [], ""
     if PAGE.exists():
-        kept = [line for line in PAGE.read_text().splitlines()
+        text = PAGE.read_text()
+        if "\n## Notes" in text:  # written by hand: why a goal is missed, kept as it is
+            text, notes = text.split("\n## Notes", 1)
+            notes = "\n## Notes" + notes
+        kept = [line for line in text.splitlines()
                 if line.startswith("| ") and not line.startswith(("| goal", "|---")) and f"| `{a.command}` |" not in line]
     rows = [f"| {n} | {v} | {t} | {s} | `{a.command}` | {stamp} | {commit} | {where} |" for n, v, t, s in goals]
-    PAGE.write_text(HEAD + "\n".join(kept + rows) + "\n")
+    PAGE.write_text(HEAD + "\n".join(kept + rows) + "\n" + notes)
     print(f"{PAGE}: {len(rows)} goals of `{a.command}` ({sum(g[3] == 'met' for g in goals)} met)")
 
 

@@ -352,7 +352,7 @@ def sharded(run: Path, n_rows: int, goals: list) -> None:
         MemberRef(ref.name, ref.run_dir, ref.checkpoint), [], {}, 1), name="empty-shard", route_prefix=None)
     empty = replica_peaks("empty-shard")["empty"]
     serve.delete("empty-shard")
-    print(f"an empty shard replica (torch, TorchRec, FBGEMM, Ray Serve imported): peak RSS {empty / 2**30:.3f} GiB")
+    print(f"an empty shard replica (what a shard imports: torch and Ray Serve): peak RSS {empty / 2**30:.3f} GiB")
 
     def app(name: str, variant: dict, replicas: int):
         spec = parse_spec({"name": name, "kind": "serve", "storage": "/tmp/raytrain-serve-scale-shards", "serve": {

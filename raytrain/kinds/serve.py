@@ -145,7 +145,7 @@ class ServeSpec(Section):
                                "feature store's unknown row) and counts them in the reply; 'reject' answers 422")
     request_path: Literal["proxy", "haproxy"] = Field(
         "proxy", description="how HTTP reaches the ingress: Ray Serve's proxy, or HAProxy with the ingress answering "
-                             "directly (Serve's throughput-optimised mode; 2.04x the requests/s here, but Serve binds "
+                             "directly (Serve's throughput-optimised mode; about twice the requests/s here, but Serve binds "
                              "replica ports on every interface). Set for the local Ray raytrain starts; a cluster "
                              "takes it from the environment its Ray was started with")
     host: str = "127.0.0.1"
