@@ -27,6 +27,11 @@ SMALL = ["train.workers=1", "train.batch_size=1024", "train.epochs=2", "tune.num
 def test_asha_tune_stops_trials_and_writes_the_report(ray_local, tmp_path):
     import ray
 
+    # the baseline is the idle cluster: the previous module's last Train run releases its workers asynchronously
+    # after fit() returns (seconds), so a baseline taken at once can be 2 CPUs short
+    settle = time.time() + 60
+    while ray.available_resources().get("CPU") != ray.cluster_resources().get("CPU") and time.time() < settle:
+        time.sleep(0.5)
     cpus_before = ray.available_resources().get("CPU")
     # random search: Tune ignores TuneConfig.max_concurrent_trials for its generator (raytrain passes the limit on)
     spec = load_spec(ROOT / "jobs/tune_ml100k_asha.yaml", [f"storage={tmp_path}", *SMALL, "model.arch=dcn_v2",
