@@ -109,17 +109,12 @@ def quantization(run: Path, label: str, goals: list) -> None:
 
 def two_tower_parts(run: Path):
     """(model, store, item tower inputs of every known item, user vectors of every known user)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from raytrain.data import prepare
-    from raytrain.serve.features import FeatureStore
+    from raytrain.serve.features import FeatureStore, prepared_rows
     from raytrain.train.export import load_model
 
     model = load_model(run)
-    prepared = prepare(model.spec.data)
-    table = pa.concat_tables([pq.read_table(p) for s in ("train", "validation", "test") for p in prepared.paths[s]])
-    store = FeatureStore(model.schema, table)
+    store = FeatureStore(model.schema, prepared_rows(model.spec.data))
     net = model.module.model.net
     items = store.known_items
     users = np.flatnonzero(store.known["user"])
@@ -204,7 +199,7 @@ def two_stage(ranker_run: Path, two_tower_run: Path, n_users: int, goals: list) 
     from raytrain.data import prepare
     from raytrain.ensemble.members import load_member
     from raytrain.kinds.serve import RetrievalSpec
-    from raytrain.serve.features import FeatureStore
+    from raytrain.serve.features import FeatureStore, prepared_rows
     from raytrain.serve.retrieval import ItemIndex
 
     model, store, inputs, _ = two_tower_parts(two_tower_run)
@@ -214,10 +209,8 @@ def two_stage(ranker_run: Path, two_tower_run: Path, n_users: int, goals: list) 
     index = ItemIndex(item_vectors, store.known_items, RetrievalSpec(index="exact"))
     ranker = load_member(ranker_run).model
     prepared = prepare(ranker.spec.data)
-    import pyarrow as pa
 
-    full = pa.concat_tables([pq.read_table(p) for s in ("train", "validation", "test") for p in prepared.paths[s]])
-    rstore = FeatureStore(ranker.schema, full)
+    rstore = FeatureStore(ranker.schema, prepared_rows(ranker.spec.data))
     train = pq.read_table(prepared.paths["train"][0]).select(["user_id", "item_id"]).to_pandas()
     test = pq.read_table(prepared.paths["test"][0]).select(["user_id", "item_id", "label"]).to_pandas()
     seen = train.groupby("user_id")["item_id"].apply(set).to_dict()

@@ -17,7 +17,7 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 
 from .decisions import LogBuffer, request_rows
 from .explore import explore_slate, top_k
-from .features import FeatureStore, RequestError, _key, to_wire
+from .features import FeatureStore, RequestError, _key, prepared_rows, to_wire
 from .refs import MemberRef, ResolvedVariant
 from .requests import FeedbackRequest, PredictRequest, RecommendRequest, install_error_replies
 from .routing import assign, forced_variant, group_rows
@@ -38,10 +38,7 @@ install_error_replies(api, COUNTS)
 @serve.ingress(api)
 class Ingress(Scorer):
     def __init__(self, config: dict, variants: list[dict], handles: dict, decision_log=None):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        from ..data import prepare
         from ..data.schema import FeatureSchema
         from ..ensemble.combine import Combiner
         from ..kinds.serve import ServeSpec
@@ -61,9 +58,7 @@ class Ingress(Scorer):
         if _key(schema, "user", self.cfg.sticky_key) is not None or _key(schema, "item", "item_id") is not None:
             # the feature store's rows: each user's and item's latest features (not for Criteo-format models,
             # whose rows carry every feature and whose logs may be terabytes)
-            prepared = prepare(DataSpec.model_validate(config["data"]))
-            table = pa.concat_tables([pq.read_table(p) for s in ("train", "validation", "test")
-                                      for p in prepared.paths[s]])
+            table = prepared_rows(DataSpec.model_validate(config["data"]))
         hashed = frozenset(f.name for f in schema.sparse) if config["data"].get("source") == "criteo" else frozenset()
         self.store = FeatureStore(schema, table, user_key=self.cfg.sticky_key, hashed=hashed)
         self.started = time.time()

@@ -42,6 +42,16 @@ class Parsed:
     unknown: dict[str, int] = field(default_factory=dict)  # feature -> rows whose id was unknown / out of range
 
 
+def prepared_rows(data_spec) -> pa.Table:
+    """Every prepared row of a data spec, oldest split first: what a feature store is built from."""
+    import pyarrow.parquet as pq
+
+    from ..data import prepare
+
+    prepared = prepare(data_spec)
+    return pa.concat_tables([pq.read_table(p) for s in ("train", "validation", "test") for p in prepared.paths[s]])
+
+
 def _key(schema: FeatureSchema, group: str, preferred: str) -> str | None:
     names = [f.name for f in schema.sparse if f.group == group and not f.multi_valued]
     return preferred if preferred in names else (names[0] if names else None)

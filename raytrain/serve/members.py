@@ -46,17 +46,12 @@ class MemberModel:
 
     def _build_index(self):
         """The item tower's vector of every item the run's data holds, in an index (``retrieval.ItemIndex``)."""
-        import pyarrow as pa
-        import pyarrow.parquet as pq
 
-        from ..data import prepare
         from ..kinds.serve import RetrievalSpec
-        from .features import FeatureStore, to_wire
+        from .features import FeatureStore, prepared_rows, to_wire
         from .retrieval import ItemIndex
 
-        prepared = prepare(self.model.spec.data)
-        table = pa.concat_tables([pq.read_table(p) for s in ("train", "validation", "test") for p in prepared.paths[s]])
-        store = FeatureStore(self.model.schema, table)
+        store = FeatureStore(self.model.schema, prepared_rows(self.model.spec.data))
         assert store.user_key is not None and store.item_key is not None
         items = store.known_items
         vectors = []
