@@ -3,9 +3,9 @@
     python benchmarks/serve_scale.py | tee /tmp/serve_scale.log
     python benchmarks/report.py "python benchmarks/serve_scale.py" /tmp/serve_scale.log
 
-Each call replaces the rows of that command (a benchmark's goals as its last run printed them) and keeps the
-others, and the page's hand-written "## Notes" section; every row carries the command, the date, the commit of the
-checkout and the machine.
+Each call replaces the rows of that command and the rows of every goal the log has (a run of some sections of a
+benchmark updates those goals), and keeps the others and the page's hand-written "## Notes" section; every row
+carries the command, the date, the commit of the checkout and the machine.
 """
 
 from __future__ import annotations
@@ -59,8 +59,10 @@ def main() -> None:
         if "\n## Notes" in text:  # written by hand: why a goal is missed, kept as it is
             text, notes = text.split("\n## Notes", 1)
             notes = "\n## Notes" + notes
+        names = {g[0] for g in goals}
         kept = [line for line in text.splitlines()
-                if line.startswith("| ") and not line.startswith(("| goal", "|---")) and f"| `{a.command}` |" not in line]
+                if line.startswith("| ") and not line.startswith(("| goal", "|---")) and f"| `{a.command}` |" not in line
+                and line.split("|")[1].strip() not in names]
     rows = [f"| {n} | {v} | {t} | {s} | `{a.command}` | {stamp} | {commit} | {where} |" for n, v, t, s in goals]
     PAGE.write_text(HEAD + "\n".join(kept + rows) + "\n" + notes)
     print(f"{PAGE}: {len(rows)} goals of `{a.command}` ({sum(g[3] == 'met' for g in goals)} met)")

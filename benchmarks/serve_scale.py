@@ -10,6 +10,8 @@ job's model (jobs/train_ml100k_two_tower.yaml), and a Criteo-shaped DLRM (jobs/t
 1. **Quantized tables**: each model's test split scored with fp32 tables and with int8 / int4 tables (TorchRec's
    inference quantization, as a served member stores them: ``raytrain.serve.quantize``); the AUC change and the
    tables' bytes (FBGEMM's storage) against fp32.
+   The pretrained HSTU (jobs/pretrain_hstu_ml100k.yaml) likewise: its item table at int8 / int4, NDCG@10 over the
+   test users (leave-one-out, the whole catalogue ranked, seen items left out) against fp32's.
 2. **Retrieval at catalogue scale**: a synthetic catalogue of ``--items`` items made by the trained two-tower's item
    tower (each item's tower input is a real item's, moved by Gaussian noise of half the inputs' spread per
    coordinate, so the vectors have the model's structure rather than uniform noise); the queries are the real users'
@@ -105,6 +107,32 @@ def quantization(run: Path, label: str, goals: list) -> None:
               f"({ratio:.3f}x fp32), max |logit change| {np.abs(q_logits - logits).max():.4f}")
         goals.append((f"{label}_{dtype}_auc_drop", f"{drop:.5f}", f"<={max_drop}", drop <= max_drop))
         goals.append((f"{label}_{dtype}_table_bytes_ratio", f"{ratio:.3f}", f"<={max_ratio}", ratio <= max_ratio))
+
+
+def sequential_quantization(run: Path, goals: list) -> None:
+    """The sequential model's test NDCG@10 (the whole catalogue ranked for each test user) with its item table at
+    fp32, int8 and int4, the same users, and the table's bytes."""
+    from raytrain.data.sequences import leave_one_out
+    from raytrain.serve.quantize import quantize_tables, table_storage
+    from raytrain.train.sequential import evaluate
+    from raytrain.train.sequential_run import load_sequential
+
+    _, model, seqs = load_sequential(run)
+    split = leave_one_out(seqs)
+    ndcg = evaluate(model, split, "test")["ndcg@10"]
+    fp32_bytes = table_storage(model)["t_item"]["bytes"]
+    print(f"hstu_ml100k: fp32 test NDCG@10 {ndcg:.5f} over {len(split.test_target):,} users, item table "
+          f"{fp32_bytes / 2**10:.0f} KiB")
+    for dtype in ("int8", "int4"):
+        q = quantize_tables(load_sequential(run)[1], {"t_item": dtype})
+        q_ndcg, nbytes = evaluate(q, split, "test")["ndcg@10"], table_storage(q)["t_item"]["bytes"]
+        change = (q_ndcg - ndcg) / ndcg
+        print(f"hstu_ml100k: {dtype} test NDCG@10 {q_ndcg:.5f} ({100 * change:+.2f}%), item table "
+              f"{nbytes / 2**10:.0f} KiB ({nbytes / fp32_bytes:.3f}x fp32)")
+        if dtype == "int8":
+            goals.append(("hstu_ml100k_int8_ndcg_rel_drop", f"{-change:.4f}", "<=0.02", -change <= 0.02))
+            goals.append(("hstu_ml100k_int8_table_bytes_ratio", f"{nbytes / fp32_bytes:.3f}", "<=0.33",
+                          nbytes / fp32_bytes <= 0.33))
 
 
 def two_tower_parts(run: Path):
@@ -521,6 +549,7 @@ def main() -> None:
     if "quantize" in sections:
         quantization(dcn, "dcn_v2_ml100k", goals)
         quantization(criteo, "dlrm_criteo", goals)
+        sequential_quantization(train("jobs/pretrain_hstu_ml100k.yaml", work, []), goals)
     if "retrieval" in sections:
         retrieval(two_tower, a.items, a.queries, goals)
         two_stage(dcn, two_tower, a.users, goals)

@@ -137,10 +137,22 @@ class SequentialModel(nn.Module):
         items = {k: F.normalize(looked[k].values(), dim=-1) for k in ("target", "negative")}
         return user, items
 
-    def item_embeddings(self) -> torch.Tensor:
-        """Every item's normalised embedding [num_items, d] (row 0 is padding), for ranking the whole catalogue."""
-        weight = self.item_table.embeddings["t_item"].weight
-        return F.normalize(weight.detach(), dim=-1)
+    def item_embeddings(self, rows_per_lookup: int = 1 << 16) -> torch.Tensor:
+        """Every item's normalised embedding [num_items, d] (row 0 is padding), for ranking the whole catalogue. A
+        table quantized for serving (``serve.quantize``: TorchRec's QuantEmbeddingCollection, no ``weight``) is read
+        back through its own lookup, ``rows_per_lookup`` rows at a time, so the catalogue is scored with the rows the
+        history lookups see."""
+        table = self.item_table.embeddings["t_item"]
+        weight = getattr(table, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.is_floating_point():
+            return F.normalize(weight.detach(), dim=-1)
+        out = []
+        with torch.no_grad():
+            for start in range(0, self.num_items, rows_per_lookup):
+                ids = torch.arange(start, min(start + rows_per_lookup, self.num_items))
+                kjt = KeyedJaggedTensor.from_lengths_sync(KEYS, ids, torch.tensor([len(ids), 0, 0]))
+                out.append(self.item_table(kjt)["history"].values().float())
+        return F.normalize(torch.cat(out), dim=-1)
 
 
 def candidate_logits(user: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, positive_ids: torch.Tensor,

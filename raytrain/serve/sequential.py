@@ -77,8 +77,15 @@ class SequenceRanker:
         torch.set_num_threads(threads)
         self.ref = ref
         self.spec, self.model, self.seqs = load_sequential(ref.run_dir, ref.checkpoint)
+        if ref.quantize != "none":  # the item table the history lookups read, and the catalogue read back from it
+            from .quantize import quantize_tables
+
+            self.model = quantize_tables(self.model, {"t_item": ref.quantize})  # type: ignore[assignment]
         with torch.no_grad():
             self.items = self.model.item_embeddings().detach()
+        from .quantize import table_storage
+
+        self.tables = table_storage(self.model)
         self.index = None
         if ref.retrieval:  # the catalogue (every item but the padding row 0) in the variant's index
             from ..kinds.serve import RetrievalSpec
@@ -134,6 +141,7 @@ class SequenceRanker:
                 "arch": self.spec.model.arch, "embedding_dim": self.spec.model.embedding_dim,
                 "max_len": self.spec.model.sequence.max_len, "items": int(self.seqs.num_items - 1),
                 "users": len(self.user_row), "parameters": int(sum(p.numel() for p in self.model.parameters())),
+                "tables": self.tables, "catalogue_bytes": int(self.items.numel() * self.items.element_size()),
                 **({"retrieval": self.index.describe()} if self.index is not None else {})}
 
 

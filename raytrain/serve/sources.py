@@ -108,9 +108,9 @@ def servable_problems(cfg: ServeSpec, variants: list[ResolvedVariant] | None = N
             run = Path(m.run_dir)
             if is_sequential(run):
                 kinds[rv.name] = "sequential"
-                if m.quantize != "none" or m.quantize_tables:
-                    problems.append(f"{at}.quantize: sequential models ({m.name}) are served with fp32 tables in "
-                                    "this version; use none")
+                if m.quantize_tables:
+                    problems.append(f"{at}.quantize_tables: a sequential model ({m.name}) has one table, its items; "
+                                    "use quantize")
                 if spec_v.shards is not None or spec_v.shard_above is not None:
                     problems.append(f"{at}.shards: sequential models ({m.name}) are served whole in this version")
                 continue

@@ -143,7 +143,9 @@ def _post(url: str, body) -> tuple[int, dict]:
 
 def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
     """/recommend over real HTTP from the pretrained run: the same top-k as the model ranks in this process, for a
-    user's stored history and for a history sent in the request, seen items left out; bad bodies get 4xx."""
+    user's stored history and for a history sent in the request, seen items left out; bad bodies get 4xx. A second
+    variant serves the same run with an int8 item table: /metadata reports its bytes, and it ranks what the int8
+    model ranks in this process."""
     import socket
 
     from hypothesis import HealthCheck, given, settings
@@ -159,7 +161,9 @@ def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     spec = load_spec(ROOT / "jobs/serve_hstu_ml100k.yaml", [
-        f"storage={tmp_path}", f"serve.port={port}", f"serve.variants.hstu.run={pretrained['run_dir']}"])
+        f"storage={tmp_path}", f"serve.port={port}", f"serve.variants.hstu.run={pretrained['run_dir']}",
+        f"serve.variants.int8={{run: {pretrained['run_dir']}, quantize: int8}}", "serve.traffic={hstu: 1.0, int8: 0.0}",
+        "serve.force_variant=body"])
     out = deploy(spec)
     url = out["url"]
     try:
@@ -215,6 +219,24 @@ def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
         never_5xx()
         code, _ = _post(f"{url}/recommend", {"user_id": user})
         assert code == 200
+
+        import urllib.request
+
+        from raytrain.serve.quantize import quantize_tables
+
+        code, body = _post(f"{url}/recommend", {"user_id": user, "k": 10, "variant": "int8"})
+        assert code == 200 and body["variant"] == "int8", body
+        fp32_top = expected(seqs.items[a:z], seqs.timestamps[a:z], 10)
+        model = quantize_tables(model, {"t_item": "int8"})
+        items = model.item_embeddings()
+        assert body["items"] == expected(seqs.items[a:z], seqs.timestamps[a:z], 10)
+        assert len(set(body["items"]) & set(fp32_top)) >= 7, (body["items"], fp32_top)
+        with urllib.request.urlopen(f"{url}/metadata") as r:
+            meta = json.loads(r.read())["variants"]
+        fp32_t, int8_t = meta["hstu"]["model"]["tables"]["t_item"], meta["int8"]["model"]["tables"]["t_item"]
+        assert fp32_t["dtype"] == "fp32" and int8_t["dtype"] == "int8" and int8_t["rows"] == seqs.num_items
+        d = fp32_t["dim"]
+        assert fp32_t["bytes"] == seqs.num_items * 4 * d and int8_t["bytes"] < seqs.num_items * (d + 4) + 128
     finally:  # Serve stopped, not only the app: a later deploy in this session starts it on its own port
         serve.shutdown()
 

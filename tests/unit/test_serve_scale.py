@@ -72,6 +72,45 @@ def test_quantized_tables_score_close_to_fp32_and_hold_their_row_bytes(arch):
     assert table_storage(model)[table_name("item")] == {"dtype": "fp32", "rows": 2000, "dim": 16, "bytes": 2000 * 64}
 
 
+def test_a_quantized_sequential_model_reads_its_catalogue_from_the_quantized_rows():
+    """SASRec / HSTU: the item table becomes TorchRec's quantized EmbeddingCollection; the catalogue the model ranks
+    (``item_embeddings``) is read back through it and equals row-wise min-max int8 quantization done by hand (scale
+    and bias in fp16, as FBGEMM stores them); the user vectors stay close to fp32's."""
+    import types
+
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from raytrain.models.sequential import KEYS, SequentialModel
+
+    cfg = types.SimpleNamespace(heads=2, max_len=20, dropout=0.0, blocks=2, actions=0)
+
+    def model() -> SequentialModel:
+        torch.manual_seed(0)
+        return SequentialModel("hstu", 3000, 32, cfg).eval()
+
+    fp32 = model()
+    weight = fp32.item_table.embeddings["t_item"].weight.detach()
+    lo, hi = weight.min(1, keepdim=True).values, weight.max(1, keepdim=True).values
+    scale, bias = ((hi - lo) / 255).half().float(), lo.half().float()
+    by_hand = torch.round((weight - bias) / scale).clamp(0, 255) * scale + bias
+    q = quantize_tables(model(), {"t_item": "int8"})
+    every = KeyedJaggedTensor.from_lengths_sync(KEYS, torch.arange(3000), torch.tensor([3000, 0, 0]))
+    rows = q.item_table(every)["history"].values()
+    off = (rows - by_hand).abs()
+    assert float((off <= 1e-6).float().mean()) > 0.8 and bool((off <= 1.01 * scale + 1e-7).all())  # at most one step
+    items = q.item_embeddings(rows_per_lookup=1000)  # three lookups
+    assert torch.allclose(items, torch.nn.functional.normalize(rows, dim=-1))
+    assert 0 < float((items - fp32.item_embeddings()).abs().max()) < 0.02
+    table = table_storage(q)["t_item"]
+    assert (table["dtype"], table["rows"], table["dim"]) == ("int8", 3000, 32)
+    assert 3000 * (32 + 4) <= table["bytes"] < 3000 * (32 + 4) + 128  # D + 4 bytes a row, FBGEMM's end alignment
+    kjt = KeyedJaggedTensor.from_lengths_sync(KEYS, torch.tensor([5, 9, 2999, 7, 1, 2]), torch.tensor([3, 2, 1, 0, 0, 0]))
+    times = torch.zeros(5, dtype=torch.long)
+    with torch.no_grad():
+        ref, got = fp32(kjt, times)[0], q(kjt, times)[0]
+    assert 0 < float((got - ref).abs().max()) < 0.02
+
+
 def test_per_table_overrides_keep_their_own_dtype_and_unknown_features_are_named():
     dtypes = table_dtypes(["user", "item", "tags"], "int8", {"item": "fp16", "tags": "none"}, "serve.variants.a")
     assert dtypes == {"user": "int8", "item": "fp16", "tags": "none"}
