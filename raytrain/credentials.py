@@ -4,7 +4,11 @@ The usual places (environment, instance profile) need nothing from raytrain. Cre
 a URI (``s3://KEY:SECRET@bucket/...``, or secret-like query values such as ``session_token=``) are taken out of it
 where the URI enters raytrain (``adopt``: spec loading, the CLI's run arguments): what raytrain keeps, writes and
 prints is the URI without them, and the credentials live only in this process's environment
-(``RAYTRAIN_STORAGE_CREDENTIALS``, keyed by ``scheme://host``), which the Ray processes raytrain starts inherit.
+(``RAYTRAIN_STORAGE_CREDENTIALS``, keyed by ``scheme://host``), which the processes of an embedded Ray inherit
+from the process that starts it. They never travel in a Ray runtime env: Ray logs runtime envs
+(``runtime_env_agent.log``) and shows them in its job table. A cluster's nodes have their own: the same variable in
+their environment, or ``RAYTRAIN_STORAGE_CREDENTIALS_FILE`` naming a file of the same JSON (a mounted secret on
+KubeRay, a file only its user can read on a local cluster), read where a filesystem is opened (docs/security.md).
 Each process resolves them again when it opens the filesystem; the filesystem objects handed to Ray pickle the
 location without credentials (Tune saves them in its experiment state).
 """
@@ -17,6 +21,8 @@ import re
 _SECRET_WORDS = "secret|token|key|password|passwd|session|credential|signature|sig"
 _SECRET_QUERY = re.compile(rf"(?:{_SECRET_WORDS})", re.I)  # a query key holding a credential
 CREDENTIALS_ENV = "RAYTRAIN_STORAGE_CREDENTIALS"
+CREDENTIALS_FILE_ENV = "RAYTRAIN_STORAGE_CREDENTIALS_FILE"
+_FORMAT = '{"scheme://host": {"userinfo": "KEY:SECRET", "query": {...}}}'
 
 
 def redact(location: str) -> str:
@@ -46,13 +52,27 @@ def _key(location: str) -> str:
 
 
 def _registered() -> dict[str, dict]:
+    """scheme://host -> credentials: those of ``RAYTRAIN_STORAGE_CREDENTIALS_FILE``'s file, then this process's
+    ``RAYTRAIN_STORAGE_CREDENTIALS`` (adopted from URIs, or the node's own), which win for the same bucket."""
     import json
 
+    table: dict[str, dict] = {}
+    path = os.environ.get(CREDENTIALS_FILE_ENV)
+    if path:
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as e:
+            raise PermissionError(f"{CREDENTIALS_FILE_ENV}: cannot read {path} ({e.strerror})") from None
+        try:
+            table.update(json.loads(text or "{}"))
+        except ValueError:
+            raise ValueError(f"{CREDENTIALS_FILE_ENV}: {path} is not JSON; it maps {_FORMAT}") from None
     try:
-        return json.loads(os.environ.get(CREDENTIALS_ENV) or "{}")
+        table.update(json.loads(os.environ.get(CREDENTIALS_ENV) or "{}"))
     except ValueError:
-        raise ValueError(f"{CREDENTIALS_ENV}: not JSON; it maps scheme://host to "
-                         '{"userinfo": "KEY:SECRET", "query": {...}}') from None
+        raise ValueError(f"{CREDENTIALS_ENV}: not JSON; it maps {_FORMAT}") from None
+    return table
 
 
 def adopt(location: str) -> str:
@@ -67,7 +87,11 @@ def adopt(location: str) -> str:
     clean, userinfo, secret = _split(location)
     if not userinfo and not secret:
         return location
-    table = _registered()
+    import contextlib
+
+    table = {}
+    with contextlib.suppress(ValueError):  # a malformed variable is replaced, and named where it is read
+        table = json.loads(os.environ.get(CREDENTIALS_ENV) or "{}")
     table[_key(clean)] = {"userinfo": userinfo, "query": secret}
     os.environ[CREDENTIALS_ENV] = json.dumps(table)
     return clean

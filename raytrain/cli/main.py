@@ -214,7 +214,21 @@ def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     return rest, overrides
 
 
+def _hide_credentials(argv: list[str]) -> None:
+    """This process's command line without the credentials of any URI in it: ``ps`` shows a process's command line
+    to every user of the machine, and Ray records a driver's as its job's entrypoint in the job table."""
+    from ..credentials import redact
+
+    shown = [redact(a) for a in argv]
+    if shown != argv:
+        import setproctitle
+
+        setproctitle.setproctitle(" ".join(["raytrain", *shown]))
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:
+        _hide_credentials(sys.argv[1:])
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = split_overrides(argv)
     args = build_parser().parse_args(rest)

@@ -52,8 +52,9 @@ class Segment:
 class SplitIndex:
     """The row groups of one split's files, from their footers (no data read)."""
 
-    def __init__(self, files: list[str], rows: list[list[int]]):
+    def __init__(self, files: list[str], rows: list[list[int]], fingerprint: str = ""):
         self.files, self.rows = files, rows
+        self.fingerprint = fingerprint  # of the files' names and footers, in order (``of``)
         self.units = [(f, g) for f, groups in enumerate(rows) for g in range(len(groups))]
         self.unit_of = {u: i for i, u in enumerate(self.units)}
         sizes = [rows[f][g] for f, g in self.units]
@@ -64,13 +65,22 @@ class SplitIndex:
 
     @classmethod
     def of(cls, files: list[str]) -> "SplitIndex":
-        rows = []
+        """The index of ``files`` and their fingerprint: a digest of each file's name and parquet footer (row groups
+        with their sizes, offsets and column statistics), which changes with the file list and, in practice, with
+        the files' contents, without reading any data."""
+        import hashlib
+        import json
+
+        rows, digest = [], hashlib.sha256()
         for f in files:
             try:
-                rows.append([m.num_rows for m in _row_groups(f)])
+                meta = _footer(f)
             except (pa.ArrowInvalid, OSError) as e:
                 raise DataError(f"{redact(f)}: not a readable parquet file ({e})") from None
-        return cls(files, rows)
+            rows.append([meta.row_group(i).num_rows for i in range(meta.num_row_groups)])
+            digest.update(str(f).split("?")[0].rsplit("/", 1)[-1].encode() + b"\0")
+            digest.update(json.dumps(meta.to_dict(), sort_keys=True, default=str).encode() + b"\0")
+        return cls(files, rows, digest.hexdigest()[:16])
 
     def rank_rows(self, rank: int, world: int) -> int:
         return self.total * (rank + 1) // world - self.total * rank // world
@@ -91,11 +101,10 @@ class SplitIndex:
         return out
 
 
-def _row_groups(path: str):
+def _footer(path: str) -> pq.FileMetaData:
     fs, p = filesystem(path)
     with fs.open_input_file(p) as fh:
-        meta = pq.ParquetFile(fh).metadata
-        return [meta.row_group(i) for i in range(meta.num_row_groups)]
+        return pq.ParquetFile(fh).metadata
 
 
 class RowGroupReader:

@@ -13,7 +13,8 @@ from pydantic import BaseModel, ValidationError
 from ..errors import SpecError
 from ..kinds import JobSpec
 from ..storage import adopt, is_uri, redact
-from .training import suggest, training_checks
+from .sections import suggest
+from .training import training_checks
 
 
 def _unwrap(tp: Any) -> list[Any]:

@@ -249,3 +249,11 @@ class DataSpec(Section):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+
+def suggest(word: str, choices: list[str]) -> str:
+    """' (did you mean X?)' for the closest of ``choices``, or ''."""
+    import difflib
+
+    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""

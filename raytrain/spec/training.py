@@ -6,7 +6,7 @@ from typing import Any, Literal, Optional
 
 from pydantic import Field, field_validator, model_validator
 
-from .sections import Section
+from .sections import Section, suggest
 
 SHARDING_TYPES = (
     "auto",
@@ -162,6 +162,8 @@ class TrainSpec(Section):
     threads_per_worker: Optional[int] = Field(None, ge=1, description="torch intra-op threads per worker")
     allreduce: Literal["auto", "gloo"] = Field("auto", description="auto: CPU workers that all run on one machine "
                                                                    "average gradients through shared memory; gloo")
+    collective_timeout_s: float = Field(1800.0, gt=0, description="a rank's longest wait in a collective (gloo, "
+                                        "shared memory) before it fails and Ray Train restarts the group")
     init_from: Optional[InitFromSpec] = Field(None, description="start from another run's weights (warm start, "
                                                                 "fine-tuning); a resumed run continues from its own")
     sampled_softmax: SampledSoftmaxSpec = Field(default_factory=SampledSoftmaxSpec,
@@ -251,14 +253,6 @@ def training_checks(spec: Any, steps: list[str]) -> list[str]:
         if spec.model.arch == "two_tower" and cols is not None and not cols.item_features:
             problems.append("model.arch: two_tower needs data.columns.item_features")
     return problems
-
-
-def suggest(word: str, choices: list[str]) -> str:
-    """' (did you mean X?)' for the closest of ``choices``, or ''."""
-    import difflib
-
-    match = difflib.get_close_matches(str(word), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def sequential_checks(spec: Any) -> list[str]:

@@ -122,8 +122,11 @@ def _state(sharded) -> dict:
     return {"model": sharded.module.state_dict(), "optim": sharded.optimizer.state_dict()}
 
 
-def save(sharded, directory: str | Path, epoch: int, metrics: dict, step: int | None = None) -> None:
-    """``step``: a mid-epoch checkpoint taken after that many steps of ``epoch`` (the data position)."""
+def save(sharded, directory: str | Path, epoch: int, metrics: dict, step: int | None = None,
+         data_order: dict | None = None) -> None:
+    """``step``: a mid-epoch checkpoint taken after that many steps of ``epoch`` (the data position), which holds
+    only with the same ``data_order`` (``TrainData.order``: world size, batch size, seed, shuffle buffer, the train
+    files' fingerprint), recorded beside it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     if dist.get_rank() == 0:
@@ -145,6 +148,8 @@ def save(sharded, directory: str | Path, epoch: int, metrics: dict, step: int | 
                   "files": dict(sorted(files.items()))}
         if step is not None:
             marker["step"] = step
+            if data_order is not None:
+                marker["data_order"] = data_order
         tmp.write_text(json.dumps(marker))
         tmp.replace(directory / MARKER)
 

@@ -145,7 +145,7 @@ def local_allreduce(dmp, spec, device: torch.device, pg, local_world_size: int |
     worker on this machine (``local_world_size`` ranks here, as Ray Train counts them); else the process group."""
     world = dist.get_world_size(pg)
     if device.type == "cpu" and world > 1 and local_world_size == world and spec.train.allreduce == "auto":
-        return use_shared_memory(dmp, pg)
+        return use_shared_memory(dmp, pg, spec.train.collective_timeout_s)
     return None
 
 

@@ -47,15 +47,23 @@ class TrainData:
         self.buffer_rows, self.prefetch = buffer_rows, prefetch
         self._window: dict = {}  # the last window decoded, reused when the next epoch's first window is the same
         if prepared.synthetic is not None:
+            import hashlib
+            import json
+
             from ..data.synthetic import SyntheticRows
             from ..spec.sections import SyntheticSpec
 
             self.rows = SyntheticRows(SyntheticSpec.model_validate(prepared.synthetic), "train")
             local_steps = self.rows.num_rows // global_batch
+            data = hashlib.sha256(json.dumps(prepared.synthetic, sort_keys=True).encode()).hexdigest()[:16]
         else:
             self.index = SplitIndex.of(split_files(prepared, "train"))
             local_steps = min(self.index.rank_rows(r, world) for r in range(world)) // self.local_batch
+            data = self.index.fingerprint
         self.steps = _agree(local_steps, dist.ReduceOp.MIN)
+        # every input that fixes which example comes at which step: what a mid-epoch checkpoint records
+        self.order = {"world_size": world, "batch_size": global_batch, "seed": seed, "shuffle_buffer_rows": buffer_rows,
+                      "train_files": data}
 
     @property
     def examples_per_epoch(self) -> int:

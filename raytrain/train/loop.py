@@ -171,7 +171,8 @@ def train_loop_per_worker(config: dict) -> None:
                 # mid-epoch: the data position is (epoch, step); its score is -inf so the best-by-val_auc
                 # checkpoints kept are epoch ends, and Ray keeps this one as the latest for resuming
                 save_and_report(spec, store, sharded, f"mid_epoch_{epoch + 1:04d}_step_{step:07d}", epoch,
-                      {"epoch": epoch, "step": step, "val_auc": float("-inf"), "mid_epoch": True}, step=step)
+                      {"epoch": epoch, "step": step, "val_auc": float("-inf"), "mid_epoch": True}, step=step,
+                      data_order=train.order)
 
         stats = _train_epoch(sharded, train, epoch, device, rank, epochs,
                              start_step if epoch == start_epoch else 0, after_step)

@@ -41,8 +41,9 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     A local Ray gets more logical CPUs than this machine has cores when the job needs them: each
     Ray Train worker holds ``resources_per_worker.cpu`` and data preparation needs room for its tasks.
 
-    Storage credentials adopted from a URI (raytrain.storage) reach the job's Ray processes in its runtime env, in
-    memory; a Ray already initialized by the caller must have been given them (or its nodes have their own).
+    Storage credentials adopted from a URI (raytrain.credentials) reach an embedded Ray's processes through the
+    environment they inherit from this one, never through a runtime env (which Ray logs and lists). A cluster's nodes
+    use their own (docs/security.md); a Ray already initialized by the caller must have inherited them.
     """
     import ray
 
@@ -59,6 +60,10 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
         # a submitted job (raytrain submit) already runs in a runtime env holding these variables, and Ray
         # refuses a driver runtime env that repeats a job's keys
         in_job = "RAYTRAIN_SPEC" in os.environ
+        if os.environ.get(CREDENTIALS_ENV) and not in_job:
+            log.info(f"storage credentials given in a URI stay in this process: the cluster's workers open the "
+                         f"storage with their own ({CREDENTIALS_ENV} or {CREDENTIALS_ENV}_FILE in their "
+                         "environment; docs/security.md)")
         ray.init(address=address, log_to_driver=True, runtime_env=None if in_job else _runtime_env())
         console.quiet_ray()
         return
@@ -71,11 +76,9 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
 
 
 def _runtime_env() -> dict:
-    """What every Ray process of a job gets: RUNTIME_ENV and storage credentials adopted from a URI (in memory)."""
-    runtime_env = {"env_vars": dict(RUNTIME_ENV["env_vars"])}
-    if os.environ.get(CREDENTIALS_ENV):
-        runtime_env["env_vars"][CREDENTIALS_ENV] = os.environ[CREDENTIALS_ENV]
-    return runtime_env
+    """What every Ray process of a job gets: RUNTIME_ENV. Never a credential: Ray writes runtime envs to its
+    session's logs and shows them in its job table."""
+    return {"env_vars": dict(RUNTIME_ENV["env_vars"])}
 
 
 def local_runtime_env() -> dict:
@@ -121,7 +124,8 @@ def make_trainer(spec: JobSpec, prepared, location: str | Path, callbacks: list 
             use_gpu=spec.train.device == "cuda",
             resources_per_worker={"CPU": res.cpu, **({"GPU": res.gpu or 1} if spec.train.device == "cuda" else {})},
         ),
-        torch_config=TorchConfig(backend=process_group_backend(spec.train.device)),
+        torch_config=TorchConfig(backend=process_group_backend(spec.train.device),
+                                 timeout_s=int(max(1, spec.train.collective_timeout_s))),
         run_config=RunConfig(
             name=name,
             **storage,

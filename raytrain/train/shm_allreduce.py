@@ -23,14 +23,19 @@ rank in rank order, so every rank computes the same bits. Two slots suffice: bef
 ``n % 2`` again (exchange n + 2) it has read every peer's byte of exchange n + 1, which each peer wrote
 after summing exchange n.
 
-Segments and pipes are unlinked once every rank has opened them: nothing stays in /dev/shm, even when a
-worker is killed. A peer that dies closes its pipes, so the others fail with an error instead of waiting.
-Setup that fails on any rank (no shared /dev/shm, no space) leaves every rank on gloo.
+Segments and pipes are unlinked once every rank has opened them, and whatever set-up fails with: nothing stays in
+/dev/shm, even when a worker is killed. A peer that dies closes its pipes, so the others fail at once; a peer that
+is alive and stuck (stopped, deadlocked, swapping) makes every wait end after ``timeout_s`` (the run's
+``train.collective_timeout_s``, also the process group's) with ``CollectiveTimeout``, where gloo would raise after
+the same time: either way the worker fails and Ray Train restarts the group. Setup that fails on any rank (no
+shared /dev/shm, no space) leaves every rank on gloo.
 """
 
 import os
 import secrets
+import select
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -45,6 +50,10 @@ log = get_logger(__name__)
 SLOT_NUMEL_MAX = 1 << 20  # 4 MiB slots (8 MiB per rank): a larger bucket goes through in chunks
 
 
+class CollectiveTimeout(RuntimeError):
+    """A rank of the shared-memory all-reduce waited longer than the collective timeout for a peer."""
+
+
 def _shm_dir() -> Path:
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
@@ -53,9 +62,9 @@ def _shm_dir() -> Path:
 class ShmAllReduce:
     """The shared slots and pipes of the group's ranks; ``hook`` is a DDP comm hook. Build with ``create``."""
 
-    def __init__(self, group, slot_numel: int) -> None:
+    def __init__(self, group, slot_numel: int, timeout_s: float = 1800.0) -> None:
         self.rank, self.world = dist.get_rank(group), dist.get_world_size(group)
-        self.slot_numel = slot_numel
+        self.slot_numel, self.timeout_s = slot_numel, timeout_s
         self.slots: list[torch.Tensor] = []
         self._reads: dict[int, int] = {}
         self._writes: dict[int, int] = {}
@@ -64,30 +73,33 @@ class ShmAllReduce:
         self._pending: list[tuple[torch.Tensor, torch.futures.Future]] = []  # buckets of the running backward pass
 
     @classmethod
-    def create(cls, group, numel: int) -> "ShmAllReduce | None":
+    def create(cls, group, numel: int, timeout_s: float = 1800.0) -> "ShmAllReduce | None":
         """Set up on every rank of ``group`` (a collective); None on every rank if any rank could not. ``numel``: the
-        most this rank exchanges at once (a step's buckets); the ranks agree on the largest (slots laid out alike)."""
+        most this rank exchanges at once (a step's buckets); the ranks agree on the largest (slots laid out alike).
+        ``timeout_s``: the longest any exchange waits for a peer."""
         largest = _agree(numel, dist.ReduceOp.MAX, group=group)
-        self = cls(group, max(1, min(largest, SLOT_NUMEL_MAX)))
+        self = cls(group, max(1, min(largest, SLOT_NUMEL_MAX)), timeout_s)
         token = [secrets.token_hex(8) if self.rank == 0 else None]
         dist.broadcast_object_list(token, src=dist.get_global_rank(group, 0) if group else 0, group=group)
         base = f"{_shm_dir()}/raytrain-grad-{token[0]}"
-        ok = self._all_ok(self._create_own, base, group) and self._all_ok(self._open_peers, base, group)
-        self._unlink()
+        try:
+            ok = self._all_ok(self._create_own, base, group) and self._all_ok(self._open_peers, base, group)
+        finally:  # whatever happened: the names go (what is open stays usable)
+            self._unlink()
         if not ok:
             self.close()
             return None
-        for fd in self._reads.values():
-            os.set_blocking(fd, True)
         return self
 
     def _all_ok(self, step, base: str, group) -> bool:
-        """Run a set-up step here; whether it succeeded on every rank (a collective)."""
+        """Run a set-up step here; whether it succeeded on every rank (a collective). Any error counts (a rank
+        that raised instead of answering would leave the others waiting in the collective)."""
         try:
             step(base)
             ok = 1
-        except OSError as e:
-            log.warning(f"shared-memory gradient averaging unavailable on rank {self.rank} ({e}): using gloo")
+        except Exception as e:
+            log.warning(f"shared-memory gradient averaging unavailable on rank {self.rank} ({type(e).__name__}: "
+                        f"{e}): using gloo")
             ok = 0
         return bool(_agree(ok, dist.ReduceOp.MIN, group=group))
 
@@ -126,12 +138,26 @@ class ShmAllReduce:
         self._reads, self._writes, self.slots = {}, {}, []
 
     def _exchange(self) -> None:
+        """Signal every peer, then wait for every peer's signal, at most ``timeout_s`` in all."""
+        deadline = time.monotonic() + self.timeout_s
         try:
-            for fd in self._writes.values():
+            for fd in self._writes.values():  # a byte per exchange into a 64 KiB pipe the peer drains: never full
                 os.write(fd, b"\x01")
-            for peer, fd in self._reads.items():
-                if os.read(fd, 1) != b"\x01":
-                    raise EOFError(f"rank {peer}")
+            for peer, fd in self._reads.items():  # non-blocking reads, each after poll says there is a byte
+                while True:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not select.select([fd], [], [], left)[0]:
+                        raise CollectiveTimeout(
+                            f"shared-memory gradient averaging: rank {self.rank} waited {self.timeout_s:g} s for rank "
+                            f"{peer} (train.collective_timeout_s), which is alive but not stepping (stopped, "
+                            "deadlocked or swapping?)")
+                    try:
+                        got = os.read(fd, 1)
+                    except BlockingIOError:
+                        continue
+                    if got != b"\x01":
+                        raise EOFError(f"rank {peer}")
+                    break
         except (BrokenPipeError, EOFError) as e:
             raise RuntimeError(f"shared-memory gradient averaging: a rank on this machine is gone ({e})") from e
 
@@ -200,15 +226,16 @@ def ddp_modules(model: torch.nn.Module) -> list[DistributedDataParallel]:
     return list(found.values())
 
 
-def use_shared_memory(model: torch.nn.Module, group=None) -> ShmAllReduce | None:
+def use_shared_memory(model: torch.nn.Module, group=None, timeout_s: float = 1800.0) -> ShmAllReduce | None:
     """Average every DDP bucket of ``model`` through shared memory (a collective; call before the first forward,
-    only when every rank of ``group`` runs on this machine). None, with gloo left in place, if setup failed."""
+    only when every rank of ``group`` runs on this machine). None, with gloo left in place, if setup failed.
+    ``timeout_s``: the longest an exchange waits for a peer (``CollectiveTimeout``)."""
     ddps = ddp_modules(model)  # the same modules on every rank: one plan
     if not ddps:
         return None
     # parameters() also lists those DDP ignores (this rank's shards of sharded tables): more than its buckets hold
     numel = sum(sum(p.numel() for p in d.parameters() if p.requires_grad) for d in ddps)
-    ar = ShmAllReduce.create(group, numel)
+    ar = ShmAllReduce.create(group, numel, timeout_s)
     if ar is not None:
         for d in ddps:
             d.register_comm_hook({"warm": False}, ar.hook)

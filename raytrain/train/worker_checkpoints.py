@@ -23,14 +23,14 @@ log = get_logger(__name__)
 
 
 def save_and_report(spec: JobSpec, store: Store, sharded, name: str, epoch: int, metrics: dict, step: int | None = None,
-          before_report=None) -> None:
+          before_report=None, data_order: dict | None = None) -> None:
     """A sharded checkpoint registered with Ray Train once every rank reported it. ``before_report()``: more metrics,
     computed after the checkpoint's files are written and sent in the same report."""
     if store.remote:
         # every rank saves its shards locally and Ray uploads them: the files of all ranks are merged
         # into one checkpoint directory on the URI, registered once every rank has reported
         with tempfile.TemporaryDirectory(prefix="raytrain-ckpt-") as d:
-            ckpt.save(sharded, d, epoch, metrics, step=step)
+            ckpt.save(sharded, d, epoch, metrics, step=step, data_order=data_order)
             if before_report is not None:
                 metrics = {**metrics, **before_report()}
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d), checkpoint_dir_name=name)
@@ -38,7 +38,7 @@ def save_and_report(spec: JobSpec, store: Store, sharded, name: str, epoch: int,
         # written straight into the run's storage (no copy); Ray registers it once every rank reported
         storage = ray.train.get_context().get_storage()
         directory = Path(storage.experiment_fs_path) / name
-        ckpt.save(sharded, directory, epoch, metrics, step=step)
+        ckpt.save(sharded, directory, epoch, metrics, step=step, data_order=data_order)
         if before_report is not None:
             metrics = {**metrics, **before_report()}
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint(str(directory)),
@@ -114,8 +114,10 @@ def restore(sharded, restored, store: Store) -> tuple[dict, str]:
 
 
 def resume_point(info: dict, train: TrainData, world: int) -> tuple[int, int]:
-    """(epoch, step) to continue from a checkpoint's marker. A mid-epoch position holds only for the same world
-    size (it decides which rows each rank reads); otherwise the interrupted epoch starts over, said in the log."""
+    """(epoch, step) to continue from a checkpoint's marker. A mid-epoch position holds only for the data order it
+    was taken in. With another world size the interrupted epoch starts over, said in the log (the workers are
+    another set of readers). Any other change (batch size, seed, shuffle buffer, the train files or their contents)
+    would skip or repeat examples unnoticed: refused, naming what changed."""
     step = info.get("step")
     if step is None:
         return info["epoch"] + 1, 0
@@ -123,4 +125,15 @@ def resume_point(info: dict, train: TrainData, world: int) -> tuple[int, int]:
         log.info(f"checkpoint taken mid-epoch with {info.get('world_size')} workers, now {world}: "
              f"epoch {info['epoch'] + 1} starts over")
         return info["epoch"], 0
+    recorded = info.get("data_order")
+    if recorded is None:
+        log.warning("this mid-epoch checkpoint does not record its data order (an older raytrain): its position is "
+                    "taken as it is, unchecked")
+    else:
+        changed = [f"{k} {recorded.get(k)!r} -> {v!r}" for k, v in train.order.items() if recorded.get(k) != v]
+        if changed:
+            raise CheckpointError(
+                f"mid-epoch checkpoint (epoch {info['epoch'] + 1}, step {step}) was taken in another data order: "
+                f"{'; '.join(changed)}. Resuming from its position would skip or repeat examples. Restore what "
+                "changed, or resume from an epoch-end checkpoint (move the mid_epoch_* checkpoints away)")
     return info["epoch"], min(int(step), train.steps)

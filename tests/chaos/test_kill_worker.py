@@ -19,12 +19,16 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize("broken_shard", [False, True], ids=["complete", "latest-missing-a-shard"])
-def test_killed_worker_resumes_from_last_checkpoint(ray_local, tmp_path, broken_shard):
+@pytest.mark.parametrize("broken_shard,how", [(False, "kill"), (True, "kill"), (False, "stop")],
+                         ids=["complete", "latest-missing-a-shard", "stopped"])
+def test_killed_worker_resumes_from_last_checkpoint(ray_local, tmp_path, broken_shard, how):
     """broken_shard: rank 1's shard of the newest checkpoint is gone when the worker dies (a shard that never
-    reached storage): the restarted group refuses it and resumes from the checkpoint before."""
+    reached storage): the restarted group refuses it and resumes from the checkpoint before. stopped: rank 1 is
+    alive but stuck (SIGSTOP) mid-epoch; rank 0 gives up after the collective timeout (shared-memory all-reduce or
+    gloo, whichever it waits in), and Ray Train restarts the group as for a dead worker."""
     spec = load_spec(ROOT / "jobs/train_ml100k.yaml",
-                     [f"storage={tmp_path}", "train.epochs=4", "train.max_failures=2", "train.checkpoint.keep=4"])
+                     [f"storage={tmp_path}", "train.epochs=4", "train.max_failures=2", "train.checkpoint.keep=4",
+                      "train.collective_timeout_s=20"])
     run_dir = new_run_dir(spec)
     killed: dict = {}
     wait_for = "epoch_0002" if broken_shard else "epoch_0001"
@@ -47,7 +51,7 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, tmp_path, broken_
         else:
             time.sleep(1.0)  # inside epoch 2 now
         pid = int((run_dir / "workers" / "rank1.pid").read_text())
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL if how == "kill" else signal.SIGSTOP)
         killed["pid"] = pid
         killed["done_epochs"] = len(list((run_dir / "metrics").glob("epoch_*.json")))
 
@@ -69,3 +73,14 @@ def test_killed_worker_resumes_from_last_checkpoint(ray_local, tmp_path, broken_
     metrics = pd.read_parquet(run_dir / "metrics.parquet")
     assert metrics["epoch"].tolist() == [1, 2, 3, 4]
     assert summary["test_auc"] > 0.75
+    if how == "stop":  # the stuck worker was ended with its group, not left stopped
+        deadline = time.time() + 60
+        while Path(f"/proc/{killed['pid']}").exists() and time.time() < deadline:
+            state = Path(f"/proc/{killed['pid']}/status").read_text().split("State:")[1].split()[0]
+            if state == "Z":
+                break
+            time.sleep(0.5)
+        assert not Path(f"/proc/{killed['pid']}").exists() or state == "Z"
+    from raytrain.train.shm_allreduce import _shm_dir
+
+    assert not list(_shm_dir().glob("raytrain-grad-*"))  # nothing left in shared memory

@@ -89,7 +89,28 @@ def test_a_rank_that_cannot_set_up_leaves_every_rank_on_gloo():
         assert left == []
 
 
-def _dies_after_setup(rank: int, world: int, port: int, queue, ddp: bool) -> None:
+def _setup_raises_on_rank_1(rank: int, world: int):
+    """Not an OSError: torch.from_file failing (or anything else) after the segment and pipes exist."""
+    import torch as torch_
+
+    from raytrain.train import shm_allreduce
+
+    if rank == 1:
+        def broken(*args, **kwargs):
+            raise RuntimeError("from_file broke")
+
+        torch_.from_file = broken
+    ar = shm_allreduce.ShmAllReduce.create(None, 100)
+    return ar is None, _leftovers()
+
+
+def test_any_setup_error_on_a_rank_leaves_every_rank_on_gloo_and_nothing_in_shared_memory():
+    before = _leftovers()
+    for none, left in run_distributed(_setup_raises_on_rank_1, 2):
+        assert none and left == before
+
+
+def _dies_after_setup(rank: int, world: int, port: int, queue, ddp: bool, how: str = "exit") -> None:
     import torch.distributed as dist
 
     from raytrain.train.shm_allreduce import ShmAllReduce
@@ -102,13 +123,21 @@ def _dies_after_setup(rank: int, world: int, port: int, queue, ddp: bool) -> Non
         from raytrain.train.shm_allreduce import use_shared_memory
 
         model = DistributedDataParallel(torch.nn.Linear(4, 4))
-        assert use_shared_memory(model) is not None
+        assert use_shared_memory(model, timeout_s=3.0) is not None
         for _ in range(2):  # with the peer: the first pass (bucket by bucket), the second (DDP rebuilds its buckets)
             model(torch.ones(2, 4)).sum().backward()
     else:
-        ar = ShmAllReduce.create(None, 16)
+        ar = ShmAllReduce.create(None, 16, timeout_s=3.0)
     if rank == 1:
+        if how == "stop":  # alive and stuck, its pipes open: only the timeout can end the others' wait
+            import signal
+
+            queue.put("stopping")
+            os.kill(os.getpid(), signal.SIGSTOP)
         os._exit(0)  # gone without a word: the kernel closes its pipes
+    import time
+
+    t0 = time.monotonic()
     try:
         if ddp:
             model(torch.ones(2, 4)).sum().backward()
@@ -116,25 +145,39 @@ def _dies_after_setup(rank: int, world: int, port: int, queue, ddp: bool) -> Non
             ar.average_(torch.ones(16))
         queue.put("averaged without its peer")
     except RuntimeError as e:
-        queue.put(f"raised: {e}")
+        queue.put(f"raised {type(e).__name__} after {time.monotonic() - t0:.1f} s: {e}")
     queue.close()
     queue.join_thread()  # the message is out before this process ends without cleaning up
     os._exit(0)
 
 
+@pytest.mark.parametrize("how", ["exit", "stop"])
 @pytest.mark.parametrize("ddp", [False, True])
-def test_a_rank_that_dies_makes_the_others_fail_instead_of_wait(ddp):
+def test_a_rank_that_dies_or_stops_makes_the_others_fail_instead_of_wait(ddp, how):
+    """exit: the peer's pipes close, the others fail at once. stop (SIGSTOP): the peer is alive and silent; the
+    others raise CollectiveTimeout after the collective timeout (3 s here), as gloo would. Nothing stays in
+    /dev/shm either way."""
+    before = _leftovers()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = _free_port()
-    procs = [ctx.Process(target=_dies_after_setup, args=(r, 2, port, queue, ddp)) for r in range(2)]
+    procs = [ctx.Process(target=_dies_after_setup, args=(r, 2, port, queue, ddp, how)) for r in range(2)]
     for p in procs:
         p.start()
     try:
         said = queue.get(timeout=120)
+        if said == "stopping":
+            said = queue.get(timeout=120)
     finally:
         for p in procs:
             p.join(timeout=30)
             if p.is_alive():
-                p.kill()
-    assert said.startswith("raised:") and "gone" in said, said
+                p.kill()  # the stopped one: SIGKILL ends a stopped process
+                p.join(timeout=30)
+    assert said.startswith("raised"), said
+    seconds = float(said.split(" after ")[1].split(" s")[0])
+    if how == "exit":
+        assert "RuntimeError" in said and "gone" in said and seconds < 2.5, said
+    else:
+        assert "CollectiveTimeout" in said and "waited 3 s for rank 1" in said and 2.9 <= seconds < 10, said
+    assert _leftovers() == before

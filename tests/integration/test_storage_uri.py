@@ -88,6 +88,46 @@ def _no_secret(*texts: str) -> None:
         assert SECRET not in text and KEY_ID not in text
 
 
+JOB_TABLE = """
+from google.protobuf.json_format import MessageToJson
+from ray._private import state
+from ray.core.generated import gcs_pb2
+
+rows = state.state._connect_and_get_accessor().get_job_table(skip_submission_job_info_field=False,
+                                                             skip_is_running_tasks_field=True)
+text = "\\n".join(MessageToJson(gcs_pb2.JobTableData.FromString(r)) for r in rows)
+"""
+
+
+def _job_table(address: str | None = None) -> str:
+    """Ray's job table as the GCS holds it (each job's config with its runtime env, its entrypoint), as JSON: of this
+    process's Ray, or of a cluster's (read by a process that attaches to it)."""
+    if address is None:
+        scope: dict = {}
+        exec(JOB_TABLE, scope)
+        text = scope["text"]
+    else:
+        code = f"import sys, ray\nray.init(address=sys.argv[1], log_to_driver=False)\n{JOB_TABLE}\nprint(text)"
+        text = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, check=True,
+                              timeout=120, env=_cluster_env()).stdout
+    assert "PYTHONWARNINGS" in text  # raytrain's runtime env is in what was read
+    return text
+
+
+def _ray_shows_no_secret(session_dir: Path, jobs: str, but_pid: int | None = None) -> int:
+    """What Ray writes and shows hold no credential: every file under its session directory (its logs, the runtime
+    env agent's among them), its job table (each job's runtime env and entrypoint) and the command line of every
+    process on the machine (``but_pid``: the user's own command, typed by them). Returns the files read."""
+    _no_secret(jobs)
+    ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    _no_secret(*[line for line in ps.splitlines() if line.split()[0] != str(but_pid)])
+    files = [f for f in session_dir.rglob("*") if f.is_file() and not f.is_symlink()]
+    for f in files:
+        data = f.read_bytes()
+        assert SECRET.encode() not in data and KEY_ID.encode() not in data, f
+    return len(files)
+
+
 def test_train_run_on_s3_storage(s3_uri, capfd):
     from raytrain.ensemble.members import Member, score
     from raytrain.kinds.serve import VariantSpec
@@ -142,6 +182,10 @@ def test_train_run_on_s3_storage(s3_uri, capfd):
     out = capfd.readouterr()
     assert "test (epoch " in out.out + out.err
     _no_secret(out.out, out.err, json.dumps(summary))
+    # the embedded Ray's processes inherited the credentials; nothing Ray logged or lists holds them
+    from ray._private.worker import global_worker
+
+    assert _ray_shows_no_secret(Path(global_worker.node.get_session_dir_path()), _job_table()) > 10
 
 
 def test_tune_and_distill_runs_on_s3_storage(s3_uri, capfd):
@@ -210,3 +254,50 @@ def test_tune_and_distill_runs_on_s3_storage(s3_uri, capfd):
     out = capfd.readouterr()
     assert "tuning" in out.out + out.err
     _no_secret(out.out, out.err, json.dumps(summary, default=str), json.dumps(report, default=str))
+
+
+def _cluster_env() -> dict:
+    """This process's environment for a cluster's processes and a driver attaching to it: the venv's `python` on
+    PATH, without this process's Ray settings or the credentials earlier tests adopted here."""
+    from raytrain.train.runner import EMBEDDED_TRAIN_ENV
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAYTRAIN_STORAGE_CREDENTIALS",
+                 "RAYTRAIN_STORAGE_CREDENTIALS_FILE", *EMBEDDED_TRAIN_ENV):
+        env.pop(name, None)
+    return env
+
+
+def test_a_run_attached_to_a_cluster_keeps_its_credentials_out_of_ray(s3_uri, tmp_path):
+    """`raytrain run ... storage=s3://KEY:SECRET@... --address` against a real `ray start --head`: the credentials in
+    the URI stay in the driver; the cluster's processes open the bucket with their own, from a file only its user
+    can read (RAYTRAIN_STORAGE_CREDENTIALS_FILE in the environment the cluster started with; without them the
+    workers could not write the run). No credential in Ray's job table, session files or command lines."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dash = s.getsockname()[1]
+    secret_file = tmp_path / "storage-credentials.json"
+    secret_file.touch(mode=0o600)
+    secret_file.write_text(json.dumps({f"s3://{BUCKET}": {"userinfo": f"{KEY_ID}:{SECRET}", "query": {}}}))
+    script = str(ROOT / "cluster/local_cluster.sh")
+    env = {**_cluster_env(), "RAYTRAIN_STORAGE_CREDENTIALS_FILE": str(secret_file)}
+    up = subprocess.run([script, "start", "--workers", "0", "--head-cpus", "6", "--port", str(port),
+                         "--dashboard-port", str(dash)], capture_output=True, text=True, env=env, timeout=300)
+    assert up.returncode == 0, up.stderr
+    try:
+        driver = subprocess.run(
+            [sys.executable, "-m", "raytrain.cli.main", "run", "jobs/train_ml100k.yaml", f"storage={s3_uri}",
+             "name=uri-attached", "train.epochs=1", "train.batch_size=2048", "--address", f"127.0.0.1:{port}"],
+            capture_output=True, text=True, env=_cluster_env(), timeout=600, cwd=ROOT)
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        assert "storage credentials given in a URI stay in this process" in driver.stdout + driver.stderr
+        assert "test (epoch 1)" in driver.stdout + driver.stderr
+        _no_secret(driver.stdout, driver.stderr)
+        files = _ray_shows_no_secret(Path(f"/tmp/rt-cluster-{port}"), _job_table(f"127.0.0.1:{port}"))
+        assert files > 10
+    finally:
+        subprocess.run([script, "stop", "--port", str(port)], capture_output=True, env=env, timeout=120)

@@ -115,3 +115,49 @@ def test_credentials_leave_the_uri_for_the_environment_and_come_back_when_openin
     bad = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, env=env)
     assert bad.returncode != 0 and b"this process has none (RAYTRAIN_STORAGE_CREDENTIALS is not set here)" in bad.stderr
     assert b"S3CRETVALUE" not in bad.stderr
+
+
+def test_a_node_reads_its_credentials_from_the_file_its_environment_names(monkeypatch, tmp_path):
+    """RAYTRAIN_STORAGE_CREDENTIALS_FILE: a cluster node's own credentials (a mounted secret); the variable wins for
+    the same bucket; an unreadable or malformed file is named."""
+    import json
+
+    from raytrain.credentials import CREDENTIALS_ENV, CREDENTIALS_FILE_ENV, with_credentials
+
+    monkeypatch.delenv(CREDENTIALS_ENV, raising=False)
+    secret = tmp_path / "creds.json"
+    secret.write_text(json.dumps({"s3://a": {"userinfo": "FILEKEY:FILESECRET", "query": {}},
+                                  "gs://b": {"userinfo": "", "query": {"access_token": "T"}}}))
+    monkeypatch.setenv(CREDENTIALS_FILE_ENV, str(secret))
+    assert with_credentials("s3://a/runs?region=x") == "s3://FILEKEY:FILESECRET@a/runs?region=x"
+    assert with_credentials("gs://b/p") == "gs://b/p?access_token=T"
+    assert with_credentials("s3://other/p") == "s3://other/p"
+    monkeypatch.setenv(CREDENTIALS_ENV, json.dumps({"s3://a": {"userinfo": "ENVKEY:ENVSECRET", "query": {}}}))
+    assert with_credentials("s3://a/runs") == "s3://ENVKEY:ENVSECRET@a/runs"
+    assert with_credentials("gs://b/p") == "gs://b/p?access_token=T"  # the file's other entries still count
+    secret.write_text("{not json")
+    with pytest.raises(ValueError, match=rf"{CREDENTIALS_FILE_ENV}: {secret} is not JSON"):
+        with_credentials("s3://a/runs")
+    monkeypatch.setenv(CREDENTIALS_FILE_ENV, str(tmp_path / "missing.json"))
+    with pytest.raises(PermissionError, match=rf"{CREDENTIALS_FILE_ENV}: cannot read .*missing.json"):
+        with_credentials("s3://a/runs")
+
+
+def test_the_cli_hides_credentials_in_its_arguments_from_its_command_line():
+    """ps (and Ray's job table, which records a driver's command line) show the arguments redacted."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from raytrain.cli.main import _hide_credentials; "
+            "_hide_credentials(sys.argv[1:]); print('ready', flush=True); time.sleep(30)")
+    proc = subprocess.Popen([sys.executable, "-c", code, "run", "x.yaml", "storage=s3://KEYID9:S3CRETVALUE@bkt/runs"],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+        with open(f"/proc/{proc.pid}/cmdline", "rb") as f:
+            shown = f.read().replace(b"\0", b" ").decode()
+        assert "S3CRETVALUE" not in shown and "KEYID9" not in shown
+        assert shown.startswith("raytrain run x.yaml storage=s3://***@bkt/runs"), shown
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)

@@ -180,3 +180,41 @@ def test_batches_gather_each_rows_list_whatever_its_length(mean_len):
         assert kjt["hist"].values().tolist() == want.tolist()
         assert kjt["item"].values().tolist() == item[idx].tolist()
     assert (mean_len >= SLICE_FROM) == (mean_len == 200)  # both paths ran
+
+
+def test_a_mid_epoch_resume_in_another_data_order_is_refused_naming_what_changed(tmp_path):
+    """The train files' fingerprint follows the file list and the files' contents (not their paths' folders); a
+    mid-epoch marker records it with batch size, seed and shuffle buffer, and resume_point refuses a change of any
+    of them by name. Another world size restarts the epoch (logged); a marker without the record is taken as is."""
+    import shutil
+    import types
+
+    from raytrain.errors import CheckpointError
+    from raytrain.train.worker_checkpoints import resume_point
+
+    files = write_split(tmp_path, [[40, 40], [30]])
+    same = SplitIndex.of(files).fingerprint
+    assert len(same) == 16 and SplitIndex.of(files).fingerprint == same
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    copies = [str(shutil.copy(f, moved)) for f in files]
+    assert SplitIndex.of(copies).fingerprint == same  # the same files elsewhere (a URI run's shared copy)
+    assert SplitIndex.of(files[::-1]).fingerprint != same
+    assert SplitIndex.of(files[:1]).fingerprint != same
+    edited = pq.read_table(copies[1]).to_pandas()
+    edited.loc[3, "x"] = 1e6  # one value of one row: the column statistics in the footer change
+    pq.write_table(pa.Table.from_pandas(edited, preserve_index=False), copies[1], row_group_size=30)
+    assert SplitIndex.of([files[0], copies[1]]).fingerprint != same
+
+    order = {"world_size": 2, "batch_size": 64, "seed": 0, "shuffle_buffer_rows": 1024, "train_files": same}
+    info = {"epoch": 1, "step": 7, "world_size": 2, "data_order": dict(order)}
+    train = types.SimpleNamespace(order=dict(order), steps=20)
+    assert resume_point(info, train, 2) == (1, 7)
+    for key, value in (("batch_size", 128), ("seed", 1), ("shuffle_buffer_rows", 4096), ("train_files", "0" * 16)):
+        changed = types.SimpleNamespace(order={**order, key: value}, steps=20)
+        with pytest.raises(CheckpointError, match=rf"epoch 2, step 7\) was taken in another data order: {key} "
+                                                  rf"{order[key]!r} -> {value!r}\. Resuming"):
+            resume_point(info, changed, 2)
+    assert resume_point(info, types.SimpleNamespace(order={**order, "world_size": 3}, steps=20), 3) == (1, 0)
+    assert resume_point({k: v for k, v in info.items() if k != "data_order"}, train, 2) == (1, 7)
+    assert resume_point({"epoch": 1, "world_size": 2}, train, 2) == (2, 0)  # an epoch end: the next epoch
