@@ -68,8 +68,14 @@ def cmd_plan(args) -> int:
 def run_spec(spec, address: str | None) -> None:
     """Run a validated spec here (also the entrypoint of a submitted job): its kind's runner from the registry
     (raytrain.kinds); then track the result (raytrain.tracking)."""
+    import os
+
     from ..kinds import kind_of
 
+    if not (address or spec.ray.address or os.environ.get("RAY_ADDRESS")) and getattr(spec, "train", None):
+        from ..train.resources import check_local_gpus
+
+        check_local_gpus(spec)  # an embedded Ray cannot have GPUs this machine lacks: refused before anything starts
     summary = kind_of(spec).run(spec, address)
     if summary is not None:  # a serve job serves until stopped
         from ..tracking import record

@@ -12,13 +12,14 @@ import numpy as np
 import pyarrow as pa
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from torchrec.streamable import Pipelineable
 
 from ..errors import DataError
 from .schema import FeatureSchema
 
 
 @dataclass
-class Batch:
+class Batch(Pipelineable):
     dense: torch.Tensor  # [B, D] float32
     sparse: KeyedJaggedTensor
     label: torch.Tensor  # [B] float32
@@ -26,7 +27,8 @@ class Batch:
     teacher: torch.Tensor | None = None  # [B] float32 teacher logits (distillation), when the data has them
     row_ids: torch.Tensor | None = None  # [B] int64 global row ids in the split (streamed data; stays on the CPU)
 
-    # the Pipelineable protocol TorchRec's TrainPipelineSparseDist uses to move batches to a GPU
+    # TorchRec's Pipelineable (TrainPipelineSparseDist checks the class, not only the methods): how a batch moves to
+    # the device and is marked as used by the pipeline's streams
     def to(self, device: torch.device, non_blocking: bool = False) -> "Batch":
         return Batch(self.dense.to(device, non_blocking=non_blocking),
                      self.sparse.to(device, non_blocking=non_blocking),

@@ -162,6 +162,10 @@ class TrainSpec(Section):
     threads_per_worker: Optional[int] = Field(None, ge=1, description="torch intra-op threads per worker")
     allreduce: Literal["auto", "gloo"] = Field("auto", description="auto: CPU workers that all run on one machine "
                                                                    "average gradients through shared memory; gloo")
+    start_timeout_s: float = Field(600.0, gt=0, description="on a cluster: how long a run waits for the nodes its "
+                                   "workers need (CPUs, GPUs) before it gives up (exit 3)")
+    pipeline: Literal["auto", "sparse_dist", "none"] = Field(
+        "auto", description="sparse_dist: TorchRec's TrainPipelineSparseDist (raytrain.train.steps); auto: it on CUDA")
     collective_timeout_s: float = Field(1800.0, gt=0, description="a rank's longest wait in a collective (gloo, "
                                         "shared memory) before it fails and Ray Train restarts the group")
     init_from: Optional[InitFromSpec] = Field(None, description="start from another run's weights (warm start, "
@@ -171,6 +175,9 @@ class TrainSpec(Section):
     cross_validation: Optional[CrossValidationSpec] = Field(
         None, description="k-fold cross-validation: k runs, the metrics' mean and spread (kind train; in kind tune "
                           "each trial runs every fold and reports their mean)")
+
+    def pipelined(self) -> bool:
+        return self.pipeline == "sparse_dist" or (self.pipeline == "auto" and self.device == "cuda")
 
     def prefetch_depth(self) -> int:
         """``ingest.prefetch_batches``, or its default: 4, except on a CPU worker stepping with several intra-op
@@ -213,6 +220,8 @@ def training_checks(spec: Any, steps: list[str]) -> list[str]:
         problems.append("train.optimizer.sparse: FBGEMM's CPU tables have no fused adam; use rowwise_adagrad, "
                         "adagrad or sgd on CPU (adam needs train.device: cuda)")
     if spec.model.arch in SEQUENTIAL:
+        from .sequential_checks import sequential_checks
+
         return problems + sequential_checks(spec)
     if spec.data.source in ("open-bandit", "served-logs"):
         return [f"data.source: {spec.data.source} holds logged bandit feedback for kind bandit, not {spec.kind}"]
@@ -252,42 +261,4 @@ def training_checks(spec: Any, steps: list[str]) -> list[str]:
                             "or data.history)")
         if spec.model.arch == "two_tower" and cols is not None and not cols.item_features:
             problems.append("model.arch: two_tower needs data.columns.item_features")
-    return problems
-
-
-def sequential_checks(spec: Any) -> list[str]:
-    """What the sequential models (sasrec, hstu) support so far: kind train (pretraining) and tune (over pretraining
-    runs, a ranking metric), on MovieLens-100K or parquet histories, on a path."""
-    from ..storage import is_uri
-
-    arch, problems = spec.model.arch, []
-    if spec.kind not in ("train", "tune", "distill"):
-        problems.append(f"model.arch: {arch} runs as kind train (pretraining), tune or distill (a student) in this "
-                        f"version, not {spec.kind}")
-    if spec.kind == "tune" and spec.tune is not None:
-        if spec.tune.metric not in SEQUENTIAL_METRICS:
-            problems.append(f"tune.metric: {arch} reports {', '.join(SEQUENTIAL_METRICS)}, not {spec.tune.metric}")
-        elif spec.tune.mode != "max":
-            problems.append(f"tune.mode: {spec.tune.metric} is better when higher: max")
-        if spec.tune.scheduler.name == "pbt":
-            problems.append(f"tune.scheduler: pbt is not available for {arch} in this version")
-    if spec.data.source not in ("movielens-100k", "parquet"):
-        problems.append(f"data.source: {arch} reads histories from movielens-100k or parquet, not {spec.data.source}")
-    if spec.data.source == "parquet" and spec.data.sequences is None:
-        problems.append(f"data.sequences: {arch} on parquet needs the user, item and timestamp columns declared")
-    elif spec.model.sequence.actions and spec.data.source == "parquet" and spec.data.sequences.action is None:
-        problems.append("model.sequence.actions: embeds each action, but data.sequences declares no action column")
-    if spec.model.embedding_dim % 4:
-        problems.append(f"model.embedding_dim: {arch}'s item table is a sharded sequence table, whose width TorchRec "
-                        f"needs divisible by 4; got {spec.model.embedding_dim}")
-    if spec.model.embedding_dim % spec.model.sequence.heads:
-        problems.append(f"model.sequence.heads: embedding_dim {spec.model.embedding_dim} is not divisible by "
-                        f"{spec.model.sequence.heads}")
-    if spec.train.batch_size % spec.train.workers:
-        problems.append(f"train.batch_size: {spec.train.batch_size} users per step do not split over "
-                        f"{spec.train.workers} workers")
-    if spec.train.cross_validation is not None or spec.train.checkpoint.every_steps is not None:
-        problems.append(f"train: {arch} has no cross-validation or mid-epoch checkpoints yet")
-    if is_uri(spec.storage):
-        problems.append(f"storage: {arch} runs write to a path in this version")
     return problems

@@ -17,9 +17,10 @@ from ..kinds import JobSpec
 from ..log import get_logger
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank, summarize_plan
 from ..storage import Store
-from .distributed import shard_model, train_step
+from .distributed import shard_model
 from .loaders import EvalData, TrainData
 from .metrics import evaluate
+from .steps import Steps
 from .worker_checkpoints import restore, resume_point, save_and_report, test_at_best
 
 log = get_logger(__name__)
@@ -50,37 +51,27 @@ def set_epoch_lr(optimizer, base_lrs: list[float], decay: float, epoch: int) -> 
     optimizer.zero_grad()
 
 
-def _train_epoch(sharded, data: TrainData, epoch: int, device, rank: int, epochs: int, start_step: int = 0,
+def _train_epoch(steps: Steps, data: TrainData, epoch: int, rank: int, epochs: int, start_step: int = 0,
                  after_step=None) -> dict:
-    """One epoch from ``start_step`` (a resumed epoch); ``after_step(step)`` runs after each optimizer step
-    (1-based step numbers of the epoch) and may save a mid-epoch checkpoint."""
-    module, opt = sharded.module, sharded.optimizer
-    module.train()
+    """One epoch from ``start_step`` (a resumed epoch); ``after_step(step, batch)`` runs after each optimizer step
+    (1-based step numbers of the epoch, the batch that step trained) and may save a mid-epoch checkpoint."""
+    steps.sharded.module.train()
     total_loss = torch.zeros((), dtype=torch.float64)
     t0 = time.perf_counter()
     every = max(1, data.steps // 5)
-    batches = data.epoch(epoch, start_step)
-    if device.type == "cuda":
-        # CUDA: overlap input distribution with compute (not exercised on the CPU-only machines here)
-        from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
-
-        pipeline = TrainPipelineSparseDist(module, opt, device)
-        for step in range(start_step, data.steps):
-            loss, _ = pipeline.progress(batches)
-            total_loss += loss.detach().cpu()
-            if after_step is not None:
-                after_step(step + 1, None)
-    else:
-        for step, batch in enumerate(batches, start=start_step):
-            loss = train_step(sharded, batch)
-            total_loss += loss.detach()
-            if after_step is not None:
-                after_step(step + 1, batch)
-            done = step + 1 - start_step
-            if rank == 0 and done % every == 0:
-                rate = done * data.local_batch * data.world / (time.perf_counter() - t0)
-                log.info(f"epoch {epoch + 1}/{epochs} step {step + 1}/{data.steps} loss {loss.item():.4f} "
-                     f"{rate:,.0f} examples/s")
+    step = start_step
+    for loss, batch in steps.epoch(data.epoch(epoch, start_step)):
+        step += 1
+        total_loss += loss.detach().double().cpu()
+        if after_step is not None:
+            after_step(step, batch)
+        done = step - start_step
+        if rank == 0 and done % every == 0:
+            rate = done * data.local_batch * data.world / (time.perf_counter() - t0)
+            log.info(f"epoch {epoch + 1}/{epochs} step {step}/{data.steps} loss {loss.item():.4f} {rate:,.0f} examples/s")
+    if step != data.steps:
+        raise RuntimeError(f"epoch {epoch + 1}: {step - start_step} steps ran from step {start_step}, the epoch has "
+                           f"{data.steps}")
     ran = data.steps - start_step
     if dist.get_world_size() > 1:
         dist.all_reduce(total_loss)
@@ -152,6 +143,7 @@ def train_loop_per_worker(config: dict) -> None:
              f"{val.total_rows:,} validation rows")
 
     epochs = spec.train.epochs
+    steps = Steps(sharded, device, spec.train.pipelined())  # one pipeline (if any) for the whole run
     node_id = ray.get_runtime_context().get_node_id()  # rank 0's node: where a tune trial ran, in its leaderboard
     for epoch in range(start_epoch, epochs):
         set_epoch_lr(sharded.optimizer, base_lrs, spec.train.lr_decay, epoch)
@@ -168,16 +160,17 @@ def train_loop_per_worker(config: dict) -> None:
             if every and step % every == 0 and step < train.steps:
                 if audit is not None:
                     audit.flush()  # the steps this checkpoint covers are on record before it exists
+                steps.detach()  # the pipeline's next step re-attaches it
                 # mid-epoch: the data position is (epoch, step); its score is -inf so the best-by-val_auc
                 # checkpoints kept are epoch ends, and Ray keeps this one as the latest for resuming
                 save_and_report(spec, store, sharded, f"mid_epoch_{epoch + 1:04d}_step_{step:07d}", epoch,
                       {"epoch": epoch, "step": step, "val_auc": float("-inf"), "mid_epoch": True}, step=step,
                       data_order=train.order)
 
-        stats = _train_epoch(sharded, train, epoch, device, rank, epochs,
-                             start_step if epoch == start_epoch else 0, after_step)
+        stats = _train_epoch(steps, train, epoch, rank, epochs, start_step if epoch == start_epoch else 0, after_step)
         if audit is not None:
             audit.close()
+        steps.detach()  # evaluation, the checkpoint and the test call the module outside the pipeline
         m = evaluate(sharded.module, val, device)
         metrics = {"epoch": epoch + 1, **stats, "val_auc": m["auc"], "val_logloss": m["logloss"],
                    "epoch_end_time": time.time(), "node_id": node_id}

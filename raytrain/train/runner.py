@@ -17,6 +17,7 @@ from ..log import get_logger
 from ..runs import new_run_location
 from ..spec import resolved_yaml
 from ..storage import CREDENTIALS_ENV, Mirror, filesystem, is_uri, redact
+from .resources import check_local_gpus, wait_for_cluster
 
 log = get_logger(__name__)
 
@@ -66,7 +67,9 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
                          "environment; docs/security.md)")
         ray.init(address=address, log_to_driver=True, runtime_env=None if in_job else _runtime_env())
         console.quiet_ray()
+        wait_for_cluster(spec)
         return
+    check_local_gpus(spec)  # before Ray starts: this machine is all an embedded Ray has
     runtime_env = local_runtime_env()
     need = spec.train.workers * spec.train.resources_per_worker.cpu + 2
     num_cpus = spec.ray.num_cpus or max(os.cpu_count() or 1, int(need + 0.999))

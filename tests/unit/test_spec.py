@@ -229,3 +229,34 @@ def test_prefetch_depth_defaults_to_inline_building_on_multi_threaded_cpu_worker
     assert depth(threads_per_worker=2, device="cuda", resources_per_worker={"gpu": 1}) == 4
     assert depth(threads_per_worker=2, ingest={"prefetch_batches": 3}) == 3
     assert depth(ingest={"prefetch_batches": 0}) == 0
+
+
+def test_sequential_specs_refuse_the_train_settings_their_loop_would_ignore():
+    """A SASRec / HSTU run trains on CPU workers without TorchRec's train pipeline and without its own warm start:
+    a spec asking for any of them is refused by name (exit 2), never run without it."""
+    from raytrain.errors import SpecError
+
+    with pytest.raises(SpecError) as e:
+        load_spec(ROOT / "jobs/pretrain_hstu_ml100k.yaml", [
+            "train.device=cuda", "train.pipeline=sparse_dist", "train.init_from={run: runs/x}"])
+    problems = "\n".join(e.value.problems)
+    for words in ("train.device: hstu trains on CPU workers", "train.pipeline: hstu's loop has no TorchRec train "
+                  "pipeline", "train.init_from: hstu runs do not warm-start"):
+        assert words in problems, problems
+    assert e.value.exit_code == 2
+    load_spec(ROOT / "jobs/pretrain_hstu_ml100k.yaml", ["train.pipeline=auto"])  # the default stays valid
+
+
+def test_a_cuda_run_on_a_machine_without_gpus_is_refused_before_anything_starts(tmp_path, capsys):
+    """An embedded Ray has this machine's GPUs only: exit 2 naming what is missing, no run directory, no Ray."""
+    import torch
+
+    from raytrain.cli.main import main
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has GPUs")
+    code = main(["run", str(ROOT / "jobs/train_ml100k.yaml"), "train.device=cuda", f"storage={tmp_path}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "train.device cuda: 2 workers need 2 GPUs, this machine has 0" in err
+    assert list(tmp_path.iterdir()) == []

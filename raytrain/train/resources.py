@@ -1,0 +1,73 @@
+"""Whether a run's workers can ever start where it runs: refused at once on an embedded Ray (this machine is all
+there is), waited for with one console line on a cluster (an autoscaler may add nodes), then given up.
+
+Without this a CUDA job on a machine without GPUs printed Ray Train's "worker group startup timed out" tracebacks
+in a loop and never ended.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from ..errors import RaytrainError, SpecError
+from ..log import get_logger
+
+log = get_logger(__name__)
+
+
+class ResourceError(RaytrainError):
+    """The cluster never had what the run's workers need within ``train.start_timeout_s``."""
+
+    exit_code = 3
+
+
+def needs(spec) -> dict[str, float]:
+    """Ray resources one run's worker group holds: CPUs, and GPUs on a CUDA run."""
+    t = spec.train
+    out = {"CPU": t.workers * t.resources_per_worker.cpu}
+    if t.device == "cuda":
+        out["GPU"] = t.workers * (t.resources_per_worker.gpu or 1)
+    return out
+
+
+def _describe(spec, resource: str, need: float, have: float, where: str) -> str:
+    unit = "GPUs" if resource == "GPU" else "CPUs"
+    return (f"train.device {spec.train.device}: {spec.train.workers} workers need {need:g} {unit}, {where} has "
+            f"{have:g}")
+
+
+def check_local_gpus(spec) -> None:
+    """An embedded Ray: refuse a CUDA run this machine cannot hold (exit 2), before Ray starts."""
+    if spec.train.device != "cuda":
+        return
+    import torch
+
+    have = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    need = needs(spec)["GPU"]
+    if have < need:
+        raise SpecError([_describe(spec, "GPU", need, have, "this machine") + " (run on a GPU machine, or attach to a "
+                         "cluster that has them: --address)"])
+
+
+def wait_for_cluster(spec, totals: Callable[[], dict] | None = None, poll_s: float = 5.0) -> None:
+    """A cluster: wait until its nodes together have what the worker group needs (``ray.cluster_resources``), at
+    most ``train.start_timeout_s``, saying once what it waits for; then ResourceError (exit 3)."""
+    import ray
+
+    totals = totals or ray.cluster_resources
+    deadline = time.monotonic() + spec.train.start_timeout_s
+    said = False
+    while True:
+        have = totals()
+        short = [(r, n, float(have.get(r, 0))) for r, n in needs(spec).items() if float(have.get(r, 0)) < n]
+        if not short:
+            return
+        text = "; ".join(_describe(spec, r, n, h, "the cluster") for r, n, h in short)
+        if time.monotonic() >= deadline:
+            raise ResourceError(f"{text}, after waiting {spec.train.start_timeout_s:g} s (train.start_timeout_s)")
+        if not said:
+            log.info(f"waiting for the cluster to grow: {text} now; giving up after {spec.train.start_timeout_s:g} s "
+                     "(train.start_timeout_s)")
+            said = True
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
