@@ -67,7 +67,7 @@ for _ in $(seq 1 240); do
   kill -0 "$server" 2>/dev/null || break
   sleep 1
 done
-kill -INT "$server" 2>/dev/null; wait "$server" 2>/dev/null
+kill -TERM "$server" 2>/dev/null; wait "$server" 2>/dev/null  # SIGTERM: a background job ignores SIGINT
 cat "$WORK/predict.json" 2>/dev/null; echo
 
 "$PY" - "$rc" "$killed" "$from_step" "$cpu_auc" "$gpu_auc" "$status" "$DEVICE" <<'EOF'

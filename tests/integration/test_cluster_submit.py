@@ -137,7 +137,7 @@ def _tune(cluster, storage: Path, *extra: str) -> subprocess.Popen:
          *extra], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=_env(), cwd=ROOT)
 
 
-def test_concurrent_tune_runs_spread_over_the_nodes_and_leave_other_jobs_alone(cluster, tmp_path):
+def test_concurrent_tune_runs_spread_over_the_nodes_and_leave_other_jobs_alone(cluster, tmp_path, record_property):
     beats = tmp_path / "beats.txt"
     tenant = subprocess.Popen([sys.executable, "-c", TENANT, cluster["gcs"], str(beats)], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True, env=_env())
@@ -161,6 +161,7 @@ def test_concurrent_tune_runs_spread_over_the_nodes_and_leave_other_jobs_alone(c
         assert len(board_a) == 4 and (board_a["status"] == "stopped early").sum() >= 1, board_a
         assert len(board_b) == 2 and (board_b["status"] == "completed").all(), board_b
         for board in (board_a, board_b):  # each run's leaderboard has its own trials only
+            record_property(f"val_auc_min_{len(board)}", float(board["val_auc"].min()))
             assert board["val_auc"].is_monotonic_decreasing and board["val_auc"].between(0.55, 1).all()
         assert set(board_a["trial"]).isdisjoint(board_b["trial"])
         assert pd.concat([board_a, board_b])["node_id"].nunique() >= 2

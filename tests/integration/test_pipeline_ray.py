@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
 
-def test_pipeline_tune_ensemble_distill(pipeline_out):
+def test_pipeline_tune_ensemble_distill(pipeline_out, record_property):
     from raytrain.ensemble.members import load_member, score
 
     out = pipeline_out
@@ -24,6 +24,7 @@ def test_pipeline_tune_ensemble_distill(pipeline_out):
 
     report = pd.DataFrame(steps["ensemble"]["report"])
     assert list(report["model"])[-3:] == ["ensemble:mean", "ensemble:weighted", "ensemble:stacked"]
+    record_property("ensemble_report_test_auc_min", float(report["test_auc"].min()))
     assert (report["test_auc"] > 0.65).all()
     ens = json.loads((Path(steps["ensemble"]["run_dir"]) / "ensemble.json").read_text())
     assert len(ens["members"]) == 2 and set(ens["combiners"]) == {"mean", "weighted", "stacked"}
@@ -32,6 +33,8 @@ def test_pipeline_tune_ensemble_distill(pipeline_out):
     student_dir = Path(d["run_dir"])
     teacher_rows = pd.read_parquet(student_dir / "teacher" / "train.parquet")
     assert "teacher_logit" in teacher_rows and np.isfinite(teacher_rows["teacher_logit"]).all()
+    record_property("parameter_ratio", float(d["parameter_ratio"]))
+    record_property("student_test_auc", float(d["student_test_auc"]))
     assert d["parameter_ratio"] < 0.5 and d["student_test_auc"] > 0.65
     # the student loads and scores alone, from its run directory
     student = load_member(student_dir, "student")

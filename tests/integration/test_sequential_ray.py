@@ -241,7 +241,7 @@ def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
         serve.shutdown()
 
 
-def test_distilled_hstu_student_learns_from_the_teacher(pretrained, tmp_path):
+def test_distilled_hstu_student_learns_from_the_teacher(pretrained, tmp_path, record_property):
     """kind distill with a sequential teacher: a narrower student trained on Ray Train with the teacher in its loss;
     distill.json compares both on test, and the student's numbers are its own run's."""
     from raytrain.distill.runner import run_distill
@@ -255,6 +255,8 @@ def test_distilled_hstu_student_learns_from_the_teacher(pretrained, tmp_path):
     assert json.loads((student / "distill.json").read_text())["parameter_ratio"] == report["parameter_ratio"]
     assert report["student"]["parameters"] < report["teacher"]["parameters"] / 1.5
     result = json.loads((student / "result.json").read_text())
+    record_property("student_test_ndcg10", float(result["test_ndcg@10"]))
+    record_property("teacher_test_ndcg10", float(pretrained["test_ndcg@10"]))
     assert report["student"]["test_ndcg@10"] == result["test_ndcg@10"] > 0
     assert report["teacher"]["test_ndcg@10"] == pretrained["test_ndcg@10"]
     assert report["ndcg10_retained_pct"] == pytest.approx(100 * result["test_ndcg@10"] / pretrained["test_ndcg@10"])

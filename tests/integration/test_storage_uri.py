@@ -188,7 +188,7 @@ def test_train_run_on_s3_storage(s3_uri, capfd):
     assert _ray_shows_no_secret(Path(global_worker.node.get_session_dir_path()), _job_table()) > 10
 
 
-def test_tune_and_distill_runs_on_s3_storage(s3_uri, capfd):
+def test_tune_and_distill_runs_on_s3_storage(s3_uri, capfd, record_property):
     """Tune's experiment and every trial's run directory live on the bucket; ensembles and a distillation read the
     trials from there, the student's run goes there too; a tune run resumes from the bucket."""
     from raytrain.distill.runner import run_distill
@@ -245,6 +245,8 @@ def test_tune_and_distill_runs_on_s3_storage(s3_uri, capfd):
         assert name in student_files, (name, student_files)
     on_bucket = json.loads(Store(student).read_text("distill.json"))
     assert on_bucket["student"]["test_auc"] == pytest.approx(report["student"]["test_auc"])
+    record_property("parameter_ratio", float(report["parameter_ratio"]))
+    record_property("auc_retained_pct", float(report["auc_retained_pct"]))
     assert report["parameter_ratio"] < 0.5 and report["auc_retained_pct"] > 90
     # restoring the finished experiment from the bucket reruns nothing
     again = resume_tune(location)

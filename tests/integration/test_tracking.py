@@ -45,7 +45,8 @@ def mlflow_server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
-def test_train_and_tune_runs_are_tracked_with_params_metrics_and_artifacts(ray_local, mlflow_server, tmp_path):
+def test_train_and_tune_runs_are_tracked_with_params_metrics_and_artifacts(ray_local, mlflow_server, tmp_path,
+                                                                           record_property):
     from mlflow.tracking import MlflowClient
 
     from raytrain.cli.main import run_spec
@@ -75,6 +76,7 @@ def test_train_and_tune_runs_are_tracked_with_params_metrics_and_artifacts(ray_l
     assert len(trials) == 2 and all("val_auc" in t.data.metrics for t in trials)
     assert all(t.data.params.get("model.embedding_dim") in ("8", "16") for t in trials)
     (tune_run,) = client.search_runs([exp.experiment_id], "tags.`raytrain.kind` = 'tune'")
+    record_property("best_val_auc", float(tune_run.data.metrics["best_val_auc"]))
     assert tune_run.data.metrics["trials"] == 2 and 0.5 < tune_run.data.metrics["best_val_auc"] < 1
     assert {"leaderboard.parquet", "best_spec.yaml", "metric_per_epoch.png"} <= \
         {a.path for a in client.list_artifacts(tune_run.info.run_id)}

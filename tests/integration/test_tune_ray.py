@@ -24,7 +24,7 @@ SMALL = ["train.workers=1", "train.batch_size=1024", "train.epochs=2", "tune.num
          "tune.space={train.optimizer.sparse_lr: 'loguniform(0.0005, 0.2)', model.embedding_dim: 'choice([8, 32])'}"]
 
 
-def test_asha_tune_stops_trials_and_writes_the_report(ray_local, tmp_path):
+def test_asha_tune_stops_trials_and_writes_the_report(ray_local, tmp_path, record_property):
     import ray
 
     # the baseline is the idle cluster: the previous module's last Train run releases its workers asynchronously
@@ -47,6 +47,8 @@ def test_asha_tune_stops_trials_and_writes_the_report(ray_local, tmp_path):
     assert summary["trial_epochs"] < 4 * 2
     # ASHA stops a trial on its max_t report too: the trials that ran every epoch still have their test metrics
     completed = board[board["status"] == "completed"]
+    record_property("completed_test_auc_min", float(completed["test_auc"].min()))
+    record_property("best_test_auc", float(summary["best_test_auc"]))
     assert len(completed) >= 1 and completed["test_auc"].between(0.55, 1.0).all(), board
     assert 0.55 < summary["best_test_auc"] <= 1.0
     # never more than max_concurrent_trials (2) trials at once: count the trials alive just after each start
