@@ -461,7 +461,7 @@ def path_arm(run: str, path: str, seconds: float) -> None:
     res = asyncio.run(drive(url, bodies, 16, seconds))
     bad = asyncio.run(_bad_request(url))
     serve.shutdown()
-    print("ARM " + json.dumps({"req_per_s": res["req_per_s"], "p99_ms": res["p99_ms"], "failed": res["5xx_or_failed"],
+    print("ARM " + json.dumps({"req_per_s": res["req_per_s"], "p99_ms": res["p99_ms"], "failed": res["failed"],
                                "bad_request_status": bad}), flush=True)
 
 

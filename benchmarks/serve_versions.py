@@ -52,7 +52,7 @@ def arm(run: str, request_log: str) -> None:
     alone = asyncio.run(drive(url, bodies[:200], 1, 60.0))
     serve.shutdown()
     print("ARM " + json.dumps({"req_per_s": res["req_per_s"], "p50_ms": res["p50_ms"], "p99_ms": res["p99_ms"],
-                               "p50_ms_alone": alone["p50_ms"], "failed": res["5xx_or_failed"]}), flush=True)
+                               "p50_ms_alone": alone["p50_ms"], "failed": res["failed"]}), flush=True)
 
 
 def run_arm(tree: str, run: str, request_log: str) -> dict:

@@ -1,0 +1,51 @@
+"""The helpers that turn benchmark measurements into GOAL verdicts: they must be able to say missed."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def test_a_paired_gain_is_met_only_when_its_confidence_bound_clears_zero():
+    from paired import goal_line, paired_lower_bound
+    from scipy import stats
+
+    a, b = [0.790, 0.795, 0.788], [0.780, 0.786, 0.781]
+    mean, low = paired_lower_bound(a, b)
+    d = [x - y for x, y in zip(a, b)]
+    ci = stats.ttest_rel(a, b, alternative="greater").confidence_interval(0.95)  # scipy's own paired t-test
+    assert mean == pytest.approx(sum(d) / 3) and low == pytest.approx(ci.low) and low > 0
+    assert goal_line("gain", a, b).endswith(" >0 met")
+    # the same mean gain, but noisy: a difference noise could make is missed
+    noisy = [0.80, 0.77, 0.80]
+    assert paired_lower_bound(noisy, b)[0] > 0 and goal_line("gain", noisy, b).endswith(" >0 missed")
+    assert paired_lower_bound([0.8], [0.7]) == (pytest.approx(0.1), -math.inf)  # one seed: never met
+    with pytest.raises(ValueError, match="paired samples"):
+        paired_lower_bound([0.1, 0.2], [0.1])
+
+
+def test_report_replaces_the_rows_of_the_goals_a_log_has(tmp_path, monkeypatch):
+    import report
+
+    page = tmp_path / "benchmarks.md"
+    monkeypatch.setattr(report, "PAGE", page)
+    log = tmp_path / "a.log"
+    log.write_text("noise\nGOAL one 1.0 >=1 met\nGOAL two 0.5 >=1 missed\n")
+    monkeypatch.setattr(sys, "argv", ["report.py", "python benchmarks/x.py", str(log)])
+    report.main()
+    page.write_text(page.read_text() + "\n## Notes\n\nwhy two is missed\n")
+    log.write_text("GOAL two 1.5 >=1 met\n")  # a run of one section: only its goal changes
+    monkeypatch.setattr(sys, "argv", ["report.py", "python benchmarks/x.py --sections b", str(log)])
+    report.main()
+    rows = [line for line in page.read_text().splitlines() if line.startswith("| one") or line.startswith("| two")]
+    assert len(rows) == 2 and "| one | 1.0 | >=1 | met |" in rows[0] and "| two | 1.5 | >=1 | met |" in rows[1]
+    assert page.read_text().endswith("## Notes\n\nwhy two is missed\n")
+    log.write_text("no goals here\n")
+    with pytest.raises(SystemExit, match="no GOAL lines"):
+        report.main()
