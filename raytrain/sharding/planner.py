@@ -33,7 +33,7 @@ _OPT_STATE = {"rowwise_adagrad": ("row", 1), "adagrad": ("dim", 1), "adam": ("di
 # On CPU an ``auto`` table under 1 MiB is replicated (data_parallel): every model-parallel sharding type adds input
 # and output all-to-alls over gloo that make the ranks wait for each other several times a step, while a replicated
 # table costs its share of the gradient all-reduce the dense layers need anyway. The demo model (9 tables of at most
-# 0.4 MiB, 2 workers x 1 core) trained 31-35k examples/s replicated vs 18-20k sharded, the same test AUC (README).
+# 0.4 MiB, 2 workers x 1 core) trained 31-35k examples/s replicated vs 18-20k sharded, the same test AUC.
 # On CUDA TorchRec's planner decides (its cost model knows NVLink and NCCL).
 CPU_REPLICATE_BELOW_MIB = 1.0
 

@@ -182,7 +182,7 @@ class TrainSpec(Section):
     def prefetch_depth(self) -> int:
         """``ingest.prefetch_batches``, or its default: 4, except on a CPU worker stepping with several intra-op
         threads, which builds its batches itself: there a background thread slowed the step (the demo model, one
-        process, 2 threads: 20.5k examples/s with the thread, 27-31k without it; README)."""
+        process, 2 threads: 20.5k examples/s with the thread, 27-31k without it)."""
         if self.ingest.prefetch_batches is not None:
             return self.ingest.prefetch_batches
         return 0 if self.device == "cpu" and (self.threads_per_worker or 1) > 1 else 4

@@ -8,7 +8,7 @@ workers start. On raytrain's own local Ray none of them has work: there is no au
 the driver (a controller that dies before it does takes its placement group with it, Ray's lifetime rule for a
 non-detached creator, and a tune run releases its trials' placement groups itself, `tune/resources.py`), and
 raytrain never passes Ray Datasets (each worker streams its own row groups). Leaving them out took a do-nothing
-2-worker ``TorchTrainer.fit()`` from 15-16 s to 9.5-10 s on 2 cores (README, the ``benchmarks/startup.py`` rows).
+2-worker ``TorchTrainer.fit()`` from 15-16 s to 9.5-10 s on 2 cores (``benchmarks/startup.py``).
 
 The hooks are Ray Train internals of the pinned Ray (2.60): where they are not found the stock ``TorchTrainer``
 runs, helpers and all, as it does on any Ray raytrain did not start (``RAYTRAIN_LOCAL_RAY`` unset; a user's "0"

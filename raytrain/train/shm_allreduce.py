@@ -6,12 +6,12 @@ of a recommender's replicated part: 0.5 ms for 4 bytes and 3 ms for 1.2 MB betwe
 scheduled. The demo model's step does two (TorchRec wraps data-parallel tables in a DDP of their own):
 4-6 ms of a 13-17 ms step. When every rank of the group runs on this machine, raytrain registers a DDP comm
 hook on each of the model's DDP modules that exchanges the bucket through shared memory instead: 0.05 ms
-for 4 bytes, 0.18 ms for 1.2 MB (README, "Gradient averaging").
+for 4 bytes, 0.18 ms for 1.2 MB (``benchmarks/allreduce.py``).
 
 The hook does not exchange each bucket as DDP hands it over: it collects the buckets of the backward pass,
 from every DDP of the model, and averages them together when the pass ends (an autograd engine callback, which
 runs before any DDP waits on its buckets). Each exchange is a point where the ranks wait for each other: on
-the 2-core machine the demo model's step waited 1.1-2.4 ms in its two exchanges (README): one exchange a step
+the 2-core machine the demo model's step waited 1.1-2.4 ms in its two exchanges: one exchange a step
 instead of one per DDP gives the ranks one point to wait at. (Over gloo, DDP overlaps a bucket's transfer with the rest of
 the backward pass; a shared-memory exchange is a memory copy, with nothing to overlap.)
 
