@@ -44,7 +44,7 @@ def ctr_doc(base: dict, paths: dict[str, str], schema, seed: int, storage: str, 
 
 def main() -> None:
     from raytrain.train.runner import run_train
-    from raytrain.train.sequential_run import run_sequential
+    from raytrain.train.sequential.run import run_sequential
 
     p = argparse.ArgumentParser()
     p.add_argument("--seeds", type=int, default=3)
@@ -75,7 +75,7 @@ def main() -> None:
     init = {"run": pre["run_dir"], "tables": {"t_item_id": "t_item"}}
     vectors = work / "user_vectors.parquet"
     if a.vectors:  # HSTU's vector of each user after their training-row history (no label in it)
-        from raytrain.train.sequential_export import user_vector_table
+        from raytrain.train.sequential.export import user_vector_table
 
         pq.write_table(user_vector_table(pre["run_dir"]), vectors)
     order = np.argsort(train.column("timestamp").to_numpy(), kind="stable")

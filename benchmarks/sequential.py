@@ -22,7 +22,7 @@ import torch
 
 from raytrain.data.sequences import leave_one_out, movielens_sequences
 from raytrain.models.sequential import SequentialModel
-from raytrain.train.sequential import most_popular, pretrain
+from raytrain.train.sequential.ranking import most_popular, pretrain
 
 METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")
 

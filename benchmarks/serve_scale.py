@@ -114,8 +114,8 @@ def sequential_quantization(run: Path, goals: list) -> None:
     fp32, int8 and int4, the same users, and the table's bytes."""
     from raytrain.data.sequences import leave_one_out
     from raytrain.serve.quantize import quantize_tables, table_storage
-    from raytrain.train.sequential import evaluate
-    from raytrain.train.sequential_run import load_sequential
+    from raytrain.train.sequential.load import load_sequential
+    from raytrain.train.sequential.ranking import evaluate
 
     _, model, seqs = load_sequential(run)
     split = leave_one_out(seqs)
@@ -173,8 +173,8 @@ def synthetic_catalogue(net, inputs: torch.Tensor, n: int, seed: int = 0) -> np.
 def retrieval(run: Path, n_items: int, n_queries: int, goals: list) -> None:
     from raytrain.kernels import topk_scores
 
-    from raytrain.kinds.serve import RetrievalSpec
     from raytrain.serve.retrieval import ItemIndex
+    from raytrain.spec.serve import RetrievalSpec
 
     model, _, inputs, users = two_tower_parts(run)
     t0 = time.perf_counter()
@@ -226,9 +226,9 @@ def two_stage(ranker_run: Path, two_tower_run: Path, n_users: int, goals: list) 
 
     from raytrain.data import prepare
     from raytrain.ensemble.members import load_member
-    from raytrain.kinds.serve import RetrievalSpec
     from raytrain.serve.features import FeatureStore, prepared_rows
     from raytrain.serve.retrieval import ItemIndex
+    from raytrain.spec.serve import RetrievalSpec
 
     model, store, inputs, _ = two_tower_parts(two_tower_run)
     net = model.module.model.net

@@ -18,11 +18,17 @@ from __future__ import annotations
 import os
 import re
 
+_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _SECRET_WORDS = "secret|token|key|password|passwd|session|credential|signature|sig"
 _SECRET_QUERY = re.compile(rf"(?:{_SECRET_WORDS})", re.I)  # a query key holding a credential
 CREDENTIALS_ENV = "RAYTRAIN_STORAGE_CREDENTIALS"
 CREDENTIALS_FILE_ENV = "RAYTRAIN_STORAGE_CREDENTIALS_FILE"
 _FORMAT = '{"scheme://host": {"userinfo": "KEY:SECRET", "query": {...}}}'
+
+
+def is_uri(location) -> bool:
+    """Whether ``location`` is a ``scheme://`` URI (``file://`` counts as a path)."""
+    return isinstance(location, str) and bool(_URI.match(location)) and not location.startswith("file://")
 
 
 def redact(location: str) -> str:
@@ -80,8 +86,6 @@ def adopt(location: str) -> str:
     the Ray processes started from it). A location without credentials is returned as it is."""
     import json
 
-    from .storage import is_uri
-
     if not is_uri(location):
         return location
     clean, userinfo, secret = _split(location)
@@ -98,8 +102,6 @@ def adopt(location: str) -> str:
 
 
 def has_credentials(location: str) -> bool:
-    from .storage import is_uri
-
     return is_uri(location) and _split(location)[0] != location
 
 

@@ -20,19 +20,13 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from pathlib import Path
 
-from .credentials import CREDENTIALS_ENV, adopt, has_credentials, open_uri, redact, with_credentials
+from .credentials import CREDENTIALS_ENV, adopt, has_credentials, is_uri, open_uri, redact, with_credentials
 
 __all__ = ["CREDENTIALS_ENV", "Mirror", "Store", "adopt", "cache_dir", "filesystem", "has_credentials", "is_uri", "join",
            "materialize", "mirror_of", "open_uri", "redact", "with_credentials"]
 
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
-
-
-def is_uri(location: str | Path | None) -> bool:
-    return isinstance(location, str) and bool(_URI.match(location)) and not location.startswith("file://")
 
 
 def join(location: str, *parts: str) -> str:

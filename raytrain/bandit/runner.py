@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from ..data.open_bandit import load_open_bandit, zozotown_prior
-from ..kinds import JobSpec
-from ..kinds.bandit import BanditSpec
 from ..log import get_logger
 from ..spec import resolved_yaml
+from ..spec.bandit import BanditSpec
+from ..spec.job import JobSpec
 from .estimators import NEEDS_REWARD_MODEL, estimate
 from .policies import make_policy
 from .reward_model import cross_fit

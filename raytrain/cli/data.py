@@ -74,7 +74,7 @@ def cmd_convert(args) -> int:
 def cmd_user_vectors(args) -> int:
     import pyarrow.parquet as pq
 
-    from ..train.sequential_export import user_vector_table
+    from ..train.sequential.export import user_vector_table
 
     t0 = time.perf_counter()
     table = user_vector_table(args.run)

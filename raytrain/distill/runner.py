@@ -20,24 +20,14 @@ import torch
 from ..data import prepare
 from ..data.batches import TEACHER_COLUMN, Columns
 from ..ensemble.members import load_member, score, split_table
-from ..kinds import JobSpec
 from ..log import get_logger
-from ..spec.loader import derived, parse_spec, set_path
+from ..spec.job import JobSpec
+from ..spec.loader import student_spec
 from ..storage import Mirror
 from ..train.metrics import binary_metrics
 from .teacher import Teacher, load_teacher
 
 log = get_logger(__name__)
-
-
-def student_spec(teacher_spec: JobSpec, spec: JobSpec) -> JobSpec:
-    """The teacher's spec with the student overrides, as a distill spec (name, storage, ray from ``spec``)."""
-    assert spec.distill is not None
-    doc = derived(teacher_spec.model_dump(mode="json"), "distill", name=spec.name, storage=spec.storage,
-                  ray=spec.ray.model_dump(mode="json"), distill=spec.distill.model_dump(mode="json"))
-    for key, value in spec.distill.student.items():
-        set_path(doc, key, value, what="distill.student")
-    return parse_spec(doc, "distill.student applied to the teacher's spec")
 
 
 def _params(module: torch.nn.Module) -> tuple[int, int]:

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from ..errors import SpecError
-from ..kinds import JobSpec
 from ..log import get_logger
 from ..runs import newest_local_run
+from ..spec.job import JobSpec
 
 log = get_logger(__name__)
 METRICS = ("ndcg@10", "hr@10", "ndcg@50", "hr@50", "mrr")
@@ -39,7 +39,7 @@ def ranking_ms(model, seqs, users: int = 256, rounds: int = 3) -> float:
     """Median milliseconds to encode ``users`` histories and rank the whole catalogue for them (top 10)."""
     from ..data.sequences import subset
     from ..kernels import topk_scores
-    from ..train.sequential import user_vectors
+    from ..train.sequential.ranking import user_vectors
 
     history = subset(seqs, np.arange(min(users, seqs.users)))
     times = []
@@ -52,9 +52,10 @@ def ranking_ms(model, seqs, users: int = 256, rounds: int = 3) -> float:
 
 def run_sequential_distill(spec: JobSpec, teacher_run: Path, address: str | None = None) -> dict:
     from ..spec import load_spec
+    from ..spec.loader import student_spec
     from ..train.export import best_checkpoint_location
-    from ..train.sequential_run import load_sequential, run_sequential
-    from .runner import student_spec
+    from ..train.sequential.load import load_sequential
+    from ..train.sequential.run import run_sequential
 
     assert spec.distill is not None
     t0 = time.time()

@@ -14,9 +14,9 @@ import numpy as np
 import pandas as pd
 
 from ..errors import CheckpointError
-from ..kinds import JobSpec
 from ..log import get_logger
 from ..spec import resolved_yaml
+from ..spec.job import JobSpec
 from ..train.metrics import binary_metrics
 from .combine import Combiner, fit_combiner
 from .members import Member, load_member, member_info, score, top_trials

@@ -1,5 +1,5 @@
-"""What a job kind declares. The registry (``raytrain.kinds``) lists the kinds; the CLI, the pipeline, submitted
-jobs and the spec loader look a kind up there and nowhere else."""
+"""What a job kind declares to run. The registry (``raytrain.kinds``) lists the kinds; the CLI, the pipeline and
+submitted jobs look a kind's runner up there."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
-    from . import JobSpec
+    from ..spec.job import JobSpec
 
 
 @dataclass
@@ -32,20 +32,13 @@ class StepContext:
 
 @dataclass(frozen=True)
 class Kind:
+    """How a kind runs. What its spec may and must hold is its rule (``spec.job.RULES``), which validation reads
+    without importing any runner."""
+
     name: str
     run: Callable[[JobSpec, Optional[str]], Optional[dict]]
     """runs a validated spec (on Ray at the address, or a local one); returns its summary with ``run_dir``"""
     outputs: tuple[str, ...]
     """what its run directory holds (docs/architecture.md lists them)"""
-    section: Optional[str] = None
-    """its own JobSpec field, named like the kind (None: it has none)"""
-    needs: str = ""
-    """what its section holds, for the error when it is missing"""
-    checks: Optional[Callable[[JobSpec, list[str]], list[str]]] = None
-    """checks across its section and the rest of the spec; given the spec's steps (its kind, or a pipeline's)"""
-    uses_models: bool = True
-    """reads data and models through the data / model / train sections (their cross-field checks apply)"""
-    uri_storage: bool = False
-    """may write its runs to a URI (else a local or mounted path)"""
     step: Optional[Callable[[StepContext], tuple[dict, dict[str, str]]]] = None
     """runs it as a pipeline step: its record for pipeline.json and what the next step reads"""

@@ -1,5 +1,5 @@
 """Kind ``train``: one training run (or k of them, with ``train.cross_validation``). Its sections are the common
-ones (``spec.training``)."""
+ones (``spec.training``); its rule is in ``spec.job``."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Optional
 from .base import Kind, StepContext
 
 if TYPE_CHECKING:
-    from . import JobSpec
+    from ..spec.job import JobSpec
 
 
 def run(spec: JobSpec, address: Optional[str]) -> dict:
     if spec.model.arch in ("sasrec", "hstu"):  # pretraining by next-item prediction
-        from ..train.sequential_run import run_sequential
+        from ..train.sequential.run import run_sequential
 
         return run_sequential(spec, address=address)
     if spec.train.cross_validation is not None:
@@ -33,7 +33,7 @@ def step(ctx: StepContext) -> tuple[dict, dict[str, str]]:
 
 
 KIND = Kind(
-    name="train", run=run, step=step, uri_storage=True,
+    name="train", run=run, step=step,
     outputs=("spec.yaml", "schema.json", "result.json", "metrics/", "metrics.parquet", "checkpoints/", "logs/",
              "(cross-validation: cv.json, one run per fold)"),
 )

@@ -41,8 +41,8 @@ class Ingress(Scorer):
 
         from ..data.schema import FeatureSchema
         from ..ensemble.combine import Combiner
-        from ..kinds.serve import ServeSpec
         from ..spec.sections import DataSpec
+        from ..spec.serve import ServeSpec
 
         self.cfg = ServeSpec.model_validate(config["serve"])
         self.name = config["name"]

@@ -47,7 +47,7 @@ class MemberModel:
     def _build_index(self):
         """The item tower's vector of every item the run's data holds, in an index (``retrieval.ItemIndex``)."""
 
-        from ..kinds.serve import RetrievalSpec
+        from ..spec.serve import RetrievalSpec
         from .features import FeatureStore, prepared_rows, to_wire
         from .retrieval import ItemIndex
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from .. import console
 from ..errors import SpecError
-from ..kinds import JobSpec
 from ..log import get_logger
 from ..spec import resolved_yaml
+from ..spec.job import JobSpec
 from .refs import ResolvedVariant
 from .sources import resolve, servable_problems
 

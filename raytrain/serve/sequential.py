@@ -72,7 +72,7 @@ class SequenceRanker:
     """One sequential model, unsharded from its run directory, with the run's histories and id maps."""
 
     def __init__(self, ref: MemberRef, threads: int):
-        from ..train.sequential_run import load_sequential
+        from ..train.sequential.load import load_sequential
 
         torch.set_num_threads(threads)
         self.ref = ref
@@ -88,7 +88,7 @@ class SequenceRanker:
         self.tables = table_storage(self.model)
         self.index = None
         if ref.retrieval:  # the catalogue (every item but the padding row 0) in the variant's index
-            from ..kinds.serve import RetrievalSpec
+            from ..spec.serve import RetrievalSpec
             from .retrieval import ItemIndex
 
             cfg = RetrievalSpec.model_validate(json.loads(ref.retrieval))
@@ -102,7 +102,7 @@ class SequenceRanker:
                   actions: list[int] | None, k: int, exclude_seen: bool) -> dict:
         from ..data.sequences import Sequences
         from ..kernels import topk_scores
-        from ..train.sequential import user_vectors
+        from ..train.sequential.ranking import user_vectors
 
         s, unknown = self.seqs, 0
         if history is None:
@@ -149,7 +149,7 @@ class SequenceRanker:
 @serve.ingress(api)
 class SequenceIngress:
     def __init__(self, config: dict, handles: dict, decision_log=None):
-        from ..kinds.serve import ServeSpec
+        from ..spec.serve import ServeSpec
 
         self.cfg = ServeSpec.model_validate(config["serve"])
         self.name = config["name"]

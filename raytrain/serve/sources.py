@@ -7,8 +7,8 @@ from pathlib import Path
 
 from ..ensemble.members import best_checkpoint, member_name, read_ensemble, top_trials
 from ..errors import CheckpointError
-from ..kinds.serve import ServeSpec, VariantSpec
 from ..runs import newest_local_run
+from ..spec.serve import ServeSpec, VariantSpec
 from .refs import MemberRef, ResolvedVariant
 from .shards import shard_count
 

@@ -1,8 +1,8 @@
 """Job specs: YAML -> typed, validated objects.
 
-``sections`` and ``training`` hold the sections every spec has; each kind's own section is in its module in
-``raytrain.kinds``, whose registry also defines ``JobSpec``. This package's names are loaded on first use, so that
-the kinds can import the common sections without importing the loader (which imports the kinds).
+``sections`` and ``training`` hold the sections every spec has, ``<kind>.py`` each kind's own section and checks,
+``job`` the ``JobSpec`` that holds them all and each kind's rule; ``loader`` reads YAML into them. This package's
+names are loaded on first use, so that importing a section does not import the loader.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..kinds import JobSpec
+    from .job import JobSpec
     from .loader import apply_overrides, derived, load_spec, parse_spec, resolved_yaml, set_path
 
 __all__ = ["JobSpec", "apply_overrides", "derived", "load_spec", "parse_spec", "resolved_yaml", "set_path"]
@@ -18,7 +18,7 @@ __all__ = ["JobSpec", "apply_overrides", "derived", "load_spec", "parse_spec", "
 
 def __getattr__(name: str) -> Any:
     if name == "JobSpec":
-        from ..kinds import JobSpec
+        from .job import JobSpec
 
         return JobSpec
     if name in __all__:

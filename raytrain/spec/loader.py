@@ -11,8 +11,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError
-from ..kinds import JobSpec
 from ..storage import adopt, is_uri, redact
+from .job import JobSpec
 from .sections import suggest
 from .training import training_checks
 
@@ -131,38 +131,38 @@ def apply_overrides(doc: dict, overrides: list[str]) -> dict:
 
 def _semantic_checks(spec: Any) -> list[str]:
     """Checks that span sections (the schema checks each section on its own): which kinds' sections the spec may
-    have, then each kind's own checks (``raytrain.kinds``), then the data / model / train checks."""
-    from ..kinds import KINDS
-    from ..kinds.pipeline import steps_of
+    have, then each kind's own checks (its rule in ``spec.job``), then the data / model / train checks."""
+    from .job import RULES
+    from .pipeline import steps_of
 
-    kind = KINDS[spec.kind]
+    kind = RULES[spec.kind]
     steps = steps_of(spec)
     what = "step" if spec.kind == "pipeline" else "spec"
     problems = []
     if spec.kind == "pipeline" and kind.checks is not None:
         problems += kind.checks(spec, steps)
-        steps = [s for s in steps if s in KINDS and KINDS[s].step is not None]  # the rest is checked on what can run
+        steps = [s for s in steps if s in RULES and RULES[s].step]  # the rest is checked on what can run
     for name in steps:
-        k = KINDS[name]
+        k = RULES[name]
         if k.section is not None and getattr(spec, k.section) is None and k.needs:
             article = "an" if name[0] in "aeiou" else "a"
             problems.append(f"{name}: {article} {name} {what} needs {article} '{name}' section ({k.needs})")
         elif k.checks is not None:
             problems += k.checks(spec, steps)
-    for name, k in KINDS.items():
+    for name, k in RULES.items():
         if k.section is None or getattr(spec, k.section) is None or name in steps or name == spec.kind:
             continue
-        if spec.kind == "pipeline" and k.step is not None:
+        if spec.kind == "pipeline" and k.step:
             problems.append(f"{name}: the pipeline has no {name} step (steps: {', '.join(steps)})")
         else:
-            problems.append(f"{name}: only for kind {name}" + (" or pipeline" if k.step is not None else ""))
+            problems.append(f"{name}: only for kind {name}" + (" or pipeline" if k.step else ""))
     if is_uri(spec.storage) and not kind.uri_storage:
-        uri_kinds = [n for n, k in KINDS.items() if k.uri_storage]
+        uri_kinds = [n for n, k in RULES.items() if k.uri_storage]
         problems.append(f"storage: a URI ({redact(spec.storage)}) is run storage for kinds {', '.join(uri_kinds[:-1])} "
                         f"and {uri_kinds[-1]} (checkpoints a multi-node cluster shares); kind {spec.kind} writes to a "
                         "local or mounted shared path. Models stored at a URI can still be read: give the URI as a "
                         "serve variant's, an ensemble's or a teacher's run or tune_run")
-    if all(KINDS[name].uses_models for name in steps):
+    if all(RULES[name].uses_models for name in steps):
         problems += training_checks(spec, steps)
     return problems
 
@@ -214,3 +214,13 @@ def _adopt_credentials(node):
 
 def resolved_yaml(spec: JobSpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def student_spec(teacher_spec: JobSpec, spec: JobSpec) -> JobSpec:
+    """The teacher's spec with the student overrides, as a distill spec (name, storage, ray from ``spec``)."""
+    assert spec.distill is not None
+    doc = derived(teacher_spec.model_dump(mode="json"), "distill", name=spec.name, storage=spec.storage,
+                  ray=spec.ray.model_dump(mode="json"), distill=spec.distill.model_dump(mode="json"))
+    for key, value in spec.distill.student.items():
+        set_path(doc, key, value, what="distill.student")
+    return parse_spec(doc, "distill.student applied to the teacher's spec")

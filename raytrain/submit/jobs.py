@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SubmissionError
-from ..kinds import JobSpec
 from ..spec import resolved_yaml
+from ..spec.job import JobSpec
 from ..train.runner import RUNTIME_ENV
 
 ENTRYPOINT = "python -m raytrain.submit.entry"

@@ -15,8 +15,8 @@ import sys
 
 import yaml
 
-from ..kinds import JobSpec
 from ..spec import resolved_yaml
+from ..spec.job import JobSpec
 from ..train.runner import RUNTIME_ENV
 from .jobs import ENTRYPOINT, SPEC_ENV
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from ..data.schema import FeatureSchema
 from ..errors import CheckpointError
-from ..kinds import JobSpec
 from ..models import build_model
 from ..spec import load_spec
+from ..spec.job import JobSpec
 from ..storage import Store, is_uri, join, materialize, redact
 from .checkpoint import cause, load_state, read_marker
 from .distributed import TrainModule

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 from ..log import get_logger
-from .runner import LOCAL_RAY_ENV
+from .resources import LOCAL_RAY_ENV
 
 log = get_logger(__name__)
 
@@ -66,7 +66,6 @@ if _HOOKS:
             if type(policy) is FixedScalingPolicy:
                 kwargs["scaling_policy"] = _LocalFixedScalingPolicy(policy.scaling_config)
             return super()._initialize_and_run_controller(**kwargs)
-
 
 def trainer_class() -> type:
     """The TorchTrainer class for a run in this process: the lean one on raytrain's own local Ray."""

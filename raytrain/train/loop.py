@@ -13,9 +13,9 @@ import torch
 import torch.distributed as dist
 
 from ..data import PreparedData
-from ..kinds import JobSpec
 from ..log import get_logger
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank, summarize_plan
+from ..spec.job import JobSpec
 from ..storage import Store
 from .distributed import shard_model
 from .loaders import EvalData, TrainData

@@ -15,6 +15,10 @@ from ..log import get_logger
 
 log = get_logger(__name__)
 
+# set in a local Ray raytrain starts (train.runner.EMBEDDED_TRAIN_ENV): its trainers leave out the helper actors only a
+# cluster uses (train.lean)
+LOCAL_RAY_ENV = "RAYTRAIN_LOCAL_RAY"
+
 
 class ResourceError(RaytrainError):
     """The cluster never had what the run's workers need within ``train.start_timeout_s``."""

@@ -12,12 +12,12 @@ import pandas as pd
 
 from .. import console
 from ..data import PreparedData, prepare
-from ..kinds import JobSpec
 from ..log import get_logger
 from ..runs import new_run_location
 from ..spec import resolved_yaml
+from ..spec.job import JobSpec
 from ..storage import CREDENTIALS_ENV, Mirror, filesystem, is_uri, redact
-from .resources import check_local_gpus, wait_for_cluster
+from .resources import LOCAL_RAY_ENV, check_local_gpus, wait_for_cluster
 
 log = get_logger(__name__)
 
@@ -29,8 +29,6 @@ RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_ENABLE_PRINT_
 # preemption watcher actor is started (it watches for nodes being drained, which a one-machine Ray never is; one
 # Python process fewer competing for the cores while the workers start). A missed look is not a failure: Ray marks a
 # worker dead only after its check hangs for RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S (10 minutes).
-# LOCAL_RAY_ENV: trainers leave out Ray Train's helper actors that only a cluster uses (raytrain/train/lean.py).
-LOCAL_RAY_ENV = "RAYTRAIN_LOCAL_RAY"
 EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
                       LOCAL_RAY_ENV: "1"}
 _set_here: set[str] = set()  # the EMBEDDED_TRAIN_ENV keys this process set, taken back before it joins a cluster

@@ -11,8 +11,8 @@ import ray.train
 from ray.train import CheckpointUploadMode
 
 from ..errors import CheckpointError
-from ..kinds import JobSpec
 from ..log import get_logger
+from ..spec.job import JobSpec
 from ..storage import Store, is_uri, redact
 from . import checkpoint as ckpt
 from .export import complete_markers

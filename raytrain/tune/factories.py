@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..kinds import JobSpec
-from .space import parse_dist, tune_of
+from ..spec.job import JobSpec
+from ..spec.tune_space import parse_dist, tune_of
 
 
 def searcher(spec: JobSpec):

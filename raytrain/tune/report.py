@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..kinds import JobSpec
 from ..log import get_logger
+from ..spec.job import JobSpec
+from ..spec.tune_space import tune_of
 from ..storage import is_uri, join
-from .space import tune_of
 
 log = get_logger(__name__)
 
@@ -114,7 +114,6 @@ def write_report(spec: JobSpec, results, run_dir: Path, location: str | None = N
     """Leaderboard, best spec, best checkpoint and plots into ``run_dir`` (the local mirror of ``location`` when the
     run lives on a URI); the leaderboard's ``path`` is each trial's directory where the run lives."""
     from ..train.export import best_checkpoint_location
-    from .runner import best_spec_yaml
 
     metric = tune_of(spec).metric
     test = test_column(metric)
@@ -155,3 +154,14 @@ def write_report(spec: JobSpec, results, run_dir: Path, location: str | None = N
              f"config {config}; ready-to-run spec: {run_dir / 'best_spec.yaml'}")
     summary["plots"] = _plots(spec, board, curves, run_dir)
     return summary
+
+
+def best_spec_yaml(spec: JobSpec, config: dict) -> str:
+    """The best trial's configuration as a ready-to-run train spec."""
+    import yaml
+
+    from ..spec.tune_space import apply_config
+
+    doc = apply_config(spec.model_dump(mode="json"), config)
+    doc["name"] = f"{spec.name}-best"
+    return yaml.safe_dump(doc, sort_keys=False)

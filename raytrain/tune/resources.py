@@ -9,10 +9,10 @@ from typing import Any
 
 from ..data import PreparedData
 from ..errors import RaytrainError
-from ..kinds import JobSpec
 from ..log import get_logger
+from ..spec.job import JobSpec
+from ..spec.tune_space import parse_dist, tune_of
 from ..storage import Store
-from .space import parse_dist, tune_of
 from .trial import trial_location
 
 log = get_logger(__name__)

@@ -15,19 +15,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .. import console
 from ..data import prepare
 from ..errors import RaytrainError, SpecError
-from ..kinds import JobSpec
 from ..log import get_logger
 from ..spec import resolved_yaml
+from ..spec.job import JobSpec
 from ..spec.training import SEQUENTIAL
+from ..spec.tune_space import to_param_space, tune_of
 from ..storage import Mirror, Store, filesystem, is_uri, mirror_of, redact
 from .factories import scheduler, searcher
 from .resources import ResourceError, preflight, release_callback, release_run
-from .space import apply_config, to_param_space, tune_of
 from .trial import pbt_trial, trial
 
 log = get_logger(__name__)
@@ -126,7 +124,7 @@ def run_tune(spec: JobSpec, run_dir: Path | None = None, address: str | None = N
     t0 = time.time()
     init_ray(spec, address)  # first: validation, splitting and conversion fan out as Ray tasks
     if spec.model.arch in SEQUENTIAL:  # histories, written once; each trial copies them into its run
-        from ..train.sequential_run import write_sequences
+        from ..train.sequential.run import write_sequences
 
         data: dict = {"sequences": str(write_sequences(spec, Path(run_dir)))}
     else:
@@ -178,10 +176,4 @@ def resume_tune(run_dir: str | Path, address: str | None = None) -> dict:
     return run_tune(load_spec(path / "spec.yaml"), run_dir=path, address=address, restore=True)
 
 
-def best_spec_yaml(spec: JobSpec, config: dict) -> str:
-    doc = apply_config(spec.model_dump(mode="json"), config)
-    doc["name"] = f"{spec.name}-best"
-    return yaml.safe_dump(doc, sort_keys=False)
-
-
-__all__ = ["run_tune", "resume_tune", "best_spec_yaml", "preflight", "ResourceError"]
+__all__ = ["run_tune", "resume_tune", "preflight", "ResourceError"]

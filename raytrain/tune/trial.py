@@ -8,10 +8,10 @@ import time
 from pathlib import Path
 
 from ..data import FeatureSchema, PreparedData
-from ..kinds import JobSpec
 from ..spec import parse_spec, resolved_yaml
+from ..spec.job import JobSpec
+from ..spec.tune_space import apply_config
 from ..storage import Store, is_uri, join
-from .space import apply_config
 
 
 def trial_location(location: str, trial_dir: str) -> str:
@@ -48,7 +48,7 @@ def trial(config: dict, base: dict, data: dict, location: str) -> None:
     if data.get("folds"):
         return _cv_trial(spec, run, data["folds"])
     if data.get("sequences"):
-        from ..train.sequential_run import sequential_trainer
+        from ..train.sequential.run import sequential_trainer
 
         sequential_trainer(spec, run, join(run, "sequences.npz"), callbacks=[TuneReportCallback()]).fit()
         return None

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="session")
 def pipeline_out(ray_local, tmp_path_factory):
     """One small pipeline run; its ensemble and student are also what tests/integration/test_serve_ray.py serves."""
-    from raytrain.pipeline import run_pipeline
+    from raytrain.kinds.pipeline import run_pipeline
 
     spec = load_spec(ROOT / "jobs/pipeline_ml100k.yaml", [
         f"storage={tmp_path_factory.mktemp('pipeline')}", "train.workers=1", "train.batch_size=2048", "train.epochs=1",

@@ -11,7 +11,7 @@ from helpers import run_distributed
 from test_sharded_equivalence import SCHEMA, SHARDING, _columns  # noqa: E402  (same small model)
 
 from raytrain.errors import CheckpointError
-from raytrain.kinds import JobSpec
+from raytrain.spec.job import JobSpec
 from raytrain.train import checkpoint as ckpt
 
 

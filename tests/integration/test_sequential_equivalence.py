@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import run_distributed
 
-from raytrain.kinds import JobSpec
+from raytrain.spec.job import JobSpec
 
 NUM_ITEMS, USERS, LENGTH = 60, 8, 6
 
@@ -26,7 +26,7 @@ def _spec(arch: str, sparse_opt: str, dense_opt: str) -> dict:
 
 def _batch(users: range):
     """Histories of equal length (each worker's loss is a mean over the same number of positions), fixed negatives."""
-    from raytrain.train.sequential import _batch as make
+    from raytrain.train.sequential.ranking import _batch as make
 
     g = np.random.default_rng(5)
     items = g.integers(1, NUM_ITEMS, size=(USERS, LENGTH + 1))
@@ -36,7 +36,7 @@ def _batch(users: range):
 
 
 def _step(model, optimizer, batch, temperature=0.1) -> torch.Tensor:
-    from raytrain.train.sequential import next_item_loss
+    from raytrain.train.sequential.ranking import next_item_loss
 
     loss, _ = next_item_loss(model, batch, temperature)
     optimizer.zero_grad()
@@ -71,7 +71,7 @@ def _sharded(rank: int, world: int, doc: dict, init: dict):
 
     from raytrain.sharding.planner import describe_plan
     from raytrain.train.distributed import gather_full_state, load_full_state
-    from raytrain.train.sequential_loop import shard
+    from raytrain.train.sequential.loop import shard
 
     spec = JobSpec.model_validate(doc)
     sharded = shard(spec, NUM_ITEMS, dist.GroupMember.WORLD)

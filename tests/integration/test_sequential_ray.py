@@ -18,7 +18,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def pretrained(ray_local, tmp_path_factory):
-    from raytrain.train.sequential_run import run_sequential
+    from raytrain.train.sequential.run import run_sequential
 
     spec = load_spec(ROOT / "jobs/pretrain_hstu_ml100k.yaml", [
         f"storage={tmp_path_factory.mktemp('seq')}", "train.epochs=2", "model.embedding_dim=16",
@@ -49,8 +49,8 @@ def test_hstu_pretrains_on_two_workers_and_its_metrics_merge_across_ranks(pretra
     # the last epoch's checkpoint in one process (DCP reshards the two ranks' files): the same test metrics as the
     # two ranks measured and merged
     from raytrain.data.sequences import leave_one_out
-    from raytrain.train.sequential import evaluate
-    from raytrain.train.sequential_run import load_sequential
+    from raytrain.train.sequential.load import load_sequential
+    from raytrain.train.sequential.ranking import evaluate
 
     _, model, seqs = load_sequential(run_dir, checkpoints[-1].parent)
     alone = evaluate(model, leave_one_out(seqs), "test")
@@ -65,7 +65,7 @@ def test_a_ctr_model_starts_from_the_pretrained_item_embeddings(pretrained, tmp_
     from raytrain.spec import parse_spec
     from raytrain.train.export import load_model
     from raytrain.train.runner import run_train
-    from raytrain.train.sequential_run import load_sequential
+    from raytrain.train.sequential.load import load_sequential
 
     base = load_spec(ROOT / "jobs/train_ml100k.yaml", ["data.history=null"])
     prepared = prepare(base.data)
@@ -100,7 +100,7 @@ def test_tune_over_hstu_ranks_trials_by_validation_ndcg(ray_local, tmp_path):
     each trial's test NDCG@10 at its best epoch, and a best checkpoint that load_sequential opens."""
     import pandas as pd
 
-    from raytrain.train.sequential_run import load_sequential
+    from raytrain.train.sequential.load import load_sequential
     from raytrain.tune.runner import run_tune
 
     spec = load_spec(ROOT / "jobs/tune_hstu_ml100k.yaml", [
@@ -120,7 +120,7 @@ def test_tune_over_hstu_ranks_trials_by_validation_ndcg(ray_local, tmp_path):
         assert row["test_ndcg@10"] == pytest.approx(best["test_ndcg@10"]) and row["test_epoch"] == best["epoch"]
     assert summary["best_test_ndcg@10"] == pytest.approx(board["test_ndcg@10"].iloc[0])
     from raytrain.data.sequences import leave_one_out
-    from raytrain.train.sequential import evaluate
+    from raytrain.train.sequential.ranking import evaluate
 
     # the best checkpoint, opened in one process, scores what the leaderboard says on test
     _, model, seqs = load_sequential(Path(board["path"].iloc[0]) / "run", summary["best_checkpoint"])
@@ -154,8 +154,8 @@ def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
     from raytrain.kernels import topk_scores
 
     from raytrain.serve.runner import deploy
-    from raytrain.train.sequential import user_vectors
-    from raytrain.train.sequential_run import load_sequential
+    from raytrain.train.sequential.load import load_sequential
+    from raytrain.train.sequential.ranking import user_vectors
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -270,8 +270,8 @@ def test_user_vectors_export_gives_each_user_their_own_history_vector(pretrained
 
     from raytrain.cli.main import main
     from raytrain.data.sequences import subset
-    from raytrain.train.sequential import user_vectors
-    from raytrain.train.sequential_run import load_sequential
+    from raytrain.train.sequential.load import load_sequential
+    from raytrain.train.sequential.ranking import user_vectors
 
     out = tmp_path / "vectors.parquet"
     assert main(["data", "user-vectors", pretrained["run_dir"], str(out)]) == 0

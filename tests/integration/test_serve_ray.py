@@ -419,7 +419,7 @@ def test_a_pipeline_serve_step_serves_its_ensemble_step(served, pipeline_out, tm
     import yaml
     from ray import serve
 
-    from raytrain.pipeline import run_pipeline
+    from raytrain.kinds.pipeline import run_pipeline
     from raytrain.spec.loader import parse_spec
 
     running, _ = served  # one Serve proxy per cluster: this application joins it under another route

@@ -14,7 +14,7 @@ from helpers import run_distributed
 
 from raytrain.data.batches import Columns
 from raytrain.data.schema import FeatureSchema, SparseFeature
-from raytrain.kinds import JobSpec
+from raytrain.spec.job import JobSpec
 
 SCHEMA = FeatureSchema(
     sparse=(

@@ -130,8 +130,8 @@ def _ray_shows_no_secret(session_dir: Path, jobs: str, but_pid: int | None = Non
 
 def test_train_run_on_s3_storage(s3_uri, capfd):
     from raytrain.ensemble.members import Member, score
-    from raytrain.kinds.serve import VariantSpec
     from raytrain.serve.sources import resolve
+    from raytrain.spec.serve import VariantSpec
     from raytrain.storage import Store
     from raytrain.train.export import load_model
     from raytrain.train.runner import run_train

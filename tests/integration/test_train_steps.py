@@ -36,7 +36,7 @@ class _Data:
 
 
 def _train(rank: int, world: int, doc: dict, init: dict, pipelined: bool, resume: dict | None):
-    from raytrain.kinds import JobSpec
+    from raytrain.spec.job import JobSpec
     from raytrain.train.distributed import gather_full_state, load_full_state, shard_model
     from raytrain.train.loop import _train_epoch
     from raytrain.train.steps import Steps

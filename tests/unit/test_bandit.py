@@ -18,7 +18,7 @@ from raytrain.bandit.policies import (
 from raytrain.bandit.reward_model import cross_fit
 from raytrain.data.open_bandit import LoggedBandit, load_open_bandit, zozotown_prior
 from raytrain.errors import DataError, SpecError
-from raytrain.kinds import bandit as spec_schema
+from raytrain.spec import bandit as spec_schema
 from raytrain.spec import parse_spec
 
 

@@ -10,8 +10,8 @@ import torch
 from raytrain.data.batches import TEACHER_COLUMN, Columns
 from raytrain.data.schema import FeatureSchema, SparseFeature
 from raytrain.errors import DataError, SpecError
-from raytrain.kinds import JobSpec
 from raytrain.spec import parse_spec
+from raytrain.spec.job import JobSpec
 
 SCHEMA = FeatureSchema(sparse=(SparseFeature("user", 50, False, "user"), SparseFeature("item", 80, False, "item")),
                        dense=("d0", "d1"))
@@ -75,7 +75,7 @@ def test_alpha_one_is_plain_training_and_alpha_below_one_is_not():
 
 
 def test_student_spec_is_the_teacher_spec_with_overrides(tmp_path):
-    from raytrain.distill.runner import student_spec
+    from raytrain.spec.loader import student_spec
 
     teacher = parse_spec({"name": "t", "model": {"arch": "dcn_v2", "embedding_dim": 64, "over_arch": [128, 64]},
                           "train": {"epochs": 5}})

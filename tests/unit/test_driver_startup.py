@@ -22,7 +22,7 @@ def test_building_the_trainers_leaves_torchrec_and_fbgemm_unloaded_on_the_driver
         from raytrain.data.schema import FeatureSchema, SparseFeature
         from raytrain.spec import parse_spec
         from raytrain.train.runner import make_trainer
-        from raytrain.train.sequential_run import sequential_trainer
+        from raytrain.train.sequential.run import sequential_trainer
 
         spec = parse_spec({{"name": "s", "data": {{"source": "synthetic"}}}})
         prepared = PreparedData(FeatureSchema((SparseFeature("s0", 10, False, "context"),), (), "label"), synthetic={{}})
@@ -35,7 +35,7 @@ def test_building_the_trainers_leaves_torchrec_and_fbgemm_unloaded_on_the_driver
     """)
     loaded, modules = out.strip().splitlines()
     assert loaded == "[]"
-    assert modules == "raytrain.train.runner raytrain.train.sequential_run"
+    assert modules == "raytrain.train.runner raytrain.train.sequential.run"
 
 
 def test_an_embedded_ray_gets_ray_trains_local_settings_and_a_users_value_wins():

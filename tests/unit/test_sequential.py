@@ -11,7 +11,7 @@ import torch
 from raytrain.data.sequences import from_columns, leave_one_out
 from raytrain.errors import DataError
 from raytrain.models.sequential import SequentialModel
-from raytrain.train.sequential import eval_batches, most_popular, pretrain, rank_metrics
+from raytrain.train.sequential.ranking import eval_batches, most_popular, pretrain, rank_metrics
 
 CFG = SimpleNamespace(heads=2, blocks=2, max_len=12, dropout=0.0)
 
@@ -155,8 +155,8 @@ def test_parquet_histories_read_the_declared_columns_and_refuse_bad_ones(tmp_pat
 
 def test_distillation_loss_is_the_tempered_kl_over_the_candidates_and_the_teacher_mixes_it_in():
     from raytrain.models.sequential import distill_loss
-    from raytrain.train.sequential import train_batches
-    from raytrain.train.sequential_teacher import SequenceTeacher
+    from raytrain.train.sequential.ranking import train_batches
+    from raytrain.train.sequential.teacher import SequenceTeacher
 
     g = torch.Generator().manual_seed(0)
     student, teacher = torch.randn(5, 4, generator=g), torch.randn(5, 4, generator=g)
@@ -173,7 +173,7 @@ def test_distillation_loss_is_the_tempered_kl_over_the_candidates_and_the_teache
     seqs = from_columns(np.repeat(np.arange(4), 6), np.tile(np.arange(1, 7), 4), np.arange(24))
     batch = next(train_batches(seqs, 4, 8, 5, np.random.default_rng(0)))
     from raytrain.models.sequential import candidate_logits
-    from raytrain.train.sequential import next_item_loss
+    from raytrain.train.sequential.ranking import next_item_loss
 
     hard, logits = next_item_loss(model, batch, 0.1)
     same = SequenceTeacher(model, 0.1, 0.5, 2.0)  # a teacher identical to the student adds nothing
@@ -217,7 +217,7 @@ def test_parquet_actions_outside_the_declared_range_are_refused(tmp_path):
 
     from raytrain.errors import SpecError
     from raytrain.spec import parse_spec
-    from raytrain.train.sequential_run import write_sequences
+    from raytrain.train.sequential.run import write_sequences
 
     pq.write_table(pa.table({"user_id": [1, 1, 1, 2, 2, 2], "item_id": [1, 2, 3, 1, 2, 3],
                              "timestamp": [1, 2, 3, 1, 2, 3], "stars": [1, 5, 9, 2, 3, 4]}), tmp_path / "h.parquet")

@@ -147,7 +147,7 @@ def test_requests_batched_on_the_wire_equal_one_request():
 
 
 def _serve_cfg(**kw):
-    from raytrain.kinds.serve import ServeSpec
+    from raytrain.spec.serve import ServeSpec
 
     return ServeSpec.model_validate({"variants": {"a": {"run": "/r/a"}, "b": {"run": "/r/b"}},
                                      "traffic": {"a": 0.5, "b": 0.5}, **kw})

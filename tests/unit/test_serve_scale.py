@@ -12,13 +12,13 @@ from hypothesis import strategies as st
 
 from raytrain.data.schema import FeatureSchema, SparseFeature
 from raytrain.errors import SpecError
-from raytrain.kinds.serve import RetrievalSpec
 from raytrain.models import build_model
 from raytrain.models.build import table_name
 from raytrain.serve.features import FeatureStore, RequestError
 from raytrain.serve.quantize import quantize_tables, table_dtypes, table_storage
 from raytrain.serve.retrieval import ItemIndex
 from raytrain.spec import parse_spec
+from raytrain.spec.serve import RetrievalSpec
 
 SCHEMA = FeatureSchema(sparse=(SparseFeature("user", 500, group="user"), SparseFeature("item", 2000, group="item"),
                                SparseFeature("tags", 30, True, "item")), dense=("x",), label="y")

@@ -9,7 +9,7 @@ import pytest
 
 from raytrain.errors import SpecError
 from raytrain.spec import load_spec, parse_spec
-from raytrain.tune.space import apply_config, parse_dist
+from raytrain.spec.tune_space import apply_config, parse_dist
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..data.sequences import Sequences, movielens_sequences, parquet_sequences
-from ..kinds import JobSpec
-from ..log import get_logger
-from ..runs import open_run
-from .runner import init_ray, process_group_backend
+from ...data.sequences import Sequences, movielens_sequences, parquet_sequences
+from ...log import get_logger
+from ...runs import open_run
+from ...spec.job import JobSpec
+from ..runner import init_ray, process_group_backend
 
 log = get_logger(__name__)
 
@@ -23,7 +23,7 @@ def sequences_of(spec: JobSpec) -> Sequences:
     data = spec.data
     if data.source == "movielens-100k":
         return movielens_sequences(data.path)
-    from ..data.parquet import expand
+    from ...data.parquet import expand
 
     cols = data.sequences
     assert cols is not None and data.path is not None  # the spec's checks
@@ -35,7 +35,7 @@ def write_sequences(spec: JobSpec, run_dir: Path) -> Path:
     seqs = sequences_of(spec)
     vocab = spec.model.sequence.actions
     if vocab:  # the actions the model embeds: integer ids in [0, vocab)
-        from ..errors import DataError
+        from ...errors import DataError
 
         acts = seqs.actions
         if acts is None or not np.issubdtype(np.asarray(acts).dtype, np.integer):
@@ -58,7 +58,7 @@ def write_sequences(spec: JobSpec, run_dir: Path) -> Path:
 
 def sequential_worker(config: dict) -> None:
     """Ray Train's function on each worker, importing the loop (TorchRec, FBGEMM) there and not on the driver."""
-    from .sequential_loop import sequential_loop
+    from .loop import sequential_loop
 
     sequential_loop(config)
 
@@ -70,7 +70,7 @@ def sequential_trainer(spec: JobSpec, run_dir: str | Path, sequences: str | Path
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
-    from .lean import trainer_class
+    from ..lean import trainer_class
 
     res = spec.train.resources_per_worker
     return trainer_class()(
@@ -114,30 +114,3 @@ def summarize(run_dir: Path) -> dict:
     return {"epoch": rows[-1]["epoch"], "best_epoch": best["epoch"], "best_val_ndcg@10": best["val_ndcg@10"],
             **{k: v for k, v in best.items() if k.startswith("test_")},
             "train_examples_per_s": float(np.mean([r["train_examples_per_s"] for r in rows]))}
-
-
-def load_sequential(run_dir: str | Path, checkpoint: str | Path | None = None):
-    """(spec, model, histories) of a sequential run, the model unsharded in this process from ``checkpoint`` (default:
-    the best by validation NDCG@10): DCP reshards what the workers wrote, whatever their number."""
-    import warnings
-
-    from ..errors import CheckpointError
-    from ..models.sequential import SequentialModel
-    from ..spec import load_spec
-    from .checkpoint import load_state
-    from .export import best_checkpoint_location
-    from .sequential_loop import load_sequences
-
-    run_dir = Path(run_dir)
-    spec = load_spec(run_dir / "spec.yaml")
-    seqs = load_sequences(str(run_dir / "sequences.npz"))
-    location = checkpoint or best_checkpoint_location(run_dir, "val_ndcg@10")
-    if location is None:
-        raise CheckpointError(f"{run_dir}: no complete checkpoint under ray/")
-    model = SequentialModel(spec.model.arch, seqs.num_items, spec.model.embedding_dim, spec.model.sequence)
-    state = {"model": model.state_dict()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # DCP warns that it runs without a process group: intended
-        load_state(state, location)
-    model.load_state_dict(state["model"])
-    return spec, model.eval(), seqs

@@ -17,26 +17,19 @@ from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ..data.sequences import Sequences, leave_one_out, subset
-from ..kinds import JobSpec
-from ..log import get_logger
-from ..models.sequential import KEYS, SequentialModel
-from ..sharding.planner import make_plan, make_topology, sharders
-from ..storage import Store
-from .distributed import SPARSE_OPTIMIZERS, ShardedModel, _sparse_kwargs, dense_optimizer_factory, local_allreduce
-from .sequential import KS, eval_batches, next_item_loss, rank_sums, train_batches, trainable_users
-from .sequential_teacher import SequenceTeacher
-from .worker_checkpoints import restore, save_and_report
+from ...data.sequences import Sequences, leave_one_out, subset
+from ...log import get_logger
+from ...models.sequential import KEYS, SequentialModel
+from ...sharding.planner import make_plan, make_topology, sharders
+from ...spec.job import JobSpec
+from ...storage import Store
+from ..distributed import SPARSE_OPTIMIZERS, ShardedModel, _sparse_kwargs, dense_optimizer_factory, local_allreduce
+from ..worker_checkpoints import restore, save_and_report
+from .load import load_sequences
+from .ranking import KS, eval_batches, next_item_loss, rank_sums, train_batches, trainable_users
+from .teacher import SequenceTeacher
 
 log = get_logger(__name__)
-
-
-def load_sequences(path: str) -> Sequences:
-    with np.load(path) as z:
-        return Sequences(z["items"], z["timestamps"], z["offsets"], int(z["num_items"]),
-                         actions=z["actions"] if "actions" in z else None,
-                         user_ids=z["user_ids"] if "user_ids" in z else None,
-                         item_ids=z["item_ids"] if "item_ids" in z else None)
 
 
 def shard(spec: JobSpec, num_items: int, pg, local_world_size: int | None = None) -> ShardedModel:

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from ..data.sequences import Sequences, Split
-from ..models.sequential import KEYS, SequentialModel, candidate_logits
+from ...data.sequences import Sequences, Split
+from ...models.sequential import KEYS, SequentialModel, candidate_logits
 
 KS = (10, 50)
 
@@ -133,7 +133,7 @@ def rank_sums(queries: torch.Tensor, items: torch.Tensor, targets: np.ndarray, s
     """``rank_metrics``' sums over the users and their count (``users``): what ranks add up across workers."""
     if len(targets) == 0:
         return {**{f"{m}@{k}": 0.0 for k in ks for m in ("hr", "ndcg")}, "mrr": 0.0, "users": 0.0}
-    from ..kernels import topk_scores
+    from ...kernels import topk_scores
 
     mask = torch.ones(items.shape[0], dtype=torch.bool)
     mask[0] = False

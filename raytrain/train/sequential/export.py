@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from ..data.history import USER_VECTOR_PREFIX as PREFIX
+from ...data.history import USER_VECTOR_PREFIX as PREFIX
 
 
 def user_vector_table(run_dir: str | Path, checkpoint: str | None = None) -> pa.Table:
     """``user_id`` (the source's id) and ``user_seq_0 .. user_seq_{d-1}``, from the run's best checkpoint by
     validation NDCG@10 (or ``checkpoint``) over every history in the run's ``sequences.npz``."""
-    from ..errors import CheckpointError
-    from .sequential import user_vectors
-    from .sequential_run import load_sequential
+    from ...errors import CheckpointError
+    from .load import load_sequential
+    from .ranking import user_vectors
 
     _, model, seqs = load_sequential(run_dir, checkpoint)
     if seqs.user_ids is None:

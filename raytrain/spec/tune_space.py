@@ -86,7 +86,7 @@ def parse_dist(text: Any) -> Dist:
 
 def apply_config(base: dict, config: dict[str, Any]) -> dict:
     """The base spec (as a dict) with one trial's sampled values; a trial is a train run (in a pipeline too)."""
-    from ..spec.loader import derived, set_path
+    from .loader import derived, set_path
 
     doc = derived(base, "train")
     for key, value in config.items():
@@ -97,7 +97,7 @@ def apply_config(base: dict, config: dict[str, Any]) -> dict:
 def check_space(spec) -> list[str]:
     """Every problem in ``tune.space`` (and the search/space fit), each naming its entry."""
     from ..errors import SpecError
-    from ..spec.loader import parse_spec
+    from .loader import parse_spec
 
     problems: list[str] = []
     tune = tune_of(spec)

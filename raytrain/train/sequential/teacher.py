@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.sequential import SequentialModel, candidate_logits, distill_loss
+from ...models.sequential import SequentialModel, candidate_logits, distill_loss
 
 
 @dataclass
@@ -23,7 +23,7 @@ class SequenceTeacher:
         """From ``{"run_dir", "checkpoint", "alpha", "temperature"}``; None without a teacher."""
         if not cfg:
             return None
-        from .sequential_run import load_sequential
+        from .load import load_sequential
 
         spec, model, _ = load_sequential(cfg["run_dir"], cfg["checkpoint"])
         for p in model.parameters():
