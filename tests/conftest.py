@@ -7,6 +7,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
+# test peers installed beside the environment (scripts/install.sh: their declared dependencies conflict with it)
+sys.path.append(str(Path(sys.prefix) / "peers"))
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 logging.getLogger("torchrec").setLevel(logging.ERROR)
 
