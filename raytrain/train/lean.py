@@ -10,9 +10,9 @@ non-detached creator, and a tune run releases its trials' placement groups itsel
 raytrain never passes Ray Datasets (each worker streams its own row groups). Leaving them out took a do-nothing
 2-worker ``TorchTrainer.fit()`` from 15-16 s to 9.5-10 s on 2 cores (``benchmarks/startup.py``).
 
-The hooks are Ray Train internals of the pinned Ray (2.60): where they are not found the stock ``TorchTrainer``
-runs, helpers and all, as it does on any Ray raytrain did not start (``RAYTRAIN_LOCAL_RAY`` unset; a user's "0"
-keeps the helpers on a local Ray too).
+The hooks are Ray Train internals of the pinned Ray (2.60), listed in ``raytrain.ray_internals``: where they are
+not found the stock ``TorchTrainer`` runs, helpers and all, as it does on any Ray raytrain did not start
+(``RAYTRAIN_LOCAL_RAY`` unset; a user's "0" keeps the helpers on a local Ray too).
 """
 
 from __future__ import annotations
@@ -66,6 +66,7 @@ if _HOOKS:
             if type(policy) is FixedScalingPolicy:
                 kwargs["scaling_policy"] = _LocalFixedScalingPolicy(policy.scaling_config)
             return super()._initialize_and_run_controller(**kwargs)
+
 
 def trainer_class() -> type:
     """The TorchTrainer class for a run in this process: the lean one on raytrain's own local Ray."""
