@@ -9,8 +9,9 @@ directory) and its small files as artifacts (spec, plan, result, leaderboard, re
 are logged live, each as its own run, through Ray Tune's ``MLflowLoggerCallback``; the tune run itself is one more
 run with the leaderboard. Nothing is logged for kind serve.
 
-With ``tracking.tensorboard: true`` a train run (and each tune trial's run) also writes its per-epoch metrics as
-TensorBoard event files to ``<run>/tensorboard/``.
+With ``tracking.tensorboard: true`` a train run (and each tune trial's run) also writes its metrics as TensorBoard
+event files to ``<run>/tensorboard/``, each epoch's as that epoch ends (rank 0, ``epoch_scalars``), so a long run
+can be watched (``tensorboard --logdir runs``); a run on object storage gets its event files when it ends.
 
 Tracking is recorded after the run's own files are complete, from them, so a tracking server that is down costs
 a warning, never a run.
@@ -151,18 +152,37 @@ def tune_callbacks(spec) -> list:
                                  tags={"raytrain.kind": "tune-trial", "raytrain.tune": spec.name}, save_artifact=False)]
 
 
+def epoch_scalars(spec, store, row: dict) -> None:
+    """One epoch's metrics as TensorBoard scalars in ``<run>/tensorboard/``, as the epoch ends (rank 0 of a run
+    on a path; a run on object storage gets them from ``write_tensorboard`` when it ends)."""
+    if not spec.tracking.tensorboard or store.remote:
+        return
+    from tensorboardX import SummaryWriter
+
+    # a file per epoch (TensorBoard reads a folder's files as one run); the suffix keeps two epochs ending within
+    # a second from writing the same file
+    suffix = f".epoch{int(row.get('epoch', 0)):04d}"
+    with SummaryWriter(str(Path(store.location) / "tensorboard"), filename_suffix=suffix) as writer:
+        _add(writer, row)
+
+
+def _add(writer, row: dict) -> None:
+    step = int(row.get("epoch", 0))
+    for k, v in _numbers(row).items():
+        if k not in ("epoch", "epoch_end_time"):
+            writer.add_scalar(k, v, step, walltime=row.get("epoch_end_time"))
+
+
 def write_tensorboard(run_dir: Path) -> Path | None:
-    """The run's per-epoch metrics as TensorBoard scalars in ``<run>/tensorboard/``."""
+    """The run's per-epoch metrics as TensorBoard scalars in ``<run>/tensorboard/``, unless its epochs wrote them
+    as they ended."""
     rows = _epochs(run_dir)
-    if not rows:
+    if not rows or (run_dir / "tensorboard").is_dir():
         return None
     from tensorboardX import SummaryWriter
 
     out = run_dir / "tensorboard"
     with SummaryWriter(str(out)) as writer:
         for row in rows:
-            step = int(row.get("epoch", 0))
-            for k, v in _numbers(row).items():
-                if k not in ("epoch", "epoch_end_time"):
-                    writer.add_scalar(k, v, step, walltime=row.get("epoch_end_time"))
+            _add(writer, row)
     return out

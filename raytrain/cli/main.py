@@ -137,9 +137,17 @@ def cmd_serve(args) -> int:
 
 
 def cmd_resume(args) -> int:
+    """Resumes a tune run, then tracks it as its spec asks (MLflow, TensorBoard), like any run a job makes."""
+    import yaml
+
+    from ..spec import parse_spec
+    from ..storage import Store
+    from ..tracking import record
     from ..tune.runner import resume_tune
 
-    resume_tune(args.run_dir, address=args.address)
+    summary = resume_tune(args.run_dir, address=args.address)
+    spec = parse_spec(yaml.safe_load(Store(args.run_dir).read_text("spec.yaml")), f"{args.run_dir}/spec.yaml")
+    record(spec, summary)
     return 0
 
 

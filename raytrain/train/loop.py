@@ -17,6 +17,7 @@ from ..log import get_logger
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank, summarize_plan
 from ..spec.job import JobSpec
 from ..storage import Store
+from ..tracking import epoch_scalars
 from .distributed import shard_model
 from .loaders import EvalData, TrainData
 from .metrics import evaluate
@@ -179,6 +180,7 @@ def train_loop_per_worker(config: dict) -> None:
                  f"val_logloss {m['logloss']:.4f} ({stats['train_seconds']:.1f}s, "
                  f"{stats['train_examples_per_s']:,.0f} examples/s)")
             _write_json(store, f"metrics/epoch_{epoch + 1:04d}.json", metrics)
+            epoch_scalars(spec, store, metrics)
         last = epoch == epochs - 1
         # test metrics ride in the last epoch's report: a scheduler whose max_t is this epoch (ASHA, HyperBand)
         # stops the trial on this report, so a separate test report after it would never be made

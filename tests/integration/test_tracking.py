@@ -45,6 +45,21 @@ def mlflow_server(tmp_path_factory):
     proc.wait(timeout=30)
 
 
+def _scalars(path: Path) -> list[tuple[int, str, float]]:
+    """(step, tag, value) of a TensorBoard event file, read as the TFRecord file it is (length, CRC, event, CRC)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    data, out, at = path.read_bytes(), [], 0
+    while at < len(data):
+        (n,) = struct.unpack("<Q", data[at:at + 8])
+        event = Event.FromString(data[at + 12:at + 12 + n])
+        at += 12 + n + 4
+        out += [(event.step, v.tag, v.simple_value) for v in event.summary.value]
+    return out
+
+
 def test_train_and_tune_runs_are_tracked_with_params_metrics_and_artifacts(ray_local, mlflow_server, tmp_path,
                                                                            record_property):
     from mlflow.tracking import MlflowClient
@@ -65,7 +80,12 @@ def test_train_and_tune_runs_are_tracked_with_params_metrics_and_artifacts(ray_l
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"spec.yaml", "plan.txt", "result.json", "metrics.parquet", "tensorboard"} <= names, names
     run_dir = Path(run.data.tags["raytrain.run_dir"])
-    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    # TensorBoard's scalars were written as each epoch ended, not after the run: one event file per epoch, the
+    # first closed before the second epoch's metrics existed
+    events = sorted((run_dir / "tensorboard").glob("events.out.tfevents.*"), key=lambda f: f.name.rsplit(".", 1)[-1])
+    assert len(events) == 2, events
+    assert events[0].stat().st_mtime <= (run_dir / "metrics" / "epoch_0002.json").stat().st_mtime
+    assert [step for f in events for step, tag, _ in _scalars(f) if tag == "val_auc"] == [1, 2]
 
     spec = load_spec(ROOT / "jobs/tune_ml100k_asha.yaml", [
         f"storage={tmp_path}", "train.workers=1", "train.batch_size=2048", "train.epochs=1", "tune.num_samples=2",
@@ -80,6 +100,13 @@ def test_train_and_tune_runs_are_tracked_with_params_metrics_and_artifacts(ray_l
     assert tune_run.data.metrics["trials"] == 2 and 0.5 < tune_run.data.metrics["best_val_auc"] < 1
     assert {"leaderboard.parquet", "best_spec.yaml", "metric_per_epoch.png"} <= \
         {a.path for a in client.list_artifacts(tune_run.info.run_id)}
+    # `raytrain resume` of the finished tune run reruns nothing, and is tracked like the run it resumes
+    from raytrain.cli.main import main
+
+    tune_dir = Path(tune_run.data.tags["raytrain.run_dir"])
+    assert main(["resume", str(tune_dir)]) == 0
+    tune_runs = client.search_runs([exp.experiment_id], "tags.`raytrain.kind` = 'tune'")
+    assert len(tune_runs) == 2 and {r.data.tags["raytrain.run_dir"] for r in tune_runs} == {str(tune_dir)}
 
 
 def test_a_tracking_server_that_is_down_costs_a_warning_not_the_run(tmp_path, capsys):

@@ -23,6 +23,7 @@ from ...models.sequential import KEYS, SequentialModel
 from ...sharding.planner import make_plan, make_topology, sharders
 from ...spec.job import JobSpec
 from ...storage import Store
+from ...tracking import epoch_scalars
 from ..distributed import SPARSE_OPTIMIZERS, ShardedModel, _sparse_kwargs, dense_optimizer_factory, local_allreduce
 from ..worker_checkpoints import restore, save_and_report
 from .load import load_sequences
@@ -134,6 +135,7 @@ def sequential_loop(config: dict) -> None:
             metrics.update({f"{which}_{k}": v for k, v in got.items()})
         if rank == 0:
             store.write_text(f"metrics/epoch_{epoch + 1:04d}.json", json.dumps(metrics, indent=2))
+            epoch_scalars(spec, store, metrics)
             log.info(f"epoch {epoch + 1}/{spec.train.epochs}: loss {metrics['train_loss']:.4f} "
                      + " ".join(f"val_{k} {metrics[f'val_{k}']:.4f}" for k in (f"ndcg@{KS[0]}", f"hr@{KS[0]}", "mrr"))
                      + f" ({seconds:.1f}s, {metrics['train_examples_per_s']:,.0f} next items/s)")
