@@ -84,9 +84,10 @@ def _setup_fails_on_rank_1(rank: int, world: int):
 
 
 def test_a_rank_that_cannot_set_up_leaves_every_rank_on_gloo():
-    for none, left in run_distributed(_setup_fails_on_rank_1, 2):
+    before = _leftovers()
+    for none, _ in run_distributed(_setup_fails_on_rank_1, 2):
         assert none  # every rank, not only the one that failed: a mixed group would deadlock
-        assert left == []
+    assert _leftovers() == before
 
 
 def _setup_raises_on_rank_1(rank: int, world: int):
@@ -100,14 +101,13 @@ def _setup_raises_on_rank_1(rank: int, world: int):
             raise RuntimeError("from_file broke")
 
         torch_.from_file = broken
-    ar = shm_allreduce.ShmAllReduce.create(None, 100)
-    return ar is None, _leftovers()
+    return shm_allreduce.ShmAllReduce.create(None, 100) is None
 
 
 def test_any_setup_error_on_a_rank_leaves_every_rank_on_gloo_and_nothing_in_shared_memory():
     before = _leftovers()
-    for none, left in run_distributed(_setup_raises_on_rank_1, 2):
-        assert none and left == before
+    assert run_distributed(_setup_raises_on_rank_1, 2) == [True, True]
+    assert _leftovers() == before  # listed once both ranks are done (each unlinks what it made as it leaves)
 
 
 def _dies_after_setup(rank: int, world: int, port: int, queue, ddp: bool, how: str = "exit") -> None:
