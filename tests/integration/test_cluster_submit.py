@@ -162,7 +162,10 @@ def test_concurrent_tune_runs_spread_over_the_nodes_and_leave_other_jobs_alone(c
         assert len(board_b) == 2 and (board_b["status"] == "completed").all(), board_b
         for board in (board_a, board_b):  # each run's leaderboard has its own trials only
             record_property(f"val_auc_min_{len(board)}", float(board["val_auc"].min()))
-            assert board["val_auc"].is_monotonic_decreasing and board["val_auc"].between(0.55, 1).all()
+            # floors: one run reached 0.660 at least on the ASHA board (a trial at the lowest sampled sparse lr after
+            # one epoch) and 0.768 on the FIFO board; 0.03-0.04 below for noise
+            assert board["val_auc"].is_monotonic_decreasing and board["val_auc"].between(
+                0.62 if len(board) == 4 else 0.73, 1).all(), board
         assert set(board_a["trial"]).isdisjoint(board_b["trial"])
         assert pd.concat([board_a, board_b])["node_id"].nunique() >= 2
 

@@ -25,7 +25,7 @@ def test_pipeline_tune_ensemble_distill(pipeline_out, record_property):
     report = pd.DataFrame(steps["ensemble"]["report"])
     assert list(report["model"])[-3:] == ["ensemble:mean", "ensemble:weighted", "ensemble:stacked"]
     record_property("ensemble_report_test_auc_min", float(report["test_auc"].min()))
-    assert (report["test_auc"] > 0.65).all()
+    assert (report["test_auc"] > 0.745).all()  # one run: 0.770 at least; 0.025 below for noise
     ens = json.loads((Path(steps["ensemble"]["run_dir"]) / "ensemble.json").read_text())
     assert len(ens["members"]) == 2 and set(ens["combiners"]) == {"mean", "weighted", "stacked"}
 
@@ -35,7 +35,9 @@ def test_pipeline_tune_ensemble_distill(pipeline_out, record_property):
     assert "teacher_logit" in teacher_rows and np.isfinite(teacher_rows["teacher_logit"]).all()
     record_property("parameter_ratio", float(d["parameter_ratio"]))
     record_property("student_test_auc", float(d["student_test_auc"]))
-    assert d["parameter_ratio"] < 0.5 and d["student_test_auc"] > 0.65
+    # the parameter ratio is arithmetic (0.123 for this student against this ensemble): the goal itself, 0.2;
+    # the student's AUC: one run reached 0.759, 0.03 below for noise
+    assert d["parameter_ratio"] <= 0.2 and d["student_test_auc"] > 0.73
     # the student loads and scores alone, from its run directory
     student = load_member(student_dir, "student")
     logits, labels = score(student, "test")

@@ -247,7 +247,9 @@ def test_tune_and_distill_runs_on_s3_storage(s3_uri, capfd, record_property):
     assert on_bucket["student"]["test_auc"] == pytest.approx(report["student"]["test_auc"])
     record_property("parameter_ratio", float(report["parameter_ratio"]))
     record_property("auc_retained_pct", float(report["auc_retained_pct"]))
-    assert report["parameter_ratio"] < 0.5 and report["auc_retained_pct"] > 90
+    # the parameter ratio is arithmetic (jobs/distill_ml100k.yaml's student against the best trial): 0.360; the AUC
+    # retained: one run reached 98.8%, 2 points below for noise
+    assert report["parameter_ratio"] == pytest.approx(0.360, abs=0.001) and report["auc_retained_pct"] > 96.8
     # restoring the finished experiment from the bucket reruns nothing
     again = resume_tune(location)
     assert again["trials"] == 2 and again["completed"] == 2

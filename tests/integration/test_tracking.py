@@ -97,7 +97,8 @@ def test_train_and_tune_runs_are_tracked_with_params_metrics_and_artifacts(ray_l
     assert all(t.data.params.get("model.embedding_dim") in ("8", "16") for t in trials)
     (tune_run,) = client.search_runs([exp.experiment_id], "tags.`raytrain.kind` = 'tune'")
     record_property("best_val_auc", float(tune_run.data.metrics["best_val_auc"]))
-    assert tune_run.data.metrics["trials"] == 2 and 0.5 < tune_run.data.metrics["best_val_auc"] < 1
+    # floor: one run reached 0.765; 0.025 below for noise
+    assert tune_run.data.metrics["trials"] == 2 and 0.74 < tune_run.data.metrics["best_val_auc"] < 1
     assert {"leaderboard.parquet", "best_spec.yaml", "metric_per_epoch.png"} <= \
         {a.path for a in client.list_artifacts(tune_run.info.run_id)}
     # `raytrain resume` of the finished tune run reruns nothing, and is tracked like the run it resumes

@@ -49,8 +49,9 @@ def test_asha_tune_stops_trials_and_writes_the_report(ray_local, tmp_path, recor
     completed = board[board["status"] == "completed"]
     record_property("completed_test_auc_min", float(completed["test_auc"].min()))
     record_property("best_test_auc", float(summary["best_test_auc"]))
-    assert len(completed) >= 1 and completed["test_auc"].between(0.55, 1.0).all(), board
-    assert 0.55 < summary["best_test_auc"] <= 1.0
+    # floors: the run of this setup reached 0.751 (completed trials) and 0.785 (best); 0.02-0.025 below for noise
+    assert len(completed) >= 1 and completed["test_auc"].between(0.73, 1.0).all(), board
+    assert 0.76 < summary["best_test_auc"] <= 1.0
     # never more than max_concurrent_trials (2) trials at once: count the trials alive just after each start
     start, end = board["finished_at"] - board["wall_s"], board["finished_at"]
     alive = [int(((start <= t) & (t < end - 1)).sum()) for t in start + 1.5]
