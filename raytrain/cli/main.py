@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import RaytrainError, SpecError
@@ -65,17 +66,24 @@ def cmd_plan(args) -> int:
     return 0
 
 
-def run_spec(spec, address: str | None) -> None:
+def run_spec(spec, address: str | None, embedded: bool = False) -> None:
     """Run a validated spec here (also the entrypoint of a submitted job): its kind's runner from the registry
-    (raytrain.kinds); then track the result (raytrain.tracking)."""
-    import os
-
+    (raytrain.kinds); then track the result (raytrain.tracking). Without an address it attaches to the local
+    cluster `raytrain up` started, when one is up (unless ``embedded``), else starts an embedded Ray."""
     from ..kinds import kind_of
 
-    if not (address or spec.ray.address or os.environ.get("RAY_ADDRESS")) and getattr(spec, "train", None):
-        from ..train.resources import check_local_gpus
+    if not (address or spec.ray.address or os.environ.get("RAY_ADDRESS")):
+        from ..local_cluster import running
 
-        check_local_gpus(spec)  # an embedded Ray cannot have GPUs this machine lacks: refused before anything starts
+        local = None if embedded else running()
+        if local is not None:  # a warm local cluster (raytrain up): runs attach to it
+            print(f"[raytrain] attached to the local raytrain cluster at {local['address']} ({local['cpus']} CPUs; "
+                  "`raytrain down` stops it)", flush=True)
+            address = local["address"]
+        elif getattr(spec, "train", None):
+            from ..train.resources import check_local_gpus
+
+            check_local_gpus(spec)  # an embedded Ray cannot have GPUs this machine lacks: refused before it starts
     summary = kind_of(spec).run(spec, address)
     if summary is not None:  # a serve job serves until stopped
         from ..tracking import record
@@ -87,7 +95,7 @@ def cmd_run(args) -> int:
     from ..spec import load_spec
 
     spec = load_spec(args.spec, args.overrides)  # a bad spec stops here, before Ray starts
-    run_spec(spec, args.address)
+    run_spec(spec, args.address, embedded=args.embedded)
     return 0
 
 
@@ -171,9 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the accelerator's memory and bandwidths for the cost model's estimate")
     p.set_defaults(func=cmd_plan)
 
-    p = sub.add_parser("run", help="run a job on an embedded local Ray (or --address)")
+    p = sub.add_parser("run", help="run a job on an embedded local Ray (or the cluster raytrain up started, or --address)")
     _add_spec(p)
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, the local cluster "
+                                                   "raytrain up started, or an embedded Ray)")
+    p.add_argument("--embedded", action="store_true", help="an embedded Ray even when raytrain up's cluster is up")
     _add_verbose(p)
     p.set_defaults(func=cmd_run)
 
@@ -197,6 +207,10 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import add_data_commands
 
     add_data_commands(sub)
+
+    from .local import add_local_commands
+
+    add_local_commands(sub)
 
     p = sub.add_parser("resume", help="resume an interrupted tune run from its run directory")
     p.add_argument("run_dir", help="the run directory (runs/<name>/<timestamp>)")

@@ -17,20 +17,13 @@ from ..runs import new_run_location
 from ..spec import resolved_yaml
 from ..spec.job import JobSpec
 from ..storage import CREDENTIALS_ENV, Mirror, filesystem, is_uri, redact
-from .resources import LOCAL_RAY_ENV, check_local_gpus, wait_for_cluster
+from .resources import EMBEDDED_TRAIN_ENV, check_local_gpus, wait_for_cluster
 
 log = get_logger(__name__)
 
 
 # Ray Train V2 re-logs every worker print through its logger, so each line reached the driver twice
 RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
-# Ray Train settings for the local Ray raytrain starts itself (a user's value wins): the controller looks at its
-# workers every 0.5 s instead of 2 s (a run noticed its workers' end up to 2 s late: 1-4 s of the demo's tail), and no
-# preemption watcher actor is started (it watches for nodes being drained, which a one-machine Ray never is; one
-# Python process fewer competing for the cores while the workers start). A missed look is not a failure: Ray marks a
-# worker dead only after its check hangs for RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S (10 minutes).
-EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-                      LOCAL_RAY_ENV: "1"}
 _set_here: set[str] = set()  # the EMBEDDED_TRAIN_ENV keys this process set, taken back before it joins a cluster
 
 
@@ -53,9 +46,15 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     console.quiet_loggers()
     address = address or spec.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
-        for key in _set_here:  # a cluster keeps Ray Train's defaults (or its own settings)
-            os.environ.pop(key, None)
-        _set_here.clear()
+        from ..local_cluster import auth_env, running
+
+        local = running()
+        if local is not None and address == local["address"]:  # raytrain's own warm cluster (raytrain up)
+            os.environ.update({**auth_env(local), **EMBEDDED_TRAIN_ENV})  # its token; its local Train settings
+        else:
+            for key in _set_here:  # a cluster keeps Ray Train's defaults (or its own settings)
+                os.environ.pop(key, None)
+            _set_here.clear()
         # a submitted job (raytrain submit) already runs in a runtime env holding these variables, and Ray
         # refuses a driver runtime env that repeats a job's keys
         in_job = "RAYTRAIN_SPEC" in os.environ
