@@ -140,7 +140,8 @@ def run_raytrain(world: int, epochs: int, tmp: Path) -> dict:
     summary = run_train(spec)
     m = pd.read_parquet(Path(summary["run_dir"]) / "metrics.parquet")
     first_step = m["epoch_end_time"].iloc[0] - m["train_seconds"].iloc[0]
-    return {"rates": m["train_examples_per_s"].tolist(), "startup_s": first_step - t_launch}
+    return {"rates": m["train_examples_per_s"].tolist(), "startup_s": first_step - t_launch,
+            "wall_s": summary["wall_seconds"]}  # the whole run: validation, checkpoints and the test included
 
 
 def main() -> None:
@@ -165,8 +166,9 @@ def main() -> None:
             res = fn(args.workers, args.epochs, tmp)
             results[name].append(res)
             warm = res["rates"][1:] or res["rates"]
+            whole = f"  whole run {res['wall_s']:.1f}s (with validation, checkpoints, test)" if "wall_s" in res else ""
             print(f"round {r + 1} {name:<12} warm examples/s {statistics.median(warm):>10,.0f}  "
-                  f"start-up {res['startup_s']:.1f}s", flush=True)
+                  f"start-up {res['startup_s']:.1f}s{whole}", flush=True)
 
     def warm_rate(name: str) -> float:
         return statistics.median([x for res in results[name] for x in (res["rates"][1:] or res["rates"])])
