@@ -56,7 +56,8 @@ def running() -> dict | None:
 
 
 def auth_env(state: dict) -> dict[str, str]:
-    """What a process needs in its environment to talk to the cluster: its token, by file."""
+    """What a process needs in its environment to talk to the cluster: its token, by file (set before Ray is
+    imported, which reads the auth mode then)."""
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": state["token_path"]}
 
 

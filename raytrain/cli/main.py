@@ -77,8 +77,11 @@ def run_spec(spec, address: str | None, embedded: bool = False) -> None:
 
         local = None if embedded else running()
         if local is not None:  # a warm local cluster (raytrain up): runs attach to it
+            from ..local_cluster import auth_env
+
             print(f"[raytrain] attached to the local raytrain cluster at {local['address']} ({local['cpus']} CPUs; "
                   "`raytrain down` stops it)", flush=True)
+            os.environ.update(auth_env(local))  # before Ray is imported: it reads its auth mode then
             address = local["address"]
         elif getattr(spec, "train", None):
             from ..train.resources import check_local_gpus
