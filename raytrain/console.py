@@ -5,21 +5,22 @@ it all as before.
 Worker output reaches the driver through Ray's log streaming (``log_to_driver``); ``quiet_ray`` replaces Ray's
 printer with one that keeps the lines raytrain's workers print (``[raytrain] ...``) and the tracebacks of
 failures, and files the rest. The driver's own loggers (``ray``, ``torchrec``, ``fbgemm_gpu``) print warnings
-and errors only; their info lines go to the same file. On a terminal, the per-step lines of an epoch become a
-progress bar (tqdm); elsewhere (CI, a log file) they stay plain lines.
+and errors only; their info lines go to the same file. Rank 0 reports its steps as structured progress events
+(``progress``: a JSON object on a line of its own); on a terminal they move a progress bar (tqdm), elsewhere (CI,
+a log file) they are only filed and the epoch's summary line is the progress.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-import re
 import sys
 import threading
 from pathlib import Path
 from typing import IO, Any
 
 PREFIX = "[raytrain]"
-_STEP = re.compile(r"^\[raytrain\] epoch (\d+)/(\d+) step (\d+)/(\d+) loss ([\d.naninf]+) ([\d,]+) examples/s")
+PROGRESS = "[raytrain:progress] "  # a structured progress event: this prefix and one JSON object (``progress``)
 _LOGGERS = ("ray", "torchrec", "fbgemm_gpu", "torch.distributed", "optuna")
 
 
@@ -78,24 +79,27 @@ class _Console:
 
     # ---- the terminal -------------------------------------------------------------------------------------
 
-    def show(self, line: str, err: bool = False) -> None:
-        """A line of raytrain's: a step line moves the progress bar on a terminal (elsewhere the epoch's summary line
-        is its plain-text progress, and step lines stay in the file); anything else is printed."""
-        m = _STEP.match(line)
-        if m is not None and not sys.stdout.isatty():
+    def progress(self, event: dict) -> None:
+        """A progress event (``progress``): it moves the progress bar on a terminal; elsewhere the epoch's summary
+        line is the plain-text progress, and the event stays in the file."""
+        if not sys.stdout.isatty():
             return
         with self.lock:
-            if m is not None:
-                epoch, total = (int(m.group(1)), int(m.group(2))), int(m.group(4))
-                if self.bar is None or self.bar_epoch != epoch:
-                    self._close_bar()
-                    from tqdm import tqdm
+            epoch = (int(event["epoch"]), int(event["epochs"]))
+            if self.bar is None or self.bar_epoch != epoch:
+                self._close_bar()
+                from tqdm import tqdm
 
-                    self.bar = tqdm(total=total, desc=f"epoch {epoch[0]}/{epoch[1]}", unit="step", leave=False)
-                    self.bar_epoch = epoch
-                self.bar.update(int(m.group(3)) - self.bar.n)
-                self.bar.set_postfix_str(f"loss {m.group(5)} {m.group(6)} examples/s")
-                return
+                self.bar = tqdm(total=int(event["steps"]), desc=f"epoch {epoch[0]}/{epoch[1]}", unit="step",
+                                leave=False)
+                self.bar_epoch = epoch
+            self.bar.update(int(event["step"]) - self.bar.n)
+            self.bar.set_postfix_str(f"loss {float(event['loss']):.4f} {float(event['examples_per_s']):,.0f} "
+                                     "examples/s")
+
+    def show(self, line: str, err: bool = False) -> None:
+        """A line of raytrain's, printed (after the progress bar, if one is drawn)."""
+        with self.lock:
             self._close_bar()
             print(line, file=sys.stderr if err else sys.stdout, flush=True)
             self.table_lines = 0  # a live table is drawn afresh below this line
@@ -114,7 +118,12 @@ class _Console:
         failure = data.get("is_err") and any("Traceback (most recent call last)" in line for line in lines)
         for line in lines:
             self.file_line(tag + line)
-            if line.startswith(PREFIX):
+            if line.startswith(PROGRESS):
+                try:
+                    self.progress(json.loads(line[len(PROGRESS):]))
+                except (ValueError, KeyError, TypeError):  # not an event after all: a bar is not worth a failure
+                    pass
+            elif line.startswith(PREFIX):
                 self.show(line)
             elif failure:
                 self.show(tag + line, err=True)
@@ -192,3 +201,11 @@ def quiet_ray() -> None:
         return
     dispatcher.remove_handler("ray_print_logs")
     dispatcher.add_handler("raytrain_console", CONSOLE.worker_lines)
+
+
+def progress(epoch: int, epochs: int, step: int, steps: int, loss: float, examples_per_s: float) -> None:
+    """A training worker's progress, as a structured event on its output (which Ray streams to the driver): one line,
+    ``PROGRESS`` and a JSON object. The driver's console reads the fields, never the wording of a log message."""
+    event = {"epoch": epoch, "epochs": epochs, "step": step, "steps": steps, "loss": round(float(loss), 6),
+             "examples_per_s": round(float(examples_per_s), 1)}
+    print(PROGRESS + json.dumps(event), flush=True)

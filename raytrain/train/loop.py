@@ -12,6 +12,7 @@ import ray.util
 import torch
 import torch.distributed as dist
 
+from .. import console
 from ..data import PreparedData
 from ..log import get_logger
 from ..sharding.planner import describe_plan, format_plan, memory_per_rank, summarize_plan
@@ -69,7 +70,7 @@ def _train_epoch(steps: Steps, data: TrainData, epoch: int, rank: int, epochs: i
         done = step - start_step
         if rank == 0 and done % every == 0:
             rate = done * data.local_batch * data.world / (time.perf_counter() - t0)
-            log.info(f"epoch {epoch + 1}/{epochs} step {step}/{data.steps} loss {loss.item():.4f} {rate:,.0f} examples/s")
+            console.progress(epoch + 1, epochs, step, data.steps, loss.item(), rate)
     if step != data.steps:
         raise RuntimeError(f"epoch {epoch + 1}: {step - start_step} steps ran from step {start_step}, the epoch has "
                            f"{data.steps}")
