@@ -21,10 +21,3 @@ def paired_lower_bound(a: Sequence[float], b: Sequence[float], confidence: float
         return mean, -math.inf
     sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
     return mean, mean - stats.t.ppf(confidence, len(d) - 1) * sd / math.sqrt(len(d))
-
-
-def goal_line(name: str, a: Sequence[float], b: Sequence[float]) -> str:
-    """``GOAL name <lower bound> >0 met|missed``, after a line with the mean difference and the seeds' count."""
-    mean, low = paired_lower_bound(a, b)
-    print(f"{name}: mean difference {mean:+.4f} over {len(a)} paired seeds, one-sided 95% lower bound {low:+.4f}")
-    return f"GOAL {name}_lower95 {low:+.4f} >0 {'met' if low > 0 else 'missed'}"
