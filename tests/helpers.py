@@ -15,6 +15,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def cluster_env() -> dict:
+    """This process's environment for a Ray cluster's processes, and for a CLI process that attaches to one: the
+    venv's `python` on PATH, without this process's Ray settings (an embedded test Ray sets some), raytrain's
+    local-Ray settings or the storage credentials earlier tests adopted here."""
+    import sys
+    from pathlib import Path
+
+    from raytrain.train.resources import EMBEDDED_TRAIN_ENV
+
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAYTRAIN_STORAGE_CREDENTIALS",
+                 "RAYTRAIN_STORAGE_CREDENTIALS_FILE", *EMBEDDED_TRAIN_ENV):
+        env.pop(name, None)
+    return env
+
+
 def _entry(rank, world, port, fn, args, queue, backend="gloo"):
     import torch.distributed as dist
 

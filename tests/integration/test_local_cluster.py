@@ -4,12 +4,12 @@ it leaving no process of it behind; all through the CLI, as a user runs them."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import cluster_env
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -33,12 +33,7 @@ def _pids_with(text: str) -> list[int]:
 
 
 def test_up_run_attached_then_down_leaves_nothing(without_session_ray, tmp_path):
-    from raytrain.train.runner import EMBEDDED_TRAIN_ENV
-
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", *EMBEDDED_TRAIN_ENV)}
-    env["RAYTRAIN_CACHE"] = str(tmp_path / "cache")
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
+    env = {**cluster_env(), "RAYTRAIN_CACHE": str(tmp_path / "cache")}
     up = _cli("up", "--cpus", "6", env=env)
     assert up.returncode == 0, up.stderr[-3000:]
     state = json.loads((tmp_path / "cache" / "cluster" / "state.json").read_text())

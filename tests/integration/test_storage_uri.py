@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from helpers import _free_port, cluster_env
 from sklearn.metrics import roc_auc_score
 
 from raytrain.spec import load_spec
@@ -109,7 +110,7 @@ def _job_table(address: str | None = None) -> str:
     else:
         code = f"import sys, ray\nray.init(address=sys.argv[1], log_to_driver=False)\n{JOB_TABLE}\nprint(text)"
         text = subprocess.run([sys.executable, "-c", code, address], capture_output=True, text=True, check=True,
-                              timeout=120, env=_cluster_env()).stdout
+                              timeout=120, env=cluster_env()).stdout
     assert "PYTHONWARNINGS" in text  # raytrain's runtime env is in what was read
     return text
 
@@ -260,35 +261,17 @@ def test_tune_and_distill_runs_on_s3_storage(s3_uri, capfd, record_property):
     _no_secret(out.out, out.err, json.dumps(summary, default=str), json.dumps(report, default=str))
 
 
-def _cluster_env() -> dict:
-    """This process's environment for a cluster's processes and a driver attaching to it: the venv's `python` on
-    PATH, without this process's Ray settings or the credentials earlier tests adopted here."""
-    from raytrain.train.runner import EMBEDDED_TRAIN_ENV
-
-    env = dict(os.environ)
-    env["PATH"] = f"{Path(sys.executable).parent}:{env['PATH']}"
-    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAYTRAIN_STORAGE_CREDENTIALS",
-                 "RAYTRAIN_STORAGE_CREDENTIALS_FILE", *EMBEDDED_TRAIN_ENV):
-        env.pop(name, None)
-    return env
-
-
 def test_a_run_attached_to_a_cluster_keeps_its_credentials_out_of_ray(s3_uri, tmp_path):
     """`raytrain run ... storage=s3://KEY:SECRET@... --address` against a real `ray start --head`: the credentials in
     the URI stay in the driver; the cluster's processes open the bucket with their own, from a file only its user
     can read (RAYTRAIN_STORAGE_CREDENTIALS_FILE in the environment the cluster started with; without them the
     workers could not write the run). No credential in Ray's job table, session files or command lines."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        dash = s.getsockname()[1]
+    port, dash = _free_port(), _free_port()
     secret_file = tmp_path / "storage-credentials.json"
     secret_file.touch(mode=0o600)
     secret_file.write_text(json.dumps({f"s3://{BUCKET}": {"userinfo": f"{KEY_ID}:{SECRET}", "query": {}}}))
     script = str(ROOT / "cluster/local_cluster.sh")
-    env = {**_cluster_env(), "RAYTRAIN_STORAGE_CREDENTIALS_FILE": str(secret_file)}
+    env = {**cluster_env(), "RAYTRAIN_STORAGE_CREDENTIALS_FILE": str(secret_file)}
     up = subprocess.run([script, "start", "--workers", "0", "--head-cpus", "6", "--port", str(port),
                          "--dashboard-port", str(dash)], capture_output=True, text=True, env=env, timeout=300)
     assert up.returncode == 0, up.stderr
@@ -296,7 +279,7 @@ def test_a_run_attached_to_a_cluster_keeps_its_credentials_out_of_ray(s3_uri, tm
         driver = subprocess.run(
             [sys.executable, "-m", "raytrain.cli.main", "run", "jobs/train_ml100k.yaml", f"storage={s3_uri}",
              "name=uri-attached", "train.epochs=1", "train.batch_size=2048", "--address", f"127.0.0.1:{port}"],
-            capture_output=True, text=True, env=_cluster_env(), timeout=600, cwd=ROOT)
+            capture_output=True, text=True, env=cluster_env(), timeout=600, cwd=ROOT)
         assert driver.returncode == 0, driver.stderr[-3000:]
         assert "storage credentials given in a URI stay in this process" in driver.stdout + driver.stderr
         assert "test (epoch 1)" in driver.stdout + driver.stderr
