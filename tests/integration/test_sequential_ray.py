@@ -151,11 +151,9 @@ def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
     from ray import serve
-    from raytrain.kernels import topk_scores
 
     from raytrain.serve.runner import deploy
     from raytrain.train.sequential.load import load_sequential
-    from raytrain.train.sequential.ranking import user_vectors
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -170,16 +168,23 @@ def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
         run_dir = Path(pretrained["run_dir"])
         _, model, seqs = load_sequential(run_dir, out["variants"]["hstu"]["members"][0]["checkpoint"])
         items = model.item_embeddings().detach()
-        mask = torch.ones(items.shape[0], dtype=torch.bool)
-        mask[0] = False
 
         def expected(history: np.ndarray, times: np.ndarray, k: int) -> list[int]:
-            from raytrain.data.sequences import Sequences
+            """Brute force, not the serving path: the model's forward on a one-user batch built here (the last
+            max_len actions), its last position against every item, padding and the history left out."""
+            from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-            one = Sequences(history, times, np.array([0, len(history)]), seqs.num_items)
-            _, top = topk_scores(user_vectors(model, one), items, k, item_mask=mask,
-                                 exclude=(torch.tensor([0, len(history)]), torch.from_numpy(history)))
-            return [int(seqs.item_ids[i]) for i in top[0].tolist()]
+            h, t = history[-model.max_len:], times[-model.max_len:]
+            kjt = KeyedJaggedTensor.from_lengths_sync(keys=["history", "target", "negative"],
+                                                      values=torch.from_numpy(h.astype(np.int64)),
+                                                      lengths=torch.tensor([len(h), 0, 0]))
+            model.eval()
+            with torch.no_grad():
+                user, _ = model(kjt, torch.from_numpy(t.astype(np.int64)))
+            scores = (items.double() @ user[-1].double()).numpy()
+            scores[0] = -np.inf
+            scores[history] = -np.inf
+            return [int(seqs.item_ids[i]) for i in np.argsort(-scores, kind="stable")[:k]]
 
         row = 11
         user = int(seqs.user_ids[row])

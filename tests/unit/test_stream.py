@@ -119,28 +119,37 @@ def test_prefetch_passes_items_and_errors_through():
     early.close()  # the producer stops; nothing hangs
 
 
-@pytest.mark.parametrize("ranks", [1, 2, 5])
-def test_merged_histogram_auc_matches_sklearn(ranks):
+def _data(n=200_000):
     rng = np.random.default_rng(0)
-    n = 200_000
     y = (rng.random(n) < 0.25).astype(np.float32)
     logits = rng.normal(0, 1.5, n) + 1.2 * y
     p = (1 / (1 + np.exp(-logits))).astype(np.float32)
     p[:1000] = 0.5  # exact ties count one half, as in sklearn
-    merged = BinaryAccumulator()
-    for part in np.array_split(np.arange(n), ranks):
-        acc = BinaryAccumulator()
-        acc.add(y[part], p[part])
-        merged.pos += acc.pos
-        merged.neg += acc.neg
-        merged.loss += acc.loss
-        merged.rows += acc.rows
-    r = merged.result()
-    assert r["rows"] == n
-    assert abs(r["auc"] - roc_auc_score(y, p)) < 1e-5
-    assert r["auc_tie_bound"] < 1e-3
+    return y, p
+
+
+def _merged(rank, world):
+    y, p = _data()
+    acc = BinaryAccumulator()
+    part = np.array_split(np.arange(len(y)), world)[rank]
+    acc.add(y[part], p[part])
+    acc.merge_across_ranks()  # the all-reduce the training loop runs
+    return acc.result()
+
+
+@pytest.mark.parametrize("ranks", [1, 2, 5])
+def test_merged_histogram_auc_matches_sklearn(ranks):
+    """Each gloo rank holds its own rows; after ``merge_across_ranks`` every rank's AUC and log loss are sklearn's
+    on the pooled predictions."""
+    from helpers import run_distributed
+
+    y, p = _data()
     clipped = np.clip(p.astype(np.float64), 1e-7, 1 - 1e-7)
-    assert abs(r["logloss"] - log_loss(y, clipped)) < 1e-6
+    for r in run_distributed(_merged, ranks):
+        assert r["rows"] == len(y)
+        assert abs(r["auc"] - roc_auc_score(y, p)) < 1e-5
+        assert r["auc_tie_bound"] < 1e-3
+        assert abs(r["logloss"] - log_loss(y, clipped)) < 1e-6
 
 
 def test_histogram_auc_of_narrow_predictions():
