@@ -36,6 +36,8 @@ class SchedulerSpec(Section):
     perturbation_interval: int = Field(1, ge=1, description="pbt: epochs between exploit/explore steps")
     quantile_fraction: float = Field(0.25, gt=0.0, le=0.5, description="pbt: bottom fraction that copies the top")
     resample_probability: float = Field(0.25, ge=0.0, le=1.0, description="pbt: chance to resample, else perturb")
+    synch: bool = Field(False, description="pbt: every trial waits at each interval until all have reported, then "
+                                           "the bottom ones copy the top (slower, reproducible)")
 
 
 class TrialResourcesSpec(Section):

@@ -40,7 +40,7 @@ def scheduler(spec: JobSpec):
         mutations = {key: parse_dist(text).to_tune() for key, text in tune_of(spec).space.items()}
         return PopulationBasedTraining(time_attr="epoch", perturbation_interval=sc.perturbation_interval,
                                        hyperparam_mutations=mutations, quantile_fraction=sc.quantile_fraction,
-                                       resample_probability=sc.resample_probability)
+                                       resample_probability=sc.resample_probability, synch=sc.synch)
     max_t = sc.max_t or spec.train.epochs
     if sc.name == "asha":
         return ASHAScheduler(time_attr="epoch", max_t=max_t, grace_period=sc.grace_period,

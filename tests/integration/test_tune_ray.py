@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from raytrain.spec import load_spec, parse_spec
 from raytrain.tune.runner import run_tune
@@ -105,19 +106,36 @@ def test_interrupted_tune_resumes_without_rerunning_finished_trials(ray_local, t
     assert finished[0].read_text() == first  # the trial that had finished was not run again
 
 
-@pytest.mark.skipif(not os.environ.get("RAYTRAIN_LONG_TESTS"),
-                    reason="about 10 minutes on 2 cores (9 TorchTrainer starts); set RAYTRAIN_LONG_TESTS=1")
-def test_pbt_copies_weights_between_trials(ray_local, tmp_path):
+def test_pbt_exploited_trial_continues_from_its_donors_checkpoint(ray_local, tmp_path):
+    """Two trials, synchronous PBT every 2 epochs of 3: the worse trial at epoch 2 is restarted from the better
+    one's checkpoint (its next segment loads a checkpoint inside the donor's run) with a resampled learning rate;
+    the better one continues from its own."""
     spec = load_spec(ROOT / "jobs/tune_ml100k_asha.yaml", [
-        f"storage={tmp_path}", "train.workers=1", "train.batch_size=2048", "train.epochs=3", "tune.num_samples=3",
-        "tune.max_concurrent_trials=3", "tune.search={algorithm: random, seed: 1}",
-        "tune.scheduler={name: pbt, perturbation_interval: 1, quantile_fraction: 0.34, resample_probability: 0.5}",
-        "tune.space={train.optimizer.sparse_lr: 'loguniform(0.0005, 0.2)'}", "model.arch=dcn_v2"])
+        f"storage={tmp_path}", "train.workers=1", "train.batch_size=2048", "train.epochs=3", "tune.num_samples=2",
+        "tune.max_concurrent_trials=2", "tune.search={algorithm: random, seed: 1}", "model.arch=dcn_v2",
+        "tune.scheduler={name: pbt, perturbation_interval: 2, quantile_fraction: 0.5, resample_probability: 1.0, "
+        "synch: true}", "tune.space={train.optimizer.sparse_lr: 'loguniform(0.0005, 0.2)'}"])
     summary = run_tune(spec)
     run_dir = next((Path(spec.storage) / spec.name).iterdir())
     board = pd.read_parquet(run_dir / "leaderboard.parquet")
-    assert len(board) == 3 and (board["epochs"] == 3).all()  # PBT stops nobody; it copies and perturbs
-    # each trial trained in segments of one epoch, every segment starting from a checkpoint
-    segments = sorted(p.name for p in Path(board.loc[0, "path"], "run").glob("segment_*"))
-    assert len(segments) == 3
+    assert len(board) == 2 and (board["epochs"] == 3).all(), board  # PBT stops nobody; it copies and perturbs
+    trials = [Path(p) for p in board["path"]]
+    loads = {t: [json.loads(line) for line in (t / "run" / "resumes.jsonl").read_text().splitlines()] for t in trials}
+    # each trial ran in two segments; the second loaded a checkpoint taken at the end of epoch 2
+    assert all(len(v) == 1 and v[0]["from_epoch"] == 2 for v in loads.values()), loads
+    assert all(len(list((t / "run").glob("segment_*"))) == 2 for t in trials)
+    donor_of = {t: next(o for o in trials if loads[t][0]["checkpoint"].startswith(str(o) + "/")) for t in trials}
+    exploited = [t for t in trials if donor_of[t] != t]
+    assert len(exploited) == 1, loads  # the bottom half (one trial) copied the top, the top kept its own weights
+    [t] = exploited
+    donor = donor_of[t]
+    # at epoch 2 the donor validated better; the copy went on with a resampled learning rate (a plain copy would
+    # have the donor's), and its run's spec is the one it trained its last epoch with
+    val = {x: json.loads((x / "run" / "metrics" / "epoch_0002.json").read_text())["val_auc"] for x in trials}
+    assert val[donor] > val[t], val
+    lr = "train.optimizer.sparse_lr"
+    final = {Path(r["path"]): json.loads(r["config"])[lr] for _, r in board.iterrows()}
+    assert final[t] != final[donor]
+    trained = yaml.safe_load((t / "run" / "spec.yaml").read_text())["train"]["optimizer"]["sparse_lr"]
+    assert trained == pytest.approx(final[t])
     assert summary["best_val_auc"] > 0.7
