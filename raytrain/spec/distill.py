@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Literal, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pydantic import Field
 
@@ -31,8 +31,6 @@ class DistillSpec(Section):
         default_factory=dict, description="dotted spec path -> value, applied to the teacher's spec")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the label loss (1: plain training)")
     temperature: float = Field(2.0, gt=0.0)
-    teacher_scores: Literal["precomputed"] = Field(
-        "precomputed", description="teacher logits computed once into the training split's parquet")
 
 
 def checks(spec: JobSpec, steps: list[str]) -> list[str]:
