@@ -156,7 +156,9 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
         {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 7,
          "path": data_spec.path, "history": data_spec.history.model_dump() if data_spec.history else None,
          "vectors": file_stamp([data_spec.history.user_vectors])
-         if data_spec.history and data_spec.history.user_vectors else None},
+         if data_spec.history and data_spec.history.user_vectors else None,
+         "text": data_spec.text.model_dump(exclude={"workers", "cpus_per_worker", "batch_size"})
+         if data_spec.text else None},
         sort_keys=True,
     )
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
@@ -175,6 +177,22 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
         features = list(FEATURES)
         groups = dict(DENSE_GROUPS)
         held = 0
+        text_saved = None
+        if data_spec.text is not None:  # before any item is held out: a held-out item keeps its text
+            from .item_text import item_texts, text_features
+
+            ids, texts = item_texts(_read_atomic(raw["ml-100k.item"], "ml-100k.item"),
+                                    _read_atomic(raw["ml-100k.inter"], "ml-100k.inter")["item_id"], data_spec.text.item)
+            frame, text_cols, saved = text_features(frame, ids, texts, data_spec.text)
+            text_saved = (saved, ids, texts)
+            dense += text_cols
+            groups.update(dict.fromkeys(text_cols, "item"))
+        cold = np.zeros(0, np.int64)
+        if data_spec.split.cold_items > 0:
+            from .item_text import hold_out_items
+
+            parts, cold = hold_out_items(frame, parts, data_spec.split.cold_items, data_spec.split.seed,
+                                         card["item_id"])
         if data_spec.history is not None:
             from .history import GROUPS, USER_VECTOR_PREFIX, columns
 
@@ -199,6 +217,8 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
                 "source": "movielens-100k",
                 "rows": {s: int(len(p)) for s, p in zip(("train", "validation", "test"), parts)},
                 "history_rows": held,
+                "cold_items": int(len(cold)),
+                "text": str(text_saved[0]["identity"]) if text_saved else None,
                 "positive_rate": float(frame["label"].mean()),
                 "label_rule": f"rating {data_spec.label.positive_if}" if data_spec.label.positive_if else "rating",
             },
@@ -209,6 +229,10 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
             table = pa.Table.from_pandas(frame.iloc[idx].reset_index(drop=True), preserve_index=False)
             pq.write_table(table, tmp / f"{split}.parquet")
         (tmp / "schema.json").write_text(schema.to_json())
+        if text_saved is not None:
+            from .item_text import save
+
+            save(tmp, *text_saved)
         try:
             tmp.rename(out_dir)  # atomic: a half-written cache is never read
         except OSError:

@@ -10,12 +10,10 @@ import operator
 import re
 from typing import Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
+from .base import Section
+from .text import TEXT_COLUMNS, TextSpec
 
 _LABEL_RULE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(\.\d+)?)\s*$")
 _OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
@@ -49,6 +47,9 @@ class SplitSpec(Section):
     method: Literal["random", "time"] = "random"
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
+    cold_items: float = Field(0.0, ge=0.0, lt=1.0, description="movielens-100k: this share of the items (seeded) "
+                                                               "held out of training and validation entirely: their "
+                                                               "rows go to the test split, their id unknown (0)")
 
     @field_validator("fractions")
     @classmethod
@@ -201,6 +202,8 @@ class DataSpec(Section):
                                                                         "sequential models (sasrec, hstu)")
     history: Optional[HistorySpec] = Field(None, description="history features; movielens-100k has them unless "
                                                              "'history: null'")
+    text: Optional[TextSpec] = Field(None, description="item text through a pretrained language model: dense item "
+                                                       "features, and cold start for new items in serving")
 
     @model_validator(mode="before")
     @classmethod
@@ -237,6 +240,15 @@ class DataSpec(Section):
                 problems.append("criteo's label is its first field, 0 or 1: leave 'label' out")
             if self.path is not None and self.split.method == "time":
                 problems.append("criteo lines carry no timestamp: split.method random, or 'paths' by day")
+        if self.text is not None:
+            have = TEXT_COLUMNS.get(self.source)
+            if have is None:
+                problems.append(f"text: item text is read from movielens-100k in this version, not {self.source}")
+            else:
+                problems += [f"text.item: {c!r} is not a text column of {self.source} (it has {', '.join(have)})"
+                             f"{suggest(c, list(have))}" for c in self.text.item if c not in have]
+        if self.split.cold_items > 0 and self.source != "movielens-100k":
+            problems.append(f"split.cold_items: for movielens-100k in this version, not {self.source}")
         if self.history is not None and self.source not in ("movielens-100k", "parquet"):
             problems.append(f"'history' is for source movielens-100k or parquet, not {self.source}")
         if self.source not in ("parquet", "criteo"):
