@@ -168,6 +168,9 @@ class TrainSpec(Section):
         "auto", description="sparse_dist: TorchRec's TrainPipelineSparseDist (raytrain.train.steps); auto: it on CUDA")
     collective_timeout_s: float = Field(1800.0, gt=0, description="a rank's longest wait in a collective (gloo, "
                                         "shared memory) before it fails and Ray Train restarts the group")
+    id_dropout: dict[str, float] = Field(default_factory=dict, description="feature -> share of training rows whose "
+                                         "id is replaced by the unknown id 0 (e.g. {item_id: 0.1}: the model learns "
+                                         "to score a never-seen item from its other features, cold start)")
     init_from: Optional[InitFromSpec] = Field(None, description="start from another run's weights (warm start, "
                                                                 "fine-tuning); a resumed run continues from its own")
     sampled_softmax: SampledSoftmaxSpec = Field(default_factory=SampledSoftmaxSpec,
@@ -189,6 +192,9 @@ class TrainSpec(Section):
 
     @model_validator(mode="after")
     def _batch(self):
+        bad = [f"{k}: {v}" for k, v in self.id_dropout.items() if not 0.0 <= v < 1.0]
+        if bad:
+            raise ValueError(f"id_dropout shares must be in [0, 1): {', '.join(bad)}")
         if self.batch_size % self.workers:
             raise ValueError(f"batch_size {self.batch_size} is not divisible by workers {self.workers}")
         return self

@@ -20,6 +20,7 @@ from ..spec.job import JobSpec
 from ..storage import Store
 from ..tracking import epoch_scalars
 from .distributed import shard_model
+from .id_dropout import drop_ids
 from .loaders import EvalData, TrainData
 from .metrics import evaluate
 from .steps import Steps
@@ -54,7 +55,7 @@ def set_epoch_lr(optimizer, base_lrs: list[float], decay: float, epoch: int) -> 
 
 
 def _train_epoch(steps: Steps, data: TrainData, epoch: int, rank: int, epochs: int, start_step: int = 0,
-                 after_step=None) -> dict:
+                 after_step=None, dropout: dict[str, float] | None = None, seed: int = 0) -> dict:
     """One epoch from ``start_step`` (a resumed epoch); ``after_step(step, batch)`` runs after each optimizer step
     (1-based step numbers of the epoch, the batch that step trained) and may save a mid-epoch checkpoint."""
     steps.sharded.module.train()
@@ -62,7 +63,10 @@ def _train_epoch(steps: Steps, data: TrainData, epoch: int, rank: int, epochs: i
     t0 = time.perf_counter()
     every = max(1, data.steps // 5)
     step = start_step
-    for loss, batch in steps.epoch(data.epoch(epoch, start_step)):
+    batches = data.epoch(epoch, start_step)
+    if dropout:
+        batches = drop_ids(batches, dropout, seed, epoch, rank, start_step)
+    for loss, batch in steps.epoch(batches):
         step += 1
         total_loss += loss.detach().double().cpu()
         if after_step is not None:
@@ -169,7 +173,8 @@ def train_loop_per_worker(config: dict) -> None:
                       {"epoch": epoch, "step": step, "val_auc": float("-inf"), "mid_epoch": True}, step=step,
                       data_order=train.order)
 
-        stats = _train_epoch(steps, train, epoch, rank, epochs, start_step if epoch == start_epoch else 0, after_step)
+        stats = _train_epoch(steps, train, epoch, rank, epochs, start_step if epoch == start_epoch else 0, after_step,
+                             spec.train.id_dropout, spec.train.seed)
         if audit is not None:
             audit.close()
         steps.detach()  # evaluation, the checkpoint and the test call the module outside the pipeline

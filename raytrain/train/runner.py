@@ -168,6 +168,10 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
     log.info(f"data: {spec.data.source}, {len(prepared.schema.sparse)} sparse / {len(prepared.schema.dense)} dense "
          f"features, {json.dumps(prepared.schema.info.get('rows', {}))}")
     stamps["data_ready"] = time.time()
+    if spec.train.id_dropout:
+        from .id_dropout import check
+
+        check(spec.train.id_dropout, prepared.schema)
     if spec.train.init_from is not None:  # a wrong table or size is named here, before any worker starts
         from .warm_start import preflight
 
