@@ -15,6 +15,7 @@ from ray import serve
 from ray.exceptions import ActorUnavailableError, RayActorError
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 
+from .cold_start import ItemText
 from .decisions import LogBuffer, request_rows
 from .explore import explore_slate, top_k
 from .features import FeatureStore, RequestError, _key, prepared_rows, to_wire
@@ -60,7 +61,9 @@ class Ingress(Scorer):
             # whose rows carry every feature and whose logs may be terabytes)
             table = prepared_rows(DataSpec.model_validate(config["data"]))
         hashed = frozenset(f.name for f in schema.sparse) if config["data"].get("source") == "criteo" else frozenset()
-        self.store = FeatureStore(schema, table, user_key=self.cfg.sticky_key, hashed=hashed)
+        data_spec = DataSpec.model_validate(config["data"])
+        self.store = FeatureStore(schema, table, user_key=self.cfg.sticky_key, hashed=hashed,
+                                  text=ItemText.of(data_spec, list(schema.dense)))
         self.started = time.time()
         self.requests = COUNTS
         self.decision_log = decision_log  # the DecisionLog handle: every request, exploring decisions, feedback
@@ -127,6 +130,7 @@ class Ingress(Scorer):
         groups = group_rows(names)
         parsed = {n: self.store.parse([rows[i] for i in idx], self.cfg.oov, where="rows") for n, idx in groups.items()}
         probs = np.empty(len(rows))
+        cold = [False] * len(rows)
         unknown: dict[str, int] = {}
         versions: dict[str, list[str]] = {}
         results = await asyncio.gather(*(self.scores(n, parsed[n].columns) for n in groups))
@@ -135,14 +139,16 @@ class Ingress(Scorer):
             versions[n] = v
             for k, c in parsed[n].unknown.items():
                 unknown[k] = unknown.get(k, 0) + c
+            for i, c in zip(idx, parsed[n].cold):
+                cold[i] = c
         rid = uuid.uuid4().hex
         item_key = self.store.item_key
         await self._log(request_rows(rid, "predict", names, forced is not None,
                                      [r.get(key) if key else None for r in rows],
-                                     [r.get(item_key) if item_key else None for r in rows]))
+                                     [r.get(item_key) if item_key else None for r in rows], cold))
         self.requests["predict"] += 1
         out = {"request_id": rid, "probabilities": probs.tolist(), "variants": names, "forced": forced is not None,
-               "unknown_ids": unknown, "model_versions": versions}
+               "unknown_ids": unknown, "cold_start": sum(cold), "model_versions": versions}
         if len(groups) == 1:
             out["variant"] = names[0]
         return out

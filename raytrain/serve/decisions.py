@@ -44,6 +44,7 @@ DECISION_SCHEMA = pa.schema([
 REQUEST_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("time", pa.float64()), ("endpoint", pa.string()), ("variant", pa.string()),
     ("forced", pa.bool_()), ("user", pa.string()), ("items", pa.list_(pa.int64())),
+    ("cold_items", pa.list_(pa.int64())),  # of ``items``, those scored from the text the request gave (cold start)
 ])
 FEEDBACK_SCHEMA = pa.schema([
     ("request_id", pa.string()), ("item", pa.int64()), ("position", pa.int32()), ("reward", pa.float64()),
@@ -75,23 +76,30 @@ def read_log(log_dir: str | Path, kind: str) -> pa.Table:
     return pa.concat_tables([_read(f, schema) for f in files]) if files else schema.empty_table()
 
 
-def request_rows(rid: str, endpoint: str, variants: list[str], forced: bool, users: list, items: list) -> list[dict]:
-    """One request-log row per (request, user) from parallel lists (a variant, user and item or items per row): the
-    items scored or shown to each user (what /feedback can reward, what abtest counts)."""
-    per_user: dict[str, tuple[str, list[int]]] = {}
-    for variant, user, item in zip(variants, users, items):
-        entry = per_user.setdefault(str(user), (variant, []))
-        entry[1].extend(i for i in (item if isinstance(item, list) else [item])
-                        if isinstance(i, int) and not isinstance(i, bool) and -2**63 <= i < 2**63)
+def request_rows(rid: str, endpoint: str, variants: list[str], forced: bool, users: list, items: list,
+                 cold: list[bool] | None = None) -> list[dict]:
+    """One request-log row per (request, user) from parallel lists (a variant, user and item or items per row, and
+    whether the row was scored from its item's text): the items scored or shown to each user (what /feedback can
+    reward, what abtest counts), and those of them that were cold starts."""
+    per_user: dict[str, tuple[str, list[int], list[int]]] = {}
+    for r, (variant, user, item) in enumerate(zip(variants, users, items)):
+        entry = per_user.setdefault(str(user), (variant, [], []))
+        ids = [i for i in (item if isinstance(item, list) else [item])
+               if isinstance(i, int) and not isinstance(i, bool) and -2**63 <= i < 2**63]
+        entry[1].extend(ids)
+        if cold is not None and cold[r]:
+            entry[2].extend(ids)
     now = time.time()
     return [{"request_id": rid, "time": now, "endpoint": endpoint, "variant": v, "forced": forced, "user": u,
-             "items": its} for u, (v, its) in per_user.items()]
+             "items": its, "cold_items": c} for u, (v, its, c) in per_user.items()]
 
 
 def _read(path: Path, schema: pa.Schema) -> pa.Table:
     t = pq.read_table(path)
     if "forced" in schema.names and "forced" not in t.column_names:  # written before forced requests were marked
         t = t.append_column("forced", pa.array([False] * t.num_rows))
+    if "cold_items" in schema.names and "cold_items" not in t.column_names:  # written before cold starts were marked
+        t = t.append_column("cold_items", pa.array([[]] * t.num_rows, type=pa.list_(pa.int64())))
     return t.select(schema.names).cast(schema)
 
 

@@ -12,6 +12,9 @@ reserved unknown id 0 with policy ``unknown`` (and counted in the reply) or refu
 A user or item id inside the range that the data never showed is "unknown" too: its features are the
 store's defaults (id 0, empty lists as [0], dense 0.0, which is what unseen ids get from the history
 features) and it is counted the same way.
+
+Cold start (``raytrain.serve.cold_start``): where the model was trained with item text, a row may carry ``item_text``; its
+dense text features then come from that text (encoded and projected as in training) instead of the store's.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ class Parsed:
     columns: Columns
     users: list  # the sticky key of each row, as sent
     unknown: dict[str, int] = field(default_factory=dict)  # feature -> rows whose id was unknown / out of range
+    cold: list[bool] = field(default_factory=list)  # per row: scored from the item_text it carried
 
 
 def prepared_rows(data_spec) -> pa.Table:
@@ -59,11 +63,13 @@ def _key(schema: FeatureSchema, group: str, preferred: str) -> str | None:
 
 class FeatureStore:
     def __init__(self, schema: FeatureSchema, table: pa.Table | None, user_key: str = "user_id",
-                 item_key: str = "item_id", hashed: frozenset[str] = frozenset()):
+                 item_key: str = "item_id", hashed: frozenset[str] = frozenset(), text=None):
         """``table``: all prepared rows, oldest split first (each user's and item's latest row is its features); None
         where the schema has no user or item id (a Criteo-format model: every row carries all its features).
-        ``hashed``: features whose raw value (a hex string, as in the Criteo logs) is hashed as in training."""
+        ``hashed``: features whose raw value (a hex string, as in the Criteo logs) is hashed as in training.
+        ``text``: a ``cold_start.ItemText`` where the model has text features: rows may then carry ``item_text``."""
         self.schema = schema
+        self.text = text
         self.user_key: str | None = _key(schema, "user", user_key)
         self.item_key: str | None = _key(schema, "item", item_key)
         self.hashed = hashed
@@ -81,6 +87,7 @@ class FeatureStore:
             size = self.card[key]
             last = np.full(size, -1, dtype=np.int64)
             last[ids] = np.arange(len(ids))  # later rows overwrite earlier ones: each id's latest row
+            last[0] = -1  # the unknown id keeps the defaults (held-out items' rows carry id 0 and their own features)
             self.known[group] = last >= 0
             rows = last[last >= 0]
             where = np.flatnonzero(last >= 0)
@@ -147,7 +154,7 @@ class FeatureStore:
             raise RequestError(f"{where}: expected a non-empty list of objects")
         if max_rows is not None and len(rows) > max_rows:
             raise RequestError(f"{where}: {len(rows)} rows, more than the {max_rows} allowed per request", 413)
-        allowed = set(self.card) | set(self.schema.dense)
+        allowed = set(self.card) | set(self.schema.dense) | ({"item_text"} if self.text is not None else set())
         required = self.required
         n = len(rows)
         single = {name: np.zeros(n, dtype=np.int64) for name in self.card if name not in self.multi}
@@ -155,11 +162,15 @@ class FeatureStore:
         dense = np.zeros((n, len(self.schema.dense)), dtype=np.float32)
         unknown: dict[str, int] = {}
         users = []
+        texts: dict[int, str] = {}
         for r, row in enumerate(rows):
             at = f"{where}[{r}]"
             if not isinstance(row, dict):
                 raise RequestError(f"{at}: expected an object, got {type(row).__name__}")
             extra = sorted(set(row) - allowed)
+            if "item_text" in extra:
+                raise RequestError(f"{at}.item_text: this model was trained without item text (data.text), so it "
+                                   "cannot score an item from its text")
             if extra:
                 raise RequestError(f"{at}: unknown field(s) {', '.join(map(repr, extra))}; fields: "
                                    f"{', '.join(sorted(allowed))}")
@@ -197,6 +208,17 @@ class FeatureStore:
                     dense[r, j] = v
                 elif self.group[name] in ("user", "item"):
                     dense[r, j] = self.values[name][uid if self.group[name] == "user" else iid]  # type: ignore[index]
+            if "item_text" in row:
+                t = row["item_text"]
+                if not isinstance(t, str) or not t.strip() or len(t) > 4096:
+                    raise RequestError(f"{at}.item_text: expected a non-empty string of at most 4096 characters")
+                texts[r] = t
+        if texts:  # one encoder pass for every row that carried its item's text
+            from_text = self.text.features(list(texts.values()))  # type: ignore[union-attr]
+            for (r, _), v in zip(texts.items(), from_text):
+                for k, j in enumerate(self.text.columns):  # type: ignore[union-attr]
+                    if self.schema.dense[j] not in rows[r]:  # a value the client sent wins
+                        dense[r, j] = v[k]
         ids = {k: torch.from_numpy(v) for k, v in single.items()}
         packed = {}
         for name, ls in lists.items():
@@ -204,7 +226,7 @@ class FeatureStore:
             offsets = np.concatenate([[0], np.cumsum(lens)])
             packed[name] = (torch.tensor([x for xs in ls for x in xs], dtype=torch.int64), torch.from_numpy(offsets))
         cols = Columns(self.schema, ids, packed, torch.from_numpy(dense), torch.zeros(n))
-        return Parsed(cols, users, unknown)
+        return Parsed(cols, users, unknown, [r in texts for r in range(n)])
 
     def _id(self, v, name: str, at: str, oov: str, unknown: dict, known: np.ndarray | None = None) -> int:
         if isinstance(v, str) and name in self.hashed:
