@@ -70,7 +70,7 @@ def save(out_dir: Path, saved: dict[str, np.ndarray], ids: np.ndarray, texts: li
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    np.savez(out_dir / PROJECTION_FILE, **saved)
+    np.savez(str(out_dir / PROJECTION_FILE), **saved)  # type: ignore[arg-type]
     pq.write_table(pa.table({"item_id": ids, "text": texts}), out_dir / "item_text.parquet")
 
 

@@ -10,10 +10,14 @@ row's zeros. Rows scored this way are counted in the reply (``cold_start``) and 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..data.item_text import TEXT_PREFIX, load_projection
+
+if TYPE_CHECKING:
+    from ..text.encoder import TextEncoder
 
 MAX_TEXT = 4096  # characters of one item_text
 
@@ -22,7 +26,7 @@ class ItemText:
     def __init__(self, projection: dict[str, np.ndarray], encoder: str, dense: list[str]) -> None:
         self.projection, self.encoder_name = projection, encoder
         self.columns = [j for j, name in enumerate(dense) if name.startswith(TEXT_PREFIX)]
-        self._encoder = None
+        self._encoder: TextEncoder | None = None
 
     @classmethod
     def of(cls, data_spec, dense: list[str]) -> ItemText | None:
@@ -40,6 +44,7 @@ class ItemText:
         from ..text.encode import project
         from ..text.encoder import TextEncoder
 
-        if self._encoder is None:
-            self._encoder = TextEncoder(self.encoder_name)
-        return project(self.projection, self._encoder.encode(texts))
+        encoder = self._encoder
+        if encoder is None:
+            encoder = self._encoder = TextEncoder(self.encoder_name)
+        return project(self.projection, encoder.encode(texts))
