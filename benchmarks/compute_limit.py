@@ -13,10 +13,10 @@ The limit is the best of these and of the one-process DMP arms below.
 Arm "raytrain": ``raytrain run jobs/train_ml100k.yaml`` (2 Ray Train workers, TorchRec DMP over
 gloo, streamed parquet input); its steady-state rate is the training examples/s of the epochs after
 the first. The same job with 1 worker x 2 threads (its own GOAL line: the configuration that suits one
-2-core machine) shows what distribution costs, and TorchRec's
-``DistributedModelParallel`` as raytrain builds it, in one process on the prebuilt batches, what the
-sharded modules cost by themselves (the demo's tables as it ships them, all replicated, and sharded
-three ways as the demo pinned them before). The 2-worker demo runs once more with its gradients
+2-core machine) shows what distribution costs, and TorchRec's ``DistributedModelParallel`` built by hand
+(benchmarks/handbuilt.py, every table replicated), in one process on the prebuilt batches, what the sharded
+modules cost by themselves. Every limit arm imports nothing from raytrain (raytrain only prepares the data
+file they read). The 2-worker demo runs once more with its gradients
 averaged by gloo (``train.allreduce=gloo``) instead of through shared memory, for what that exchange
 saves. The arms alternate, ``--rounds`` times; each round's raytrain rate is divided by that round's limit, and the
 verdicts come from the median of those ratios (printed with their range).
@@ -35,27 +35,27 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 SPEC = ROOT / "jobs" / "train_ml100k.yaml"
 
 
 class PlainDCN(nn.Module):
     """DLRM_DCN's computation with plain ``nn.EmbeddingBag`` tables (sparse gradients)."""
 
-    def __init__(self, spec, schema):
+    def __init__(self, cfg: dict, schema: dict):
         super().__init__()
         from torchrec.models.dlrm import DenseArch, InteractionDCNArch, OverArch
         from torchrec.modules.crossnet import LowRankCrossNet
 
-        d = spec.model.embedding_dim
-        self.names = [f.name for f in schema.sparse]
+        d, sparse = cfg["embedding_dim"], schema["sparse"]
+        self.names = [f["name"] for f in sparse]
         self.tables = nn.ModuleList(
-            nn.EmbeddingBag(f.cardinality, d, mode="mean" if f.multi_valued else "sum", sparse=True)
-            for f in schema.sparse)
-        self.dense_arch = DenseArch(len(schema.dense), [*spec.model.dense_arch, d])
-        n = len(schema.sparse) + 1
-        self.inter = InteractionDCNArch(len(schema.sparse), LowRankCrossNet(n * d, spec.model.dcn.num_layers,
-                                                                           spec.model.dcn.low_rank_dim))
-        self.over = OverArch(n * d, [*spec.model.over_arch, 1])
+            nn.EmbeddingBag(f["cardinality"], d, mode="mean" if f["multi_valued"] else "sum", sparse=True)
+            for f in sparse)
+        self.dense_arch = DenseArch(len(schema["dense"]), [*cfg["dense_arch"], d])
+        n = len(sparse) + 1
+        self.inter = InteractionDCNArch(len(sparse), LowRankCrossNet(n * d, cfg["dcn_layers"], cfg["low_rank_dim"]))
+        self.over = OverArch(n * d, [*cfg["over_arch"], 1])
 
     def forward(self, dense, lists):
         emb = torch.stack([t(v, o) for t, (v, o) in zip(self.tables, lists)], dim=1)
@@ -66,8 +66,8 @@ class FusedTablesDCN(PlainDCN):
     """The same, with the tables in FBGEMM's fused CPU kernel (one batched lookup per pooling mode, row-wise
     Adagrad applied inside the backward pass): the fastest table path this machine has."""
 
-    def __init__(self, spec, schema):
-        super().__init__(spec, schema)
+    def __init__(self, cfg: dict, schema: dict):
+        super().__init__(cfg, schema)
         from fbgemm_gpu.split_embedding_configs import EmbOptimType
         from fbgemm_gpu.split_table_batched_embeddings_ops_common import EmbeddingLocation, PoolingMode
         from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
@@ -75,16 +75,16 @@ class FusedTablesDCN(PlainDCN):
             SplitTableBatchedEmbeddingBagsCodegen,
         )
 
-        d = spec.model.embedding_dim
+        d, sparse = cfg["embedding_dim"], schema["sparse"]
         del self.tables
         self.groups = []  # (feature indices, TBE) per pooling mode
         for mean in (False, True):
-            idx = [i for i, f in enumerate(schema.sparse) if f.multi_valued == mean]
+            idx = [i for i, f in enumerate(sparse) if f["multi_valued"] == mean]
             if idx:
                 tbe = SplitTableBatchedEmbeddingBagsCodegen(
-                    [(schema.sparse[i].cardinality, d, EmbeddingLocation.HOST, ComputeDevice.CPU) for i in idx],
-                    optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, learning_rate=spec.train.optimizer.sparse_lr,
-                    eps=spec.train.optimizer.eps, pooling_mode=PoolingMode.MEAN if mean else PoolingMode.SUM)
+                    [(sparse[i]["cardinality"], d, EmbeddingLocation.HOST, ComputeDevice.CPU) for i in idx],
+                    optimizer=EmbOptimType.EXACT_ROWWISE_ADAGRAD, learning_rate=cfg["sparse_lr"], eps=cfg["eps"],
+                    pooling_mode=PoolingMode.MEAN if mean else PoolingMode.SUM)
                 self.groups.append((idx, tbe))
         self.tbes = nn.ModuleList(t for _, t in self.groups)
         self.order = [i for idx, _ in self.groups for i in idx]
@@ -97,9 +97,9 @@ class FusedTablesDCN(PlainDCN):
         return self.over(self.inter(self.dense_arch(dense), emb)).reshape(-1)
 
 
-def _tbe_inputs(b, model: FusedTablesDCN):
+def _tbe_inputs(kjt, model: FusedTablesDCN):
     """(indices, offsets) per TBE group from a batch's KJT (feature-major, as FBGEMM wants)."""
-    per = b.sparse.to_dict()
+    per = kjt.to_dict()
     out = []
     for idx, _ in model.groups:
         names = [model.names[i] for i in idx]
@@ -109,39 +109,42 @@ def _tbe_inputs(b, model: FusedTablesDCN):
     return out
 
 
-def _prebuilt(overrides: list[str] = ()):
-    """(spec, schema, batches): the demo job's training split as batches of its global batch size, in memory."""
+def _prebuilt() -> tuple[dict, dict, list]:
+    """(model config, schema, batches): the demo job's training split as shuffled batches of its global batch size,
+    in memory, built by the hand-written baseline (benchmarks/handbuilt.py) from the file raytrain prepared."""
+    import numpy as np
     import pyarrow.parquet as pq
+    from handbuilt import Split, model_config
 
     from raytrain.data import prepare
-    from raytrain.data.batches import Columns
     from raytrain.spec import load_spec
 
-    spec = load_spec(SPEC, list(overrides))
-    prepared = prepare(spec.data)
-    cols = Columns.from_arrow(prepared.schema, pq.read_table(prepared.paths["train"][0]), "train")
-    B = spec.train.batch_size
-    perm = torch.randperm(len(cols))
-    return spec, prepared.schema, [cols.batch(perm[s * B:(s + 1) * B]) for s in range(len(cols) // B)]
+    prepared = prepare(load_spec(SPEC).data)  # the data only: the arms below run no raytrain code
+    schema = json.loads(prepared.schema.to_json())
+    split = Split(pq.read_table(prepared.paths["train"][0]), schema)
+    cfg = model_config(SPEC)
+    B = cfg["batch_size"]
+    perm = np.random.default_rng(0).permutation(len(split))
+    return cfg, schema, [split.batch(perm[s * B:(s + 1) * B]) for s in range(len(split) // B)]
 
 
 def limit_rate(epochs: int, threads: int, fused: bool = False) -> float:
     """Examples/s of the plain single-process loop over the epochs after the first."""
     torch.set_num_threads(threads)
-    spec, schema, built = _prebuilt()
+    cfg, schema, built = _prebuilt()
     torch.manual_seed(0)
-    model = (FusedTablesDCN if fused else PlainDCN)(spec, schema)
+    model = (FusedTablesDCN if fused else PlainDCN)(cfg, schema)
     dense_params = [p for n, p in model.named_parameters() if not n.startswith(("tables", "tbes"))]
-    opt_dense = torch.optim.Adam(dense_params, lr=spec.train.optimizer.lr)
-    opt_sparse = None if fused else torch.optim.Adagrad(model.tables.parameters(), lr=spec.train.optimizer.sparse_lr)
-    B = spec.train.batch_size
+    opt_dense = torch.optim.Adam(dense_params, lr=cfg["lr"])
+    opt_sparse = None if fused else torch.optim.Adagrad(model.tables.parameters(), lr=cfg["sparse_lr"])
+    B = cfg["batch_size"]
     batches = []  # prebuilt: (dense, [(values, offsets) per feature], label)
-    for b in built:
-        per = b.sparse.to_dict()
-        lists = _tbe_inputs(b, model) if fused else [
+    for dense, kjt, label in built:
+        per = kjt.to_dict()
+        lists = _tbe_inputs(kjt, model) if fused else [
             (per[n].values(), torch.cat([torch.zeros(1, dtype=torch.int64), per[n].lengths().cumsum(0)[:-1]]))
             for n in model.names]
-        batches.append((b.dense, lists, b.label))
+        batches.append((dense, lists, label))
     rates = []
     for epoch in range(epochs):
         t0 = time.perf_counter()
@@ -159,34 +162,29 @@ def limit_rate(epochs: int, threads: int, fused: bool = False) -> float:
     return max(rates)
 
 
-# the demo job's sharding before small tables were replicated on CPU (raytrain.sharding.planner)
-PINNED = ["train.sharding.tables={item_id: column_wise, user_id: table_wise, genres: data_parallel}"]
-
-
-def dmp_rate(epochs: int, threads: int, overrides: list[str] = ()) -> float:
-    """TorchRec's DistributedModelParallel as raytrain builds it (``shard_model``), one process (a gloo group of
-    1), on the same prebuilt batches: what TorchRec's sharded modules cost without Ray, data or other ranks."""
+def dmp_rate(epochs: int, threads: int) -> float:
+    """TorchRec's DistributedModelParallel as an engineer builds it by hand (benchmarks/handbuilt.py: every table
+    replicated), one process (a gloo group of 1), on the same prebuilt batches: what TorchRec's sharded modules
+    cost without Ray, data or other ranks."""
     import os
 
     import torch.distributed as dist
-
-    from raytrain.train.distributed import shard_model, train_step
+    from handbuilt import sharded, step
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29571")
         dist.init_process_group("gloo", rank=0, world_size=1)
     torch.set_num_threads(threads)
-    spec, schema, batches = _prebuilt(overrides)
-    B = spec.train.batch_size
-    sharded = shard_model(spec, schema, torch.device("cpu"))
+    cfg, schema, batches = _prebuilt()
+    dmp, opt = sharded(schema, cfg, 1)
     rates = []
     for epoch in range(epochs):
         t0 = time.perf_counter()
         for b in batches:
-            train_step(sharded, b)
+            step(dmp, opt, b)
         if epoch > 0:
-            rates.append(len(batches) * B / (time.perf_counter() - t0))
+            rates.append(len(batches) * cfg["batch_size"] / (time.perf_counter() - t0))
     return max(rates)
 
 
@@ -218,10 +216,9 @@ def main() -> None:
         limits.append(max(plain, fused))
         print(f"ROUND {r + 1} limit (1 process, {args.threads} threads, prebuilt batches): nn.EmbeddingBag + sparse "
               f"Adagrad {plain:,.0f} examples/s; FBGEMM fused tables {fused:,.0f}", flush=True)
-        shipped, pinned = dmp_rate(args.epochs, args.threads), dmp_rate(args.epochs, args.threads, PINNED)
-        dmps.append(max(shipped, pinned))
-        print(f"ROUND {r + 1} TorchRec DMP (1 process, {args.threads} threads, prebuilt batches): demo job as shipped "
-              f"{shipped:,.0f} examples/s; its tables sharded as pinned before {pinned:,.0f}", flush=True)
+        dmps.append(dmp_rate(args.epochs, args.threads))
+        print(f"ROUND {r + 1} TorchRec DMP by hand (1 process, {args.threads} threads, prebuilt batches, tables "
+              f"replicated): {dmps[-1]:,.0f} examples/s", flush=True)
         rate, summary = raytrain_rate(args.epochs, args.storage)
         ours.append(rate)
         print(f"ROUND {r + 1} raytrain (2 workers, demo job): {rate:,.0f} examples/s (its step loop), test AUC "

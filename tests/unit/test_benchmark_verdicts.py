@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -49,3 +50,39 @@ def test_report_replaces_the_rows_of_the_goals_a_log_has(tmp_path, monkeypatch):
     log.write_text("no goals here\n")
     with pytest.raises(SystemExit, match="no GOAL lines"):
         report.main()
+
+
+def _raytrain_names(node) -> set[str]:
+    """Every raytrain module a piece of code imports, and every name it reads from one."""
+    import ast
+
+    found = set()
+    for n in ast.walk(node):
+        if isinstance(n, ast.ImportFrom) and (n.module or "").split(".")[0] == "raytrain":
+            found.add(n.module)
+        elif isinstance(n, ast.Import):
+            found |= {a.name for a in n.names if a.name.split(".")[0] == "raytrain"}
+        elif isinstance(n, ast.Constant) and isinstance(n.value, str):  # a script run in a subprocess
+            found |= set(re.findall(r"^\s*(?:from|import) (raytrain[\w.]*)", n.value, re.MULTILINE))
+    return found
+
+
+def test_the_hand_written_baselines_import_nothing_from_raytrain():
+    """A baseline built from the code under test measures that code against itself: the hand-written arms of
+    train_overhead.py, compute_limit.py and startup.py use TorchRec and numpy only (raytrain may prepare the data
+    file they read, outside the arm)."""
+    import ast
+
+    assert _raytrain_names(ast.parse((ROOT / "benchmarks/handbuilt.py").read_text())) == set()
+    arms = {"compute_limit.py": {"PlainDCN", "FusedTablesDCN", "_tbe_inputs", "limit_rate", "dmp_rate"},
+            "train_overhead.py": {"run_handwritten"}, "startup.py": {"hand_written", "HAND"}}
+    for file, names in arms.items():
+        tree = ast.parse((ROOT / "benchmarks" / file).read_text())
+        defs = {n.name: n for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        defs |= {t.id: n for n in tree.body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+        assert names <= set(defs), (file, names - set(defs))
+        for name in names:
+            assert _raytrain_names(defs[name]) == set(), f"{file}: {name} uses raytrain"
+    # the check itself can fail: a function that imports raytrain is caught
+    assert _raytrain_names(ast.parse("def f():\n    from raytrain.data.batches import Columns\n")) == {"raytrain.data.batches"}
+    assert _raytrain_names(ast.parse('S = """\nimport raytrain.spec\n"""')) == {"raytrain.spec"}
