@@ -50,4 +50,9 @@ def sequential_checks(spec: Any) -> list[str]:
     if spec.train.init_from is not None:
         problems.append(f"train.init_from: {arch} runs do not warm-start from another run in this version (a CTR model "
                         "can start from a pretrained sequential run's item table: docs/sequential.md)")
+    if spec.train.id_dropout:
+        problems.append(f"train.id_dropout: {arch} reads item histories, not id features; it has nothing to drop")
+    if spec.data.split.cold_items:
+        problems.append(f"data.split.cold_items: {arch} evaluates leave-one-out on every user's last items; it holds "
+                        "no items out in this version")
     return problems

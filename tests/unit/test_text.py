@@ -120,3 +120,28 @@ def test_a_missing_or_non_text_column_exits_2_naming_it(override, words):
     out = subprocess.run([sys.executable, "-m", "raytrain.cli.main", "validate", str(ROOT / "jobs/train_ml100k.yaml"),
                           override], capture_output=True, text=True)
     assert out.returncode == 2 and words in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def test_a_sequential_item_table_starts_from_projected_text(tmp_path, encoder):
+    """The rows of items with text become their vectors' principal components, scaled to the initial rows' mean
+    norm; the padding row and an item without text keep zeros; similar texts start close."""
+    import torch
+
+    from raytrain.train.sequential.text_init import init_from_text
+
+    texts = TITLES + ["Toy Story 3 (2010) | Animation Children's Comedy", "Heat (1995) | Action Crime Thriller"]
+    vectors = np.zeros((8, 384), np.float32)
+    vectors[1:7] = encoder.encode(texts)  # item 7 has no text
+    np.savez(tmp_path / "sequences.npz", items=np.zeros(1, np.int64), text=vectors)
+    model = torch.nn.Module()
+    model.item_table = torch.nn.Module()
+    model.item_table.embeddings = torch.nn.ModuleDict({"t_item": torch.nn.Embedding(8, 16)})
+    before = model.item_table.embeddings["t_item"].weight.detach().clone()
+    assert init_from_text(model, tmp_path / "sequences.npz", rank=0)
+    after = model.item_table.embeddings["t_item"].weight.detach()
+    assert torch.all(after[0] == 0) and torch.all(after[7] == 0)
+    assert float(after[1:7].norm(dim=1).mean()) == pytest.approx(float(before.norm(dim=1).mean()), rel=1e-4)
+    cos = torch.nn.functional.normalize(after[1:7], dim=1) @ torch.nn.functional.normalize(after[1:7], dim=1).T
+    assert cos[0, 1] > cos[0, 2] and cos[0, 4] > cos[0, 2]  # Toy Story nearer its sequels than a war drama
+    np.savez(tmp_path / "plain.npz", items=np.zeros(1, np.int64))
+    assert not init_from_text(model, tmp_path / "plain.npz", rank=0)  # no text: the table is left as it is

@@ -29,6 +29,7 @@ from ..worker_checkpoints import restore, save_and_report
 from .load import load_sequences
 from .ranking import KS, eval_batches, next_item_loss, rank_sums, train_batches, trainable_users
 from .teacher import SequenceTeacher
+from .text_init import init_from_text
 
 log = get_logger(__name__)
 
@@ -101,6 +102,8 @@ def sequential_loop(config: dict) -> None:
     teacher = SequenceTeacher.load(config.get("teacher"))
     start = 0
     restored = ray.train.get_checkpoint()
+    if restored is None:  # a fresh run; a resumed one continues from its own weights
+        init_from_text(sharded.module, config["sequences"], rank)
     if restored is not None:
         info, where = restore(sharded, restored, store)
         start = int(info["epoch"]) + 1

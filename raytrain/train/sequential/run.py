@@ -49,6 +49,11 @@ def write_sequences(spec: JobSpec, run_dir: Path) -> Path:
                                      "num_items": np.asarray(seqs.num_items)}
     arrays.update({k: v for k, v in (("user_ids", seqs.user_ids), ("item_ids", seqs.item_ids),
                                      ("actions", seqs.actions if vocab else None)) if v is not None})
+    if spec.data.text is not None:  # the item table starts from the items' text (sequential/text_init.py)
+        from .text_init import text_vectors
+
+        ids = seqs.item_ids if seqs.item_ids is not None else np.arange(seqs.num_items)
+        arrays["text"] = text_vectors(spec, ids, seqs.num_items)
     np.savez(path, **arrays)  # type: ignore[arg-type]
     log.info(f"data: {spec.data.source}, {seqs.users:,} users, {seqs.num_items - 1:,} items, {len(seqs.items):,} "
              f"actions; {spec.model.arch} pretraining by next-item prediction, leave-one-out evaluation over the "
