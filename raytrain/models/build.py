@@ -10,6 +10,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP, Perceptron
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
+from ..data.item_text import TEXT_PREFIX
 from ..data.schema import FeatureSchema, table_name
 
 
@@ -65,7 +66,9 @@ class TwoTower(nn.Module):
     """Retrieval model: a user tower and an item tower, scored by a dot product.
 
     Features of group ``user`` (and ``context``) feed the user tower, those of group ``item`` the
-    item tower. Dense features are not used: a two-tower model must embed items without a request.
+    item tower. Dense features are not used, except an item's text features (``data.text``: ``text_*``): a content
+    branch (its own MLP) adds them to the item tower's output, so an item with text and no interactions (its id the
+    unknown row) still gets a vector of its own. The item's dense features come from the catalogue, not a request.
     """
 
     def __init__(
@@ -76,6 +79,7 @@ class TwoTower(nn.Module):
         embedding_dim: int,
         tower_sizes: list[int],
         device: torch.device | None,
+        content: list[int] | None = None,
     ) -> None:
         super().__init__()
         self.embedding_bag_collection = ebc
@@ -83,19 +87,24 @@ class TwoTower(nn.Module):
         self.item_features = list(item_features)
         self.user_tower = MLP(len(user_features) * embedding_dim, tower_sizes, device=device)
         self.item_tower = MLP(len(item_features) * embedding_dim, tower_sizes, device=device)
+        self.content = list(content or [])  # the item text features' columns of ``dense``
+        if self.content:
+            self.content_tower = MLP(len(self.content), tower_sizes, device=device)
 
     def tower_output(self, pooled: dict[str, torch.Tensor], names: list[str], tower: nn.Module) -> torch.Tensor:
         return tower(torch.cat([pooled[n] for n in names], dim=1))
 
-    def towers(self, sparse: KeyedJaggedTensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def towers(self, sparse: KeyedJaggedTensor, dense: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         pooled = self.embedding_bag_collection(sparse).to_dict()
-        return (
-            self.tower_output(pooled, self.user_features, self.user_tower),
-            self.tower_output(pooled, self.item_features, self.item_tower),
-        )
+        item = self.tower_output(pooled, self.item_features, self.item_tower)
+        if self.content:
+            if dense is None:
+                raise ValueError("this two-tower model has a content branch: its item vectors need the dense features")
+            item = item + self.content_tower(dense[:, self.content])
+        return self.tower_output(pooled, self.user_features, self.user_tower), item
 
     def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
-        user, item = self.towers(sparse)
+        user, item = self.towers(sparse, dense)
         return (user * item).sum(dim=1)
 
 
@@ -112,7 +121,8 @@ def _dlrm(spec: Any, schema: FeatureSchema, ebc: EmbeddingBagCollection, device)
 def _two_tower(spec: Any, schema: FeatureSchema, ebc: EmbeddingBagCollection, device) -> nn.Module:
     item = [f.name for f in schema.sparse if f.group == "item"]
     user = [f.name for f in schema.sparse if f.group != "item"]
-    return TwoTower(ebc, user, item, spec.embedding_dim, list(spec.tower), device)
+    content = [i for i, d in enumerate(schema.dense) if d.startswith(TEXT_PREFIX) and schema.group_of(d) == "item"]
+    return TwoTower(ebc, user, item, spec.embedding_dim, list(spec.tower), device, content)
 
 
 class _DropoutHook:

@@ -42,7 +42,8 @@ class MemberModel:
         cols = from_wire(self.model.schema, [rows])
         with torch.inference_mode():
             net: Any = self.model.module.model.net
-            return net.towers(cols.batch(torch.arange(len(cols))).sparse)
+            batch = cols.batch(torch.arange(len(cols)))
+            return net.towers(batch.sparse, batch.dense)  # dense: an item's text features (its content branch)
 
     def _build_index(self):
         """The item tower's vector of every item the run's data holds, in an index (``retrieval.ItemIndex``)."""

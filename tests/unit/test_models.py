@@ -81,3 +81,30 @@ def test_embedding_l2_is_refused_for_two_tower_and_negative():
         parse_spec({"name": "m", "model": {"arch": "two_tower", "embedding_l2": 0.1}})
     with pytest.raises(SpecError, match="model.embedding_l2"):
         parse_spec({"name": "m", "model": {"embedding_l2": -1.0}})
+
+
+def test_a_two_tower_item_tower_has_a_content_branch_only_where_items_have_text():
+    """With text features (dense ``text_*`` of group item) an item's vector moves with its text, also for the unknown
+    item id; without them the model is the plain two-tower (no content parameters, dense ignored)."""
+    spec = parse_spec({"name": "m", "model": {"arch": "two_tower", "embedding_dim": 8, "tower": [16, 8]}})
+    texted = FeatureSchema(sparse=(SparseFeature("user", 10, False, "user"), SparseFeature("item", 20, False, "item")),
+                           dense=("age", "text_0", "text_1"), dense_groups={"age": "user", "text_0": "item",
+                                                                            "text_1": "item"}, label="y")
+    torch.manual_seed(0)
+    net = build_model(spec.model, texted).net
+    assert net.content == [1, 2]
+    dense, sparse = _batch(8)
+    dense = torch.cat([dense, torch.randn(8, 2)], dim=1)
+    _, item = net.towers(sparse, dense)
+    other = dense.clone()
+    other[:, 1:] += 1.0
+    _, moved = net.towers(sparse, other)
+    assert not torch.allclose(item, moved)  # the text changed the item's vector
+    aged = dense.clone()
+    aged[:, 0] += 5.0
+    assert torch.equal(net.towers(sparse, aged)[1], item)  # a user feature never reaches the item tower
+    with pytest.raises(ValueError, match="content branch"):
+        net.towers(sparse)
+    plain = build_model(spec.model, FeatureSchema(sparse=texted.sparse, dense=("age",), label="y")).net
+    assert plain.content == [] and not hasattr(plain, "content_tower")
+    assert torch.equal(plain.towers(sparse)[1], plain.towers(sparse, torch.randn(8, 1))[1])
