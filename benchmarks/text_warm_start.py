@@ -8,8 +8,8 @@ items' "title | year | genres" through all-MiniLM-L6-v2, each item's row started
 components (raytrain/train/sequential/text_init.py). Same seed, same data, same epochs; the epoch with the best
 validation NDCG@10 is tested.
 
-Goal: the text start's test NDCG@10 above the random start's, by a paired one-sided 95% bound above 0
-(benchmarks/paired.py); the gain at the first epoch is printed too (a warm start should show there first).
+Goals: the text start's test NDCG@10 above the random start's after the first epoch (a warm start shows there
+first) and at the best epoch, each by a paired one-sided 95% bound above 0 (benchmarks/paired.py).
 """
 
 from __future__ import annotations
@@ -62,9 +62,10 @@ def main() -> None:
     for name, vals in (("best epoch", test), ("epoch 1", first)):
         print(f"{name}: random {statistics.mean(vals['random']):.4f}, text {statistics.mean(vals['text']):.4f}; "
               f"text - random per seed {', '.join(f'{a - b:+.4f}' for a, b in zip(vals['text'], vals['random']))}")
-    mean, low = paired_lower_bound(test["text"], test["random"])
-    print(f"paired gain {mean:+.4f}, one-sided 95% lower bound {low:+.4f}")
-    print(f"GOAL hstu_text_start_ndcg10_gain_lower_bound {low:.4f} >0 {'met' if low > 0 else 'missed'}")
+    for name, vals in (("epoch1", first), ("best_epoch", test)):
+        mean, low = paired_lower_bound(vals["text"], vals["random"])
+        print(f"{name}: paired gain {mean:+.4f}, one-sided 95% lower bound {low:+.4f}")
+        print(f"GOAL hstu_text_start_{name}_ndcg10_gain_lower_bound {low:.4f} >0 {'met' if low > 0 else 'missed'}")
 
 
 if __name__ == "__main__":

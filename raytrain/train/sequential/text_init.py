@@ -3,9 +3,10 @@ recommendation-native model from a pretrained language model.
 
 The driver encodes every item's text (``raytrain.text``, cached) into ``sequences.npz`` as ``text`` ([num_items,
 384], row i for the model's item i, padding zeros). Each worker projects the vectors to ``model.embedding_dim`` (their
-principal components over the catalogue, not whitened, so the text's main directions dominate), scales them to the
-mean row norm the table was initialised with, and copies the rows it owns into the sharded table: items with similar
-text start near each other, and training moves them from there.
+principal components over the catalogue, whitened where it has more than 4 items a dimension, so every direction
+spreads the items as a random start does), scales them to the mean row norm the table was initialised with, and
+copies the rows it owns into the sharded table: items with similar text start near each other, and training moves
+them from there.
 """
 
 from __future__ import annotations
@@ -64,7 +65,9 @@ def init_from_text(dmp: torch.nn.Module, sequences: str | Path, rank: int) -> bo
     target = float(norms[0] / norms[1])  # the initial rows' mean norm, over the whole table
     has = np.linalg.norm(vectors, axis=1) > 0
     proj = fit_projection(vectors[has], d)
-    z = (vectors[has] - proj["mean"]) @ proj["components"].T  # not whitened: the components keep their share
+    z = (vectors[has] - proj["mean"]) @ proj["components"].T
+    if has.sum() > 4 * d:  # whitened where the catalogue is large enough: every direction the spread of a random start
+        z = z / proj["scale"]
     z = np.pad(z, ((0, 0), (0, d - z.shape[1])))  # fewer items than dimensions: the rest start at 0
     full = torch.zeros(tuple(table.size()), dtype=torch.float32)
     full[torch.from_numpy(np.flatnonzero(has))] = torch.from_numpy(z * (target / np.linalg.norm(z, axis=1).mean()))
