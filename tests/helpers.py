@@ -67,3 +67,17 @@ def run_distributed(fn, world: int, *args, timeout: float = 300, backend: str = 
             if p.is_alive():
                 p.kill()
     return [results[r] for r in range(world)]
+
+
+def post_json(url: str, body) -> tuple[int, dict]:
+    """POST ``body`` as JSON over real HTTP: (status, the reply's JSON), 4xx and 5xx included."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")

@@ -3,32 +3,19 @@ held out, served on Ray Serve; an item it never saw is scored from the text the 
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from helpers import _free_port
+from helpers import _free_port, post_json
 
 from raytrain.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 TEXT = "data.text={item: [movie_title, release_year, class]}"
-
-
-def _post(url: str, body) -> tuple[int, dict]:
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
 
 
 def test_an_unseen_item_is_scored_from_its_text(ray_local, tmp_path):
@@ -55,7 +42,7 @@ def test_an_unseen_item_is_scored_from_its_text(ray_local, tmp_path):
         rows = [{"user_id": 5, "item_id": new},
                 {"user_id": 5, "item_id": new, "item_text": "Toy Story 3 | 2010 | Animation Children's Comedy"},
                 {"user_id": 5, "item_id": new, "item_text": "Schindler's List | 1993 | Drama War"}]
-        code, body = _post(f"{url}/predict", {"rows": rows})
+        code, body = post_json(f"{url}/predict", {"rows": rows})
         assert code == 200, body
         p = body["probabilities"]
         assert abs(p[1] - p[0]) > 1e-4 and abs(p[2] - p[0]) > 1e-4 and abs(p[1] - p[2]) > 1e-4, p
@@ -65,18 +52,18 @@ def test_an_unseen_item_is_scored_from_its_text(ray_local, tmp_path):
         known = catalogue.iloc[[0, 40, 400]]
         plain = [{"user_id": 7, "item_id": int(i)} for i in known["item_id"]]
         texted = [{**r, "item_text": t} for r, t in zip(plain, known["text"])]
-        _, a = _post(f"{url}/predict", {"rows": plain})
-        _, b = _post(f"{url}/predict", {"rows": texted})
+        _, a = post_json(f"{url}/predict", {"rows": plain})
+        _, b = post_json(f"{url}/predict", {"rows": texted})
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=2e-4)
         assert a["cold_start"] == 0 and b["cold_start"] == 3
         for bad, words in ((1, "item_text: expected a non-empty string"), ("  ", "non-empty"), ("x" * 5000, "4096")):
-            code, reply = _post(f"{url}/predict", {"rows": [{"user_id": 5, "item_id": new, "item_text": bad}]})
+            code, reply = post_json(f"{url}/predict", {"rows": [{"user_id": 5, "item_id": new, "item_text": bad}]})
             assert code == 422 and words in reply["error"], reply
 
         @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
         @given(st.one_of(st.text(max_size=300), st.integers(), st.none(), st.lists(st.text(max_size=3), max_size=3)))
         def never_5xx(text):
-            code, reply = _post(f"{url}/predict", {"rows": [{"user_id": 3, "item_id": new, "item_text": text}]})
+            code, reply = post_json(f"{url}/predict", {"rows": [{"user_id": 3, "item_id": new, "item_text": text}]})
             assert code in (200, 422), (text, code, reply)
 
         never_5xx()

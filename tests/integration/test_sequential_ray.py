@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import post_json
 
 from raytrain.spec import load_spec
 
@@ -129,18 +130,6 @@ def test_tune_over_hstu_ranks_trials_by_validation_ndcg(ray_local, tmp_path):
     assert (run_dir / "best_spec.yaml").exists() and load_spec(run_dir / "best_spec.yaml").model.arch == "hstu"
 
 
-def _post(url: str, body) -> tuple[int, dict]:
-    import urllib.error
-    import urllib.request
-
-    req = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read() or b"{}")
-
-
 def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
     """/recommend over real HTTP from the pretrained run: the same top-k as the model ranks in this process, for a
     user's stored history and for a history sent in the request, seen items left out; bad bodies get 4xx. A second
@@ -189,14 +178,14 @@ def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
         row = 11
         user = int(seqs.user_ids[row])
         a, z = seqs.offsets[row], seqs.offsets[row + 1]
-        code, body = _post(f"{url}/recommend", {"user_id": user, "k": 10})
+        code, body = post_json(f"{url}/recommend", {"user_id": user, "k": 10})
         assert code == 200, body
         assert body["variant"] == "hstu" and body["history_length"] == z - a
         assert body["items"] == expected(seqs.items[a:z], seqs.timestamps[a:z], 10)
         assert not set(body["items"]) & {int(seqs.item_ids[i]) for i in seqs.items[a:z]}  # nothing already seen
         assert body["scores"] == sorted(body["scores"], reverse=True)
         sent = [int(seqs.item_ids[i]) for i in seqs.items[a:a + 5]] + [10**9]  # the last id is unknown
-        code, body = _post(f"{url}/recommend", {"history": sent, "k": 7})
+        code, body = post_json(f"{url}/recommend", {"history": sent, "k": 7})
         assert code == 200 and body["unknown_ids"] == 1
         assert body["items"] == expected(seqs.items[a:a + 5], np.zeros(5, dtype=np.int64), 7)
         for bad, status, words in (({"k": 5}, 422, "give 'user_id'"), ({"user_id": 10**9}, 404, "no history"),
@@ -205,9 +194,9 @@ def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
                                    ({"history": [1, 2], "timestamps": [1]}, 422, "timestamps"),
                                    ({"user_id": user, "colour": 1}, 422, "unknown field"),
                                    ({"history": [10**9]}, 422, "no item this model knows")):
-            code, body = _post(f"{url}/recommend", bad)
+            code, body = post_json(f"{url}/recommend", bad)
             assert code == status and words in body["error"], (bad, code, body)
-        code, body = _post(f"{url}/predict", {"rows": [{"user_id": user, "item_id": 1}]})
+        code, body = post_json(f"{url}/predict", {"rows": [{"user_id": user, "item_id": 1}]})
         assert code == 400 and "/recommend" in body["error"]
 
         values = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.text(max_size=5),
@@ -218,18 +207,18 @@ def test_served_hstu_recommends_what_the_model_ranks(pretrained, tmp_path):
         @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
         @given(bodies)
         def never_5xx(b):
-            code, reply = _post(f"{url}/recommend", b)
+            code, reply = post_json(f"{url}/recommend", b)
             assert code < 500, (b, code, reply)
 
         never_5xx()
-        code, _ = _post(f"{url}/recommend", {"user_id": user})
+        code, _ = post_json(f"{url}/recommend", {"user_id": user})
         assert code == 200
 
         import urllib.request
 
         from raytrain.serve.quantize import quantize_tables
 
-        code, body = _post(f"{url}/recommend", {"user_id": user, "k": 10, "variant": "int8"})
+        code, body = post_json(f"{url}/recommend", {"user_id": user, "k": 10, "variant": "int8"})
         assert code == 200 and body["variant"] == "int8", body
         fp32_top = expected(seqs.items[a:z], seqs.timestamps[a:z], 10)
         model = quantize_tables(model, {"t_item": "int8"})
