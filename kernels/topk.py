@@ -168,19 +168,3 @@ def topk_scores_cpu(queries, items, k: int, item_mask=None, exclude=None, block:
         v, j = torch.topk(torch.cat([p[0] for p in parts], 1), kk, dim=1)
         i = torch.gather(torch.cat([p[1] for p in parts], 1), 1, j)
     return _finish(*_pad(v, i, k))
-
-
-def topk_scores(queries, items, k: int, item_mask=None, exclude=None, block: int | None = None):
-    """Top-K items per query by dot product; the fused path for the tensors' device."""
-    if queries.dim() != 2 or items.dim() != 2 or queries.shape[1] != items.shape[1]:
-        raise ValueError(f"queries [B, d] and items [N, d] must share d; got {tuple(queries.shape)} and "
-                         f"{tuple(items.shape)}")
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    if item_mask is not None and item_mask.shape != (items.shape[0],):
-        raise ValueError(f"item_mask must have shape [N] = [{items.shape[0]}], got {tuple(item_mask.shape)}")
-    if queries.is_cuda:
-        from .topk_triton import topk_scores_triton
-
-        return topk_scores_triton(queries, items, k, item_mask=item_mask, exclude=exclude)
-    return topk_scores_cpu(queries, items, k, item_mask=item_mask, exclude=exclude, block=block or 2048)
