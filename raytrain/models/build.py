@@ -109,20 +109,63 @@ class TwoTower(nn.Module):
 
 
 def _dlrm(spec: Any, schema: FeatureSchema, ebc: EmbeddingBagCollection, device) -> nn.Module:
-    """DLRM, or with ``spec.arch`` dcn_v2 its DCN-v2 variant (a low-rank cross network for the interaction)."""
-    common = dict(embedding_bag_collection=ebc, dense_in_features=len(schema.dense),
+    """DLRM, or with ``spec.arch`` dcn_v2 its DCN-v2 variant (a low-rank cross network for the interaction). With
+    item text features (``text_*``) they enter the interaction as one more embedding (``TextSlot``)."""
+    text = text_columns(schema)
+    common = dict(embedding_bag_collection=ebc, dense_in_features=len(schema.dense) - len(text),
                   dense_arch_layer_sizes=[*spec.dense_arch, spec.embedding_dim],
                   over_arch_layer_sizes=[*spec.over_arch, 1], dense_device=device)
     if spec.arch == "dcn_v2":
-        return DLRM_DCN(**common, dcn_num_layers=spec.dcn.num_layers, dcn_low_rank_dim=spec.dcn.low_rank_dim)
-    return DLRM(**common)
+        net = DLRM_DCN(**common, dcn_num_layers=spec.dcn.num_layers, dcn_low_rank_dim=spec.dcn.low_rank_dim)
+    else:
+        net = DLRM(**common)
+    return TextSlot(net, spec, len(schema.dense), text, device) if text else net
+
+
+def text_columns(schema: FeatureSchema) -> list[int]:
+    """The columns of ``dense`` that hold an item's text features (``data.text``)."""
+    return [i for i, d in enumerate(schema.dense) if d.startswith(TEXT_PREFIX) and schema.group_of(d) == "item"]
+
+
+class TextSlot(nn.Module):
+    """A DLRM / DCN-v2 whose item text features are an embedding of their own: a linear map of the ``text_*``
+    columns to the embedding width joins the tables' embeddings in the interaction (the cross network of DCN-v2,
+    the dot products of DLRM), instead of being mixed with the other dense features in the small dense arm. The
+    other dense features go through the dense arm as before."""
+
+    def __init__(self, net: nn.Module, spec: Any, num_dense: int, text: list[int], device) -> None:
+        from torchrec.models.dlrm import InteractionArch, InteractionDCNArch, OverArch, choose
+        from torchrec.modules.crossnet import LowRankCrossNet
+
+        super().__init__()
+        d = spec.embedding_dim
+        self.sparse_arch, self.dense_arch = net.sparse_arch, net.dense_arch
+        f = len(self.sparse_arch.sparse_feature_names) + 1  # the tables' features and the text
+        if spec.arch == "dcn_v2":
+            self.inter_arch: nn.Module = InteractionDCNArch(f, LowRankCrossNet((f + 1) * d, spec.dcn.num_layers,
+                                                                               spec.dcn.low_rank_dim))
+            over_in = (f + 1) * d
+        else:
+            self.inter_arch = InteractionArch(f)
+            over_in = d + choose(f, 2) + f
+        self.over_arch = OverArch(over_in, [*spec.over_arch, 1], device=device)
+        self.text_arch = nn.Linear(len(text), d, device=device)
+        self.register_buffer("text", torch.tensor(text, dtype=torch.long), persistent=False)
+        self.register_buffer("other", torch.tensor([i for i in range(num_dense) if i not in text], dtype=torch.long),
+                             persistent=False)
+
+    def forward(self, dense: torch.Tensor, sparse: KeyedJaggedTensor) -> torch.Tensor:
+        tables = self.sparse_arch(sparse)  # [B, F, D]
+        text = self.text_arch(dense.index_select(1, self.text)).unsqueeze(1)
+        mixed = self.inter_arch(dense_features=self.dense_arch(dense.index_select(1, self.other)),
+                                sparse_features=torch.cat([tables, text], dim=1))
+        return self.over_arch(mixed)
 
 
 def _two_tower(spec: Any, schema: FeatureSchema, ebc: EmbeddingBagCollection, device) -> nn.Module:
     item = [f.name for f in schema.sparse if f.group == "item"]
     user = [f.name for f in schema.sparse if f.group != "item"]
-    content = [i for i, d in enumerate(schema.dense) if d.startswith(TEXT_PREFIX) and schema.group_of(d) == "item"]
-    return TwoTower(ebc, user, item, spec.embedding_dim, list(spec.tower), device, content)
+    return TwoTower(ebc, user, item, spec.embedding_dim, list(spec.tower), device, text_columns(schema))
 
 
 class _DropoutHook:

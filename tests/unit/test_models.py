@@ -108,3 +108,34 @@ def test_a_two_tower_item_tower_has_a_content_branch_only_where_items_have_text(
     plain = build_model(spec.model, FeatureSchema(sparse=texted.sparse, dense=("age",), label="y")).net
     assert plain.content == [] and not hasattr(plain, "content_tower")
     assert torch.equal(plain.towers(sparse)[1], plain.towers(sparse, torch.randn(8, 1))[1])
+
+
+@pytest.mark.parametrize("arch", ["dlrm", "dcn_v2"])
+def test_item_text_enters_the_interaction_as_an_embedding_of_its_own(arch):
+    from torchrec.models.dlrm import DLRM
+
+    from raytrain.models.build import TextSlot
+
+    spec = parse_spec({"name": "m", "model": {"arch": arch, "embedding_dim": 8, "over_arch": [16], "dropout": 0.1,
+                                              "embedding_l2": 0.01}})
+    texted = FeatureSchema(sparse=SCHEMA.sparse, dense=("x", "text_0", "text_1", "text_2"),
+                           dense_groups={"x": "user", "text_0": "item", "text_1": "item", "text_2": "item"}, label="y")
+    torch.manual_seed(0)
+    model = build_model(spec.model, texted)
+    assert isinstance(model.net, TextSlot) and model.net.text_arch.in_features == 3
+    assert isinstance(build_model(spec.model, SCHEMA).net, DLRM)  # no text: TorchRec's model as it is
+    x, sparse = _batch(16)
+    dense = torch.cat([x, torch.randn(16, 3)], dim=1)
+    model.eval()
+    with torch.no_grad():
+        base = model(dense, sparse)
+        moved = dense.clone()
+        moved[:, 1:] += 1.0
+        assert base.shape == (16,) and not torch.allclose(model(moved, sparse), base)  # the text counts
+        other = dense.clone()
+        other[:, 0] += 1.0
+        assert not torch.allclose(model(other, sparse), base)  # and so does the other dense feature
+    model.train()
+    loss = model(dense, sparse).sum() + model.penalty()  # the embedding L2 hook still sees the tables
+    loss.backward()
+    assert model.net.text_arch.weight.grad is not None and model.net.text_arch.weight.grad.abs().sum() > 0
