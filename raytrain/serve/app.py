@@ -163,7 +163,8 @@ class Ingress(Scorer):
             raise RequestError("/recommend is not served here: "
                                + ("serve.recommend is false" if self.cfg.recommend is False else
                                   "the model has no single-valued user id and item id feature; POST /predict"), 404)
-        body.check(key, self.cfg.max_recommend_k, 10 * self.cfg.max_request_rows)
+        body.check(key, self.cfg.max_recommend_k, 10 * self.cfg.max_request_rows, item_key)
+        new = body.new_items or []
         user, k = body.value(key), body.k
         forced = self._forced(body.variant, request)
         variant = forced or assign(self.cfg.shares, self.name, user)
@@ -174,6 +175,10 @@ class Ingress(Scorer):
         rated = (sorted(set(self.store.values[seen][uid]) - {0})  # type: ignore[index]
                  if body.exclude_rated and seen is not None else [])
         source = variant if variant in self.retrievers else spec_v.retrieve_from
+        if new and body.candidates is None and source is not None:
+            raise RequestError(f"new_items: variant {variant} retrieves its candidates from an index; send "
+                               "'candidates' with the new items to have them ranked together")
+        cold: list = [False]
         if body.candidates is None and source is not None:
             # retrieval: the two-tower member's index finds the candidates (seen items left out); a two-stage
             # variant (retrieve_from) then ranks them itself
@@ -193,13 +198,20 @@ class Ingress(Scorer):
                 probs = 1.0 / (1.0 + np.exp(-logit))
         else:
             candidates = body.candidates if body.candidates is not None else self.store.known_items.tolist()
-            parsed = self.store.parse([{key: user, item_key: c} for c in candidates], self.cfg.oov,
-                                      where="candidates")
-            items = parsed.columns.ids[item_key].numpy()
+            # a new item is read as the unknown id with its own text; the reply names it by the client's id
+            parsed = self.store.parse([{key: user, item_key: c} for c in candidates]
+                                      + [{key: user, item_key: 0, "item_text": n["item_text"]} for n in new],
+                                      self.cfg.oov, where="candidates")
+            items = parsed.columns.ids[item_key].numpy().copy()
+            items[len(candidates):] = [n[item_key] for n in new]
             probs, versions = await self.scores(variant, parsed.columns)
-            if rated:
-                probs = np.where(np.isin(items, rated), -np.inf, probs)
-            unknown = parsed.unknown
+            if rated:  # a new item was never rated
+                probs = np.where(np.isin(items, rated) & (np.arange(len(items)) < len(candidates)), -np.inf, probs)
+            unknown = dict(parsed.unknown)
+            if new:  # the new items are cold starts, not unknown ids
+                unknown[item_key] -= len(new)
+                unknown = {f: c for f, c in unknown.items() if c}
+                cold = [{n[item_key] for n in new}]
         rid, decisions = uuid.uuid4().hex, list[dict]()
         if explore is not None:
             out, decisions = explore_slate(explore, self.rngs[variant], self.store, rid, variant, uid, items, probs, k,
@@ -207,11 +219,12 @@ class Ingress(Scorer):
         else:
             out = top_k(items, probs, k, rid, item_key)
         # the decision (exploring) and the request are on record before the reply leaves
-        await self._log(request_rows(rid, "recommend", [variant], forced is not None, [user],
-                                     [[x[item_key] for x in out["items"]]]), decisions)
+        shown = [x[item_key] for x in out["items"]]
+        await self._log(request_rows(rid, "recommend", [variant], forced is not None, [user], [shown], cold),
+                        decisions)
         self.requests["recommend"] += 1
         return {key: user, "variant": variant, "forced": forced is not None, "unknown_ids": unknown,
-                "model_versions": versions, **out}
+                "cold_start": sum(i in cold[0] for i in shown) if cold[0] else 0, "model_versions": versions, **out}
 
     @api.post("/feedback")
     async def feedback(self, body: FeedbackRequest):

@@ -77,7 +77,7 @@ def read_log(log_dir: str | Path, kind: str) -> pa.Table:
 
 
 def request_rows(rid: str, endpoint: str, variants: list[str], forced: bool, users: list, items: list,
-                 cold: list[bool] | None = None) -> list[dict]:
+                 cold: list | None = None) -> list[dict]:
     """One request-log row per (request, user) from parallel lists (a variant, user and item or items per row, and
     whether the row was scored from its item's text): the items scored or shown to each user (what /feedback can
     reward, what abtest counts), and those of them that were cold starts."""
@@ -87,8 +87,9 @@ def request_rows(rid: str, endpoint: str, variants: list[str], forced: bool, use
         ids = [i for i in (item if isinstance(item, list) else [item])
                if isinstance(i, int) and not isinstance(i, bool) and -2**63 <= i < 2**63]
         entry[1].extend(ids)
-        if cold is not None and cold[r]:
-            entry[2].extend(ids)
+        mark = cold[r] if cold is not None else False
+        if mark:  # True: every item of the row; a set: those of its items
+            entry[2].extend(i for i in ids if mark is True or i in mark)
     now = time.time()
     return [{"request_id": rid, "time": now, "endpoint": endpoint, "variant": v, "forced": forced, "user": u,
              "items": its, "cold_items": c} for u, (v, its, c) in per_user.items()]

@@ -91,16 +91,25 @@ class RecommendRequest(_Body):
         None, description="item ids to rank (default: every known item)")
     exclude_rated: Annotated[bool, BeforeValidator(_flag)] = Field(
         False, description="leave out the items the user has interacted with")
+    new_items: Annotated[Optional[list[Any]], BeforeValidator(_candidates)] = Field(
+        None, description="items the model has never seen, each {<item key>: id, item_text: text}: ranked with the "
+                          "rest from their text (models trained with data.text)")
     variant: Any = None
 
-    def check(self, user_key: str, max_k: int, max_candidates: int) -> None:
+    def check(self, user_key: str, max_k: int, max_candidates: int, item_key: str | None = None) -> None:
         self.check_fields({user_key})
         if not self.given(user_key):
             raise RequestError(f"body: missing field {user_key!r}")
         if not _is_int(self.k) or not 1 <= self.k <= max_k:
             raise RequestError(f"k: expected an integer in [1, {max_k}], got {self.k!r}")
-        if self.candidates is not None and len(self.candidates) > max_candidates:
-            raise RequestError(f"candidates: {len(self.candidates)} ids, more than {max_candidates}", 413)
+        for name, ids in (("candidates", self.candidates), ("new_items", self.new_items)):
+            if ids is not None and len(ids) > max_candidates:
+                raise RequestError(f"{name}: {len(ids)} items, more than {max_candidates}", 413)
+        for i, item in enumerate(self.new_items or []):
+            if not isinstance(item, dict) or set(item) != {item_key, "item_text"} or not _is_int(item[item_key]) \
+                    or not -2**63 <= item[item_key] < 2**63:
+                raise RequestError(f"new_items[{i}]: expected {{{item_key!r}: an integer id, 'item_text': its text}}, "
+                                   f"got {str(item)[:80]}")
 
 
 class FeedbackRequest(_Body):

@@ -56,6 +56,17 @@ def test_an_unseen_item_is_scored_from_its_text(ray_local, tmp_path):
         _, b = post_json(f"{url}/predict", {"rows": texted})
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=2e-4)
         assert a["cold_start"] == 0 and b["cold_start"] == 3
+        # /recommend ranks new items beside known ones from their text, and names them by the client's ids
+        known_ids = [int(i) for i in catalogue["item_id"].iloc[:20]]
+        fresh = [{"item_id": new, "item_text": rows[1]["item_text"]}, {"item_id": new + 1, "item_text": rows[2]["item_text"]}]
+        code, rec = post_json(f"{url}/recommend", {"user_id": 5, "k": 22, "candidates": known_ids, "new_items": fresh})
+        assert code == 200, rec
+        got = {x["item_id"]: x["score"] for x in rec["items"]}
+        assert set(got) == {*known_ids, new, new + 1} and rec["cold_start"] == 2 and rec["unknown_ids"] == {}
+        assert got[new] == pytest.approx(p[1], abs=1e-6) and got[new + 1] == pytest.approx(p[2], abs=1e-6)
+        for bad_new in ([{"item_id": "x", "item_text": "a"}], [{"item_id": 3}], [{"item_id": 3, "item_text": 5}]):
+            code, reply = post_json(f"{url}/recommend", {"user_id": 5, "candidates": known_ids, "new_items": bad_new})
+            assert code == 422 and ("new_items[0]" in reply["error"] or "item_text" in reply["error"]), reply
         for bad, words in ((1, "item_text: expected a non-empty string"), ("  ", "non-empty"), ("x" * 5000, "4096")):
             code, reply = post_json(f"{url}/predict", {"rows": [{"user_id": 5, "item_id": new, "item_text": bad}]})
             assert code == 422 and words in reply["error"], reply
@@ -77,5 +88,7 @@ def test_an_unseen_item_is_scored_from_its_text(ray_local, tmp_path):
         logged = requests.to_pandas()
         first = logged[logged["request_id"] == body["request_id"]].iloc[0]
         assert list(first["items"]) == [new] * 3 and list(first["cold_items"]) == [new] * 2
+        ranked = logged[logged["request_id"] == rec["request_id"]].iloc[0]
+        assert len(ranked["items"]) == 22 and sorted(ranked["cold_items"]) == [new, new + 1]
     finally:
         serve.shutdown()
