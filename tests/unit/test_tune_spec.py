@@ -37,9 +37,9 @@ def test_bad_space_entries_name_the_entry():
         "Input should be greater than or equal to 1",
         "tune.space.train.optimzer.lr: value 0.1 gives an invalid spec: train.optimzer: unknown key "
         "(did you mean 'optimizer'?); allowed keys: allreduce, audit_examples, batch_size, checkpoint, "
-        "collective_timeout_s, cross_validation, device, epochs, eval_batch_size, ingest, init_from, lr_decay, "
-        "max_failures, optimizer, pipeline, resources_per_worker, sampled_softmax, seed, sharding, start_timeout_s, "
-        "threads_per_worker, workers",
+        "collective_timeout_s, cross_validation, device, epochs, eval_batch_size, id_dropout, ingest, init_from, "
+        "lr_decay, max_failures, optimizer, pipeline, resources_per_worker, sampled_softmax, seed, sharding, "
+        "start_timeout_s, threads_per_worker, workers",
         "tune.space.train.epochs: empty range: 3 >= 3",
         "tune.space.model.arch: value 'dcn' gives an invalid spec: model.arch: 'dcn' is not allowed "
         "(did you mean 'dcn_v2'?); allowed values: dlrm, dcn_v2, two_tower, sasrec, hstu",
