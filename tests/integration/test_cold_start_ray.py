@@ -33,6 +33,8 @@ def test_an_unseen_item_is_scored_from_its_text(ray_local, tmp_path):
         "train.id_dropout={item_id: 0.2}"])
     run_dir = run_train(spec)["run_dir"]
     catalogue = pq.read_table(Path(prepare(spec.data).paths["train"][0]).parent / "item_text.parquet").to_pandas()
+    # the items training saw (not the held-out ones, which the store does not know)
+    trained = set(pq.read_table(prepare(spec.data).paths["train"][0], columns=["item_id"]).column(0).to_pylist())
     out = deploy(load_spec(ROOT / "jobs/serve_ml100k.yaml", [
         f"storage={tmp_path}", f"serve.port={_free_port()}", f"serve.variants={{text: {{run: {run_dir}}}}}",
         "serve.traffic={text: 1.0}", "serve.log_flush_s=0.5"]))
@@ -49,7 +51,7 @@ def test_an_unseen_item_is_scored_from_its_text(ray_local, tmp_path):
         assert body["cold_start"] == 2 and body["unknown_ids"] == {"item_id": 3}
         # a known item sent with its own catalogue text scores as it does from the store: the request path encodes
         # and projects text exactly as the data step did (the store's features come from the prepared split)
-        known = catalogue.iloc[[0, 40, 400]]
+        known = catalogue[catalogue["item_id"].isin(trained)].iloc[[0, 40, 400]]
         plain = [{"user_id": 7, "item_id": int(i)} for i in known["item_id"]]
         texted = [{**r, "item_text": t} for r, t in zip(plain, known["text"])]
         _, a = post_json(f"{url}/predict", {"rows": plain})
@@ -57,7 +59,7 @@ def test_an_unseen_item_is_scored_from_its_text(ray_local, tmp_path):
         np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=2e-4)
         assert a["cold_start"] == 0 and b["cold_start"] == 3
         # /recommend ranks new items beside known ones from their text, and names them by the client's ids
-        known_ids = [int(i) for i in catalogue["item_id"].iloc[:20]]
+        known_ids = [int(i) for i in catalogue["item_id"] if i in trained][:20]
         fresh = [{"item_id": new, "item_text": rows[1]["item_text"]}, {"item_id": new + 1, "item_text": rows[2]["item_text"]}]
         code, rec = post_json(f"{url}/recommend", {"user_id": 5, "k": 22, "candidates": known_ids, "new_items": fresh})
         assert code == 200, rec
