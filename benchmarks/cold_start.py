@@ -13,7 +13,9 @@ Arms, each seed, DCN-v2 of jobs/train_ml100k.yaml:
   not the item;
 - frozen text: the same model with the item's text (title | year | genres) encoded by the shipped all-MiniLM-L6-v2
   and projected to 32 dense item features (``data.text``);
-- fine-tuned encoder (``text.finetune_layers``): not built in this version, reported as such.
+- fine-tuned encoder (``text.finetune_layers``): not built in this version, reported as such;
+- content kNN (text / genres), no training: the cosine between an item and the mean of the items its user liked in
+  training, in text space (the 32 text features) or genre space: how much each representation alone knows.
 
 On the cold items' test rows: AUC over the rows, and NDCG@10 of each user's cold-item rows ranked by score (users with
 a positive among them). On the warm items' test rows: the same models with and without text. Popularity ties are
@@ -35,6 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 from sklearn.metrics import roc_auc_score
 
@@ -70,6 +73,33 @@ def popularity(train: np.ndarray, items: np.ndarray, labels: np.ndarray, users: 
     counts = np.bincount(train, minlength=int(max(train.max(), items.max())) + 1).astype(np.float64)
     draws = [evaluate(counts[items] + rng.random(len(items)) * 1e-3, labels, users, mask) for _ in range(20)]
     return {k: float(np.mean([d[k] for d in draws])) for k in draws[0]}
+
+
+def content_knn(train: pd.DataFrame, test: pd.DataFrame, rep) -> np.ndarray:
+    """A content-based recommender without training: each test row's score is the cosine between its item's
+    representation (``rep`` of the rows) and the mean representation of the items its user liked in training (0 for
+    a user who liked none)."""
+    liked = train[train["label"] > 0.5]
+    vectors = rep(liked)
+    profile = pd.DataFrame(vectors).groupby(liked["user_id"].to_numpy()).mean()
+    users = test["user_id"].to_numpy()
+    prof = np.zeros((len(test), vectors.shape[1]))
+    has = np.isin(users, profile.index)
+    prof[has] = profile.loc[users[has]].to_numpy()
+    item = rep(test)
+    den = np.linalg.norm(prof, axis=1) * np.linalg.norm(item, axis=1)
+    return np.where(den > 0, (prof * item).sum(axis=1) / np.maximum(den, 1e-12), 0.0)
+
+
+def text_rep(frame: pd.DataFrame) -> np.ndarray:
+    return frame[[c for c in frame.columns if c.startswith("text_")]].to_numpy(np.float64)
+
+
+def genres_rep(frame: pd.DataFrame) -> np.ndarray:
+    out = np.zeros((len(frame), 32))
+    for r, gs in enumerate(frame["genres"]):
+        out[r, [g for g in gs if g]] = 1.0
+    return out
 
 
 def trained(seed: int, split_seed: int, epochs: int, storage: str, text: int,
@@ -141,8 +171,13 @@ def main() -> None:
                   f"{rows['warm ' + ('frozen text' if text else 'no text')]['auc'][-1]:.4f} ({summary['run_dir']})",
                   flush=True)
         rng = np.random.default_rng(seed)
+        texted = prepare(load_spec(SPEC, ["data.split.cold_items=0.1", f"data.split.seed={split_seed}",
+                                          TEXT.format(dims=args.dims)]).data)
+        train_t, test_t = (pq.read_table(texted.paths[s]).to_pandas() for s in ("train", "test"))
         for part, mask in (("cold", cold), ("warm", ~cold)):
             add("popularity", part, popularity(train_items, items, labels, users, mask, rng))
+            for name, rep in (("text", text_rep), ("genres", genres_rep)):
+                add(f"content kNN {name}", part, evaluate(content_knn(train_t, test_t, rep), labels, users, mask))
 
     print(f"\n{'test rows, arm':<32} {'AUC mean (min-max)':>24} {'NDCG@10 mean (min-max)':>26}")
     for name, m in rows.items():
