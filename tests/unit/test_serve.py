@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 import pyarrow as pa
@@ -319,3 +320,39 @@ def test_the_ingress_sends_request_rows_in_batches_and_the_log_opens_every_reque
     assert asyncio.run(go()) == (200, "recorded")
     assert list(log.open) == ["r0", "r1", "r2", "r3", "r4", "late"]
     assert log.open["r2"][1] == (2, 12)
+
+
+def test_new_items_are_checked_entry_by_entry_and_fuzzed_bodies_only_get_request_errors():
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+    from pydantic import ValidationError
+
+    from raytrain.serve.requests import RecommendRequest
+
+    def check(body):
+        RecommendRequest.model_validate(body).check("user_id", max_k=10, max_candidates=3, item_key="item_id")
+
+    check({"user_id": 1, "new_items": [{"item_id": 10**6, "item_text": "a film"}]})
+    for bad, words in (([{"item_id": "7", "item_text": "x"}], "new_items[0]: expected {'item_id': an integer id"),
+                       ([{"item_id": 7}], "new_items[0]"), ([{"item_id": 2**63, "item_text": "x"}], "new_items[0]"),
+                       ([{"item_id": 7, "item_text": "x", "genres": [1]}], "new_items[0]")):
+        with pytest.raises(RequestError, match=re.escape(words)):
+            check({"user_id": 1, "new_items": bad})
+    with pytest.raises(RequestError, match=r"new_items: 4 items, more than 3") as e:
+        check({"user_id": 1, "new_items": [{"item_id": i, "item_text": "x"} for i in range(4)]})
+    assert e.value.status == 413
+
+    values = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70), st.text(max_size=4)),
+                          lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                                  st.dictionaries(st.sampled_from(["item_id", "item_text", "x"]),
+                                                                  inner, max_size=3)), max_leaves=8)
+
+    @settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(values)
+    def only_request_errors(new_items):
+        try:
+            check({"user_id": 1, "new_items": new_items})
+        except (RequestError, ValidationError):  # a 422 either way (FastAPI answers the ValidationError)
+            pass
+
+    only_request_errors()
