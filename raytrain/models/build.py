@@ -133,14 +133,18 @@ class TextSlot(nn.Module):
     the dot products of DLRM), instead of being mixed with the other dense features in the small dense arm. The
     other dense features go through the dense arm as before."""
 
-    def __init__(self, net: nn.Module, spec: Any, num_dense: int, text: list[int], device) -> None:
+    text: torch.Tensor  # buffers: the text columns of ``dense``, and the other columns
+    other: torch.Tensor
+
+    def __init__(self, net: Any, spec: Any, num_dense: int, text: list[int], device) -> None:
         from torchrec.models.dlrm import InteractionArch, InteractionDCNArch, OverArch, choose
         from torchrec.modules.crossnet import LowRankCrossNet
 
         super().__init__()
         d = spec.embedding_dim
-        self.sparse_arch, self.dense_arch = net.sparse_arch, net.dense_arch
-        f = len(self.sparse_arch.sparse_feature_names) + 1  # the tables' features and the text
+        self.sparse_arch: nn.Module = net.sparse_arch
+        self.dense_arch: nn.Module = net.dense_arch
+        f = len(net.sparse_arch.sparse_feature_names) + 1  # the tables' features and the text
         if spec.arch == "dcn_v2":
             self.inter_arch: nn.Module = InteractionDCNArch(f, LowRankCrossNet((f + 1) * d, spec.dcn.num_layers,
                                                                                spec.dcn.low_rank_dim))
