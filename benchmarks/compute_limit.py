@@ -14,7 +14,7 @@ Arm "raytrain": ``raytrain run jobs/train_ml100k.yaml`` (2 Ray Train workers, To
 gloo, streamed parquet input); its steady-state rate is the training examples/s of the epochs after
 the first. The same job with 1 worker x 2 threads (its own GOAL line: the configuration that suits one
 2-core machine) shows what distribution costs, and TorchRec's ``DistributedModelParallel`` built by hand
-(benchmarks/handbuilt.py, every table replicated), in one process on the prebuilt batches, what the sharded
+(benchmarks/common/handbuilt.py, every table replicated), in one process on the prebuilt batches, what the sharded
 modules cost by themselves. Every limit arm imports nothing from raytrain (raytrain only prepares the data
 file they read). The 2-worker demo runs once more with its gradients
 averaged by gloo (``train.allreduce=gloo``) instead of through shared memory, for what that exchange
@@ -111,10 +111,10 @@ def _tbe_inputs(kjt, model: FusedTablesDCN):
 
 def _prebuilt() -> tuple[dict, dict, list]:
     """(model config, schema, batches): the demo job's training split as shuffled batches of its global batch size,
-    in memory, built by the hand-written baseline (benchmarks/handbuilt.py) from the file raytrain prepared."""
+    in memory, built by the hand-written baseline (benchmarks/common/handbuilt.py) from the file raytrain prepared."""
     import numpy as np
     import pyarrow.parquet as pq
-    from handbuilt import Split, model_config
+    from common.handbuilt import Split, model_config
 
     from raytrain.data import prepare
     from raytrain.spec import load_spec
@@ -163,13 +163,13 @@ def limit_rate(epochs: int, threads: int, fused: bool = False) -> float:
 
 
 def dmp_rate(epochs: int, threads: int) -> float:
-    """TorchRec's DistributedModelParallel as an engineer builds it by hand (benchmarks/handbuilt.py: every table
+    """TorchRec's DistributedModelParallel as an engineer builds it by hand (benchmarks/common/handbuilt.py: every table
     replicated), one process (a gloo group of 1), on the same prebuilt batches: what TorchRec's sharded modules
     cost without Ray, data or other ranks."""
     import os
 
     import torch.distributed as dist
-    from handbuilt import sharded, step
+    from common.handbuilt import sharded, step
 
     if not dist.is_initialized():
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")

@@ -121,7 +121,7 @@ def main() -> None:
     gain = mean_auc(f"{few_label} from HSTU") - mean_auc(f"{few_label} scratch")
     full_gain = mean_auc("100% from HSTU") - mean_auc("100% scratch")
     print(f"gain from HSTU's item embeddings: {full_gain:+.4f} AUC at 100% of the labels, {gain:+.4f} at {few_label}")
-    from paired import paired_lower_bound
+    from common.paired import paired_lower_bound
 
     def aucs(arm: str) -> list[float]:
         return [v[0] for v in results[arm]]

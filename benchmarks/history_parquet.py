@@ -78,7 +78,7 @@ def main() -> None:
     gap = abs(mean["parquet + history"] - mean["movielens source"])
     lift = mean["parquet + history"] - mean["parquet, no history"]
     print(f"GOAL parquet_history_matches_movielens_source {gap:.4f} <=0.003 {'met' if gap <= 0.003 else 'missed'}")
-    from paired import paired_lower_bound
+    from common.paired import paired_lower_bound
 
     _, low = paired_lower_bound(results["parquet + history"], results["parquet, no history"])
     print(f"history lift on parquet: {lift:+.4f} (means), one-sided 95% lower bound {low:+.4f} over {a.seeds} seeds")

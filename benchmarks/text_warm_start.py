@@ -9,7 +9,7 @@ components (raytrain/train/sequential/text_init.py). Same seed, same data, same 
 validation NDCG@10 is tested.
 
 Goals: the text start's test NDCG@10 above the random start's after the first epoch (a warm start shows there
-first) and at the best epoch, each by a paired one-sided 95% bound above 0 (benchmarks/paired.py).
+first) and at the best epoch, each by a paired one-sided 95% bound above 0 (benchmarks/common/paired.py).
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--storage", default="/tmp/raytrain-text-warm-start")
     args = p.parse_args()
     import ray
-    from paired import paired_lower_bound
+    from common.paired import paired_lower_bound
 
     from raytrain.train.runner import local_runtime_env
 

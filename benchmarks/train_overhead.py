@@ -3,7 +3,7 @@
     python benchmarks/train_overhead.py [--rounds 2] [--epochs 3] [--workers 2]
 
 Arm A: `raytrain run` machinery (Ray Train workers, streamed parquet input, checkpoints each epoch).
-Arm B: the TorchRec loop an engineer would write by hand (benchmarks/handbuilt.py, which imports nothing
+Arm B: the TorchRec loop an engineer would write by hand (benchmarks/common/handbuilt.py, which imports nothing
 from raytrain): torch.multiprocessing over gloo, no Ray, DLRM_DCN / the planner / the optimizers built with
 TorchRec's API, gradients averaged by DDP over gloo, numpy batches from its share of the same training parquet
 file (prepared once by raytrain; the arm only reads it).
@@ -52,7 +52,7 @@ def prepared_split(tmp: Path) -> tuple[str, str]:
 
 
 def run_handwritten(world: int, epochs: int, tmp: Path, split: tuple[str, str]) -> dict:
-    from handbuilt import model_config, train_worker
+    from common.handbuilt import model_config, train_worker
 
     out = tmp / f"hand-{time.time_ns()}.json"
     t_launch = time.time()

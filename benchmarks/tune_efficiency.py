@@ -102,7 +102,7 @@ def part2(args, storage, lines: list[str], goals: list) -> None:
         lines.append(f"{algorithm:<11} mean best val AUC {statistics.mean(values):.4f}  "
                      f"({', '.join(f'{v:.4f}' for v in values)})")
     print("\n".join(lines))
-    from paired import paired_lower_bound
+    from common.paired import paired_lower_bound
 
     lift, low = paired_lower_bound(best["optuna_tpe"], best["random"])
     print(f"TPE - random: mean {lift:+.4f} over {len(args.seeds)} paired seeds, one-sided 95% lower bound {low:+.4f}")

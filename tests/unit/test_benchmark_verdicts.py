@@ -14,7 +14,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def test_a_paired_gain_is_met_only_when_its_confidence_bound_clears_zero():
-    from paired import paired_lower_bound
+    from common.paired import paired_lower_bound
     from scipy import stats
 
     a, b = [0.790, 0.795, 0.788], [0.780, 0.786, 0.781]
@@ -73,7 +73,7 @@ def test_the_hand_written_baselines_import_nothing_from_raytrain():
     file they read, outside the arm)."""
     import ast
 
-    assert _raytrain_names(ast.parse((ROOT / "benchmarks/handbuilt.py").read_text())) == set()
+    assert _raytrain_names(ast.parse((ROOT / "benchmarks/common/handbuilt.py").read_text())) == set()
     arms = {"compute_limit.py": {"PlainDCN", "FusedTablesDCN", "_tbe_inputs", "limit_rate", "dmp_rate"},
             "train_overhead.py": {"run_handwritten"}, "startup.py": {"hand_written", "HAND"}}
     for file, names in arms.items():
