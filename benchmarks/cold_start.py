@@ -120,12 +120,10 @@ def trained(seed: int, split_seed: int, epochs: int, storage: str, text: int,
 
 def encoder_throughput() -> float:
     from raytrain.data.item_text import item_texts
-    from raytrain.data.movielens import _raw_files, _read_atomic
+    from raytrain.data.movielens import _raw_files
     from raytrain.text.encoder import TextEncoder
 
-    raw = _raw_files(None)
-    _, texts = item_texts(_read_atomic(raw["ml-100k.item"], "item"), _read_atomic(raw["ml-100k.inter"], "inter")[
-        "item_id"], ["movie_title", "release_year", "class"])
+    _, texts = item_texts(_raw_files(None), ["movie_title", "release_year", "class"])
     enc = TextEncoder()
     t0 = time.perf_counter()
     enc.encode(texts)

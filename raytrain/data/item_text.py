@@ -20,11 +20,14 @@ TEXT_PREFIX = "text_"
 PROJECTION_FILE = "text.npz"
 
 
-def item_texts(items: pd.DataFrame, inter_item_ids: pd.Series, columns: list[str]) -> tuple[np.ndarray, list[str]]:
-    """(item index 1..n, text) of every item the interactions name: the index is the prepared ``item_id``
-    (raw ids sorted, as ``movielens._index`` numbers them)."""
-    uniq = sorted(set(inter_item_ids) - {""})
-    table = items.set_index("item_id")
+def item_texts(raw: dict[str, bytes], columns: list[str]) -> tuple[np.ndarray, list[str]]:
+    """(item index 1..n, text) of every item the interactions name, from MovieLens' atomic files (``raw``, as
+    ``movielens._raw_files`` reads them): the index is the prepared ``item_id`` (raw ids sorted, as
+    ``movielens._index`` numbers them)."""
+    from .movielens import _read_atomic
+
+    uniq = sorted(set(_read_atomic(raw["ml-100k.inter"], "ml-100k.inter")["item_id"]) - {""})
+    table = _read_atomic(raw["ml-100k.item"], "ml-100k.item").set_index("item_id")
     texts = []
     for raw in uniq:
         row = table.loc[raw] if raw in table.index else None
@@ -38,16 +41,15 @@ def text_features(frame: pd.DataFrame, ids: np.ndarray, texts: list[str], spec) 
     """The frame with ``dims`` dense text columns (by the row's item), their names, and what to save:
     the projection and the per-item features (row 0, the unknown item: zeros)."""
     from ..text.encode import encode_catalogue, fit_projection, project
-    from ..text.encoder import resolve
 
-    vectors = encode_catalogue(ids, texts, spec.encoder, spec.batch_size, spec.workers, spec.cpus_per_worker)
+    vectors, identity = encode_catalogue(ids, texts, spec.encoder, spec.batch_size, spec.workers, spec.cpus_per_worker)
     proj = fit_projection(vectors, spec.dims)
     per_item = np.zeros((int(ids.max()) + 1, proj["components"].shape[0]), np.float32)
     per_item[ids] = project(proj, vectors)
     names = [f"{TEXT_PREFIX}{j}" for j in range(per_item.shape[1])]
     cols = per_item[frame["item_id"].to_numpy()]
     extra = pd.DataFrame(cols, columns=names, index=frame.index)
-    saved = {**proj, "per_item": per_item, "identity": np.array(resolve(spec.encoder)[1])}
+    saved = {**proj, "per_item": per_item, "identity": np.array(identity)}
     return pd.concat([frame, extra], axis=1), names, saved
 
 

@@ -181,8 +181,7 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
         if data_spec.text is not None:  # before any item is held out: a held-out item keeps its text
             from .item_text import item_texts, text_features
 
-            ids, texts = item_texts(_read_atomic(raw["ml-100k.item"], "ml-100k.item"),
-                                    _read_atomic(raw["ml-100k.inter"], "ml-100k.inter")["item_id"], data_spec.text.item)
+            ids, texts = item_texts(raw, data_spec.text.item)
             frame, text_cols, saved = text_features(frame, ids, texts, data_spec.text)
             text_saved = (saved, ids, texts)
             dense += text_cols

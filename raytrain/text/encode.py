@@ -49,8 +49,10 @@ def cache_path(identity: str, ids: np.ndarray, texts: list[str]) -> Path:
 
 
 def encode_catalogue(ids: np.ndarray, texts: list[str], encoder: str = "minilm", batch_size: int = 64,
-                     workers: int = 1, cpus_per_worker: float = 1.0, what: str = "item texts") -> np.ndarray:
-    """[len(ids), dim] float32 vectors, row i for ``ids[i]`` (unique); read from the cache when encoded before."""
+                     workers: int = 1, cpus_per_worker: float = 1.0,
+                     what: str = "item texts") -> tuple[np.ndarray, str]:
+    """([len(ids), dim] float32 vectors, row i for ``ids[i]`` (unique), the encoder's identity); read from the cache
+    when encoded before."""
     from .encoder import resolve
 
     ids = np.asarray(ids, dtype=np.int64)
@@ -63,7 +65,7 @@ def encode_catalogue(ids: np.ndarray, texts: list[str], encoder: str = "minilm",
         got = table.column("id").to_numpy()
         if np.array_equal(got, ids):
             print(f"[raytrain] {len(ids):,} {what}: vectors read from the cache {path}", flush=True)
-            return np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+            return np.stack(table.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32), identity
     t0 = time.perf_counter()
     vectors = _on_ray(ids, texts, encoder, batch_size, workers, cpus_per_worker, what) if _ray_running() else \
         _in_process(ids, texts, encoder, batch_size, what)
@@ -73,7 +75,7 @@ def encode_catalogue(ids: np.ndarray, texts: list[str], encoder: str = "minilm",
     tmp = path.with_name(f".{path.name}.{time.time_ns()}")
     pq.write_table(pa.table({"id": ids, "vector": pa.array(list(vectors), type=pa.list_(pa.float32()))}), tmp)
     tmp.rename(path)  # whole or absent: a reader never sees half a file
-    return vectors
+    return vectors, identity
 
 
 def _ray_running() -> bool:

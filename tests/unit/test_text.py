@@ -78,19 +78,19 @@ def test_encoded_vectors_are_cached_and_reused(tmp_path, monkeypatch, capsys, en
     monkeypatch.setenv("RAYTRAIN_CACHE", str(tmp_path))
     monkeypatch.setattr("raytrain.text.encoder.shipped_dir", lambda: Path(encoder.location))
     ids = np.array([3, 1, 2, 9])
-    first = encode.encode_catalogue(ids, TITLES)
+    first, _ = encode.encode_catalogue(ids, TITLES)
     assert "encoded with minilm" in capsys.readouterr().out
     np.testing.assert_allclose(first, encoder.encode(TITLES), atol=1e-6)
     calls = []
     monkeypatch.setattr(encode, "_in_process", lambda *a: calls.append(a))
-    again = encode.encode_catalogue(ids, TITLES)
+    again, _ = encode.encode_catalogue(ids, TITLES)
     assert calls == [] and np.array_equal(again, first)  # read back, not encoded again
     assert "read from the cache" in capsys.readouterr().out
     # another text is another key: it is encoded
     monkeypatch.undo()
     monkeypatch.setenv("RAYTRAIN_CACHE", str(tmp_path))
     monkeypatch.setattr("raytrain.text.encoder.shipped_dir", lambda: Path(encoder.location))
-    changed = encode.encode_catalogue(ids, [*TITLES[:3], "Heat (1995) | Action Crime Thriller"])
+    changed, _ = encode.encode_catalogue(ids, [*TITLES[:3], "Heat (1995) | Action Crime Thriller"])
     assert np.array_equal(changed[:3], first[:3]) and not np.allclose(changed[3], first[3])
     assert len(list((tmp_path / "text").glob("vectors-*.parquet"))) == 2
     with pytest.raises(Exception, match="ids must be unique"):

@@ -27,14 +27,12 @@ def text_vectors(spec, item_ids: np.ndarray, num_items: int) -> np.ndarray:
     """[num_items, dim] sentence vectors of each model item (``item_ids``: model index -> source item id, the
     prepared MovieLens ``item_id``); the padding row and items without text stay zeros."""
     from ...data.item_text import item_texts
-    from ...data.movielens import _raw_files, _read_atomic
+    from ...data.movielens import _raw_files
     from ...text.encode import encode_catalogue
 
     cfg = spec.data.text
-    raw = _raw_files(spec.data.path)
-    ids, texts = item_texts(_read_atomic(raw["ml-100k.item"], "ml-100k.item"),
-                            _read_atomic(raw["ml-100k.inter"], "ml-100k.inter")["item_id"], cfg.item)
-    vectors = encode_catalogue(ids, texts, cfg.encoder, cfg.batch_size, cfg.workers, cfg.cpus_per_worker)
+    ids, texts = item_texts(_raw_files(spec.data.path), cfg.item)
+    vectors, _ = encode_catalogue(ids, texts, cfg.encoder, cfg.batch_size, cfg.workers, cfg.cpus_per_worker)
     by_id = np.zeros((int(ids.max()) + 1, vectors.shape[1]), np.float32)
     by_id[ids] = vectors
     out = np.zeros((num_items, vectors.shape[1]), np.float32)
