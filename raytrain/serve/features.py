@@ -28,6 +28,7 @@ import torch
 
 from ..data.batches import Columns
 from ..data.schema import FeatureSchema
+from .cold_start import MAX_TEXT
 
 
 class RequestError(ValueError):
@@ -210,8 +211,8 @@ class FeatureStore:
                     dense[r, j] = self.values[name][uid if self.group[name] == "user" else iid]  # type: ignore[index]
             if "item_text" in row:
                 t = row["item_text"]
-                if not isinstance(t, str) or not t.strip() or len(t) > 4096:
-                    raise RequestError(f"{at}.item_text: expected a non-empty string of at most 4096 characters")
+                if not isinstance(t, str) or not t.strip() or len(t) > MAX_TEXT:
+                    raise RequestError(f"{at}.item_text: expected a non-empty string of at most {MAX_TEXT} characters")
                 texts[r] = t
         if texts:  # one encoder pass for every row that carried its item's text
             from_text = self.text.features(list(texts.values()))  # type: ignore[union-attr]
