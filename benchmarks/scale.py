@@ -151,7 +151,7 @@ def main() -> None:
     import ray
 
     from raytrain.data.criteo import KAGGLE_CARDINALITIES, KAGGLE_ROWS
-    from raytrain.train.runner import RUNTIME_ENV
+    from raytrain.train.resources import RUNTIME_ENV
 
     ray.init(num_cpus=4, include_dashboard=False, log_to_driver=True, runtime_env=RUNTIME_ENV)
     print(f"model: DLRM dim {args.dim}, 26 tables, {sum(KAGGLE_CARDINALITIES):,} rows configured")

@@ -177,13 +177,26 @@ def raytrain_arm(warm: bool) -> dict:
             "plan + model": worker["sharded"] - worker["worker_start"],
             "first step": worker["first_step"] - worker["sharded"],
             "to first step": worker["first_step"] - launch, "whole run (1 epoch)": end - launch,
+            # rank 0's process began before the command: a warm process (btime is whole seconds, hence the margin)
+            "worker process started before the run (1=yes)": float(worker.get("process_start", launch) < launch - 1.5),
             # a phase that keeps every core busy is cut only by doing less work, not by overlapping it
             "cpu busy in worker group (share)": cpu.busy(driver["data_ready"], worker["worker_start"]),
             "cpu busy to first step (share)": cpu.busy(launch, worker["first_step"])}
 
 
+def settle(quiet: float = 0.15, limit_s: float = 60.0) -> None:
+    """Wait until the cores are idle (under ``quiet`` busy over a second): an arm must not pay for the one before,
+    such as the processes the warm cluster starts for its next run as a run ends."""
+    deadline = time.time() + limit_s
+    while time.time() < deadline:
+        with CpuSampler() as cpu:
+            time.sleep(1.0)
+        if cpu.busy(0, float("inf")) < quiet:
+            return
+
+
 def _fmt(k: str, v: float) -> str:
-    return f"{k} {v:.2f}" if "share" in k else f"{k} {v:.1f}s"
+    return f"{k} {v:.0f}" if "1=yes" in k else f"{k} {v:.2f}" if "share" in k else f"{k} {v:.1f}s"
 
 
 def main() -> None:
@@ -200,6 +213,7 @@ def main() -> None:
     try:
         for r in range(a.rounds):  # alternate, keep each arm's fastest start
             for name, fn in arms:
+                settle()
                 t = fn()
                 print(f"round {r + 1} {name}: " + ", ".join(_fmt(k, v) for k, v in t.items()), flush=True)
                 if name not in best or t["to first step"] < best[name]["to first step"]:

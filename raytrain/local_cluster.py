@@ -3,9 +3,10 @@ authentication, raytrain's local Ray Train settings), ``raytrain run`` attaches 
 starting an embedded Ray for every run, and ``raytrain down`` stops it and every process it started.
 
 Its state is one file, ``<cache>/cluster/state.json`` (address, temp dir, token file), beside the token (mode 0600).
-Every process of the cluster carries its own temp dir on its command line (Ray's raylet, GCS, agents and workers
-all do), which is how ``down`` finds them all: SIGTERM, then SIGKILL for the ones that ignore it (the dashboard and
-runtime-env agents and Ray's client server do), until none is left. It touches no other Ray instance.
+Every process of the cluster names its temp dir on its command line or holds a log file under it open (Ray's
+agents retitle themselves but keep their logs open), which is how ``down`` finds them all: SIGTERM, then SIGKILL
+for the ones that ignore it (the dashboard and runtime-env agents and Ray's client server do), until none is left.
+It touches no other Ray instance.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from .errors import RaytrainError
 from .log import get_logger
@@ -61,9 +63,12 @@ def auth_env(state: dict) -> dict[str, str]:
     return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": state["token_path"]}
 
 
-def up(cpus: int, port: int = 0) -> dict:
-    """Start the cluster (or say where it already runs); its state."""
+def up(cpus: int, port: int = 0, warm_workers: int = 4) -> dict:
+    """Start the cluster (or say where it already runs); its state. ``warm_workers``: worker processes kept started,
+    with torch and TorchRec imported, for the next run (raytrain.warm_workers; a 2-worker run takes 4 with its
+    controller and synchronization actor)."""
     from .train.resources import EMBEDDED_TRAIN_ENV
+    from .warm_workers import preload_env, prestart
 
     found = running()
     if found is not None:
@@ -77,12 +82,14 @@ def up(cpus: int, port: int = 0) -> dict:
     token.touch(mode=0o600)
     os.chmod(token, 0o600)
     token.write_text(secrets.token_hex(32))
-    state = {"address": f"127.0.0.1:{port}", "port": port, "temp_dir": temp_dir, "token_path": str(token),
-             "cpus": cpus, "started": time.time()}
+    state: dict[str, Any] = {"address": f"127.0.0.1:{port}", "port": port, "temp_dir": temp_dir, "token_path": str(token),
+             "cpus": cpus, "started": time.time(), "raylet": f"127.0.0.1:{_free_port()}", "warm_workers": warm_workers}
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(EMBEDDED_TRAIN_ENV)  # Ray Train's local settings, in every process of the cluster
     env.update(auth_env(state))
-    ports = [f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+    env.update(preload_env(warm_workers))
+    ports = [f"--node-manager-port={state['raylet'].rsplit(':', 1)[1]}",
+             f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
              f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}"]
     ray = str(Path(sys.executable).parent / "ray")
     out = subprocess.run([ray, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}",
@@ -93,24 +100,39 @@ def up(cpus: int, port: int = 0) -> dict:
         raise RaytrainError(f"raytrain up: `ray start --head` failed (exit {out.returncode}): "
                             f"{(out.stderr or out.stdout).strip()[-2000:]}")
     (home / "state.json").write_text(json.dumps(state, indent=2))
-    log.info(f"the local raytrain cluster is up at {state['address']} ({cpus} CPUs, token authentication); "
-             "`raytrain run` attaches to it, `raytrain down` stops it")
+    os.environ.update(auth_env(state))  # the raylet's gRPC asks for the token too
+    prestart(state["raylet"], warm_workers)
+    log.info(f"the local raytrain cluster is up at {state['address']} ({cpus} CPUs, token authentication, "
+             f"{warm_workers} warm worker processes); `raytrain run` attaches to it, `raytrain down` stops it")
     return state
 
 
+def _uses(d: Path, temp_dir: str) -> bool:
+    """Whether the process at /proc/``d`` names ``temp_dir`` on its command line or holds a file under it open. Ray's
+    agents rewrite their command line to a bare title (``ray::DashboardAgent``) but keep their logs there open."""
+    if temp_dir.encode() in (d / "cmdline").read_bytes():
+        return True
+    for fd in (d / "fd").iterdir():
+        try:
+            if os.readlink(fd).startswith(temp_dir + "/"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def _processes(temp_dir: str) -> list[int]:
-    """Pids of the processes whose command line names ``temp_dir`` (Linux's /proc), this one left out."""
+    """Pids of the cluster's processes (``_uses``; Linux's /proc), this one left out."""
     found = []
     for d in Path("/proc").iterdir():
         if not d.name.isdigit() or int(d.name) == os.getpid():
             continue
         try:
-            cmdline = (d / "cmdline").read_bytes()
             state = next((line for line in (d / "status").read_text().splitlines() if line.startswith("State:")), "")
+            if "zombie" not in state and _uses(d, temp_dir):
+                found.append(int(d.name))
         except OSError:
             continue
-        if temp_dir.encode() in cmdline and "zombie" not in state:
-            found.append(int(d.name))
     return found
 
 

@@ -43,6 +43,19 @@ INTERNALS = (
     Internal("ray._private.authentication.authentication_token_setup", (), "raytrain.console",
              "the logger whose token-authentication notice is demoted to the run's log",
              "the notice stays on the console"),
+    Internal("ray.train.v2._internal.constants", ("ENV_VARS_TO_PROPAGATE", "DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE"),
+             "raytrain.warm_workers", "the runtime env a run's Ray Train actors get, which warm processes must share",
+             "no warm worker processes (a logged warning; runs start at a cold worker's speed)"),
+    Internal("ray._common.constants", ("RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR",), "raytrain.warm_workers",
+             "the variable Ray Train's controller sets in its runtime env", "no warm worker processes"),
+    Internal("ray._private.grpc_utils", ("init_grpc_channel",), "raytrain.warm_workers",
+             "a gRPC channel to the raylet with the cluster's token", "no warm worker processes"),
+    Internal("ray._private.utils", ("get_runtime_env_info",), "raytrain.warm_workers",
+             "the runtime env, serialized as Ray's raylet hashes it", "no warm worker processes"),
+    Internal("ray.core.generated.node_manager_pb2", ("PrestartWorkersRequest",), "raytrain.warm_workers",
+             "the raylet's PrestartWorkers call: idle worker processes started ahead of a run", "no warm worker processes"),
+    Internal("ray.core.generated.node_manager_pb2_grpc", ("NodeManagerServiceStub",), "raytrain.warm_workers",
+             "the raylet's gRPC service", "no warm worker processes"),
 )
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from ..errors import SubmissionError
 from ..spec import resolved_yaml
 from ..spec.job import JobSpec
-from ..train.runner import RUNTIME_ENV
+from ..train.resources import RUNTIME_ENV
 
 ENTRYPOINT = "python -m raytrain.submit.entry"
 SPEC_ENV = "RAYTRAIN_SPEC"

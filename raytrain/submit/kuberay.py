@@ -17,7 +17,7 @@ import yaml
 
 from ..spec import resolved_yaml
 from ..spec.job import JobSpec
-from ..train.runner import RUNTIME_ENV
+from ..train.resources import RUNTIME_ENV
 from .jobs import ENTRYPOINT, SPEC_ENV
 
 RAY_VERSION = "2.60.0"

@@ -88,8 +88,21 @@ def _train_epoch(steps: Steps, data: TrainData, epoch: int, rank: int, epochs: i
             "train_examples_per_s": examples / seconds if seconds > 0 else 0.0}
 
 
+def process_start() -> float:
+    """When this process began (seconds since the epoch, whole-second precision: Linux's boot time), from /proc;
+    0 where there is no /proc."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        boot = next(int(line.split()[1]) for line in Path("/proc/stat").read_text().splitlines()
+                    if line.startswith("btime "))
+        return boot + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return 0.0
+
+
 def train_loop_per_worker(config: dict) -> None:
-    stamps = {"worker_start": time.time()}  # start-up, by phase (benchmarks/startup.py)
+    # start-up, by phase (benchmarks/startup.py); a process older than its run was a warm one (raytrain.warm_workers)
+    stamps = {"worker_start": time.time(), "process_start": process_start()}
     spec = JobSpec.model_validate(config["spec"])
     prepared = PreparedData.from_dict(config["data"])
     store = Store(config["run_dir"])  # a local path or a pyarrow.fs URI (raytrain.storage)

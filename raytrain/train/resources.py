@@ -23,6 +23,8 @@ LOCAL_RAY_ENV = "RAYTRAIN_LOCAL_RAY"
 # the demo's tail), and no preemption watcher actor is started (it watches for nodes being drained, which a
 # one-machine Ray never is; one Python process fewer competing for the cores while the workers start). A missed look
 # is not a failure: Ray marks a worker dead only after its check hangs for RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S.
+# what every Ray process of a raytrain job gets in its runtime env (never a credential: Ray logs runtime envs)
+RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
 EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
                       LOCAL_RAY_ENV: "1"}
 

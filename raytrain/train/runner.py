@@ -17,14 +17,14 @@ from ..runs import new_run_location
 from ..spec import resolved_yaml
 from ..spec.job import JobSpec
 from ..storage import CREDENTIALS_ENV, Mirror, filesystem, is_uri, redact
-from .resources import EMBEDDED_TRAIN_ENV, check_local_gpus, wait_for_cluster
+from .resources import EMBEDDED_TRAIN_ENV, RUNTIME_ENV, check_local_gpus, wait_for_cluster
 
 log = get_logger(__name__)
 
 
 # Ray Train V2 re-logs every worker print through its logger, so each line reached the driver twice
-RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
 _set_here: set[str] = set()  # the EMBEDDED_TRAIN_ENV keys this process set, taken back before it joins a cluster
+_warm: dict = {}  # the local cluster's state while this process is attached to it (raytrain up)
 
 
 def init_ray(spec: JobSpec, address: str | None = None) -> None:
@@ -51,6 +51,7 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
         local = running()
         if local is not None and address == local["address"]:  # raytrain's own warm cluster (raytrain up)
             os.environ.update({**auth_env(local), **EMBEDDED_TRAIN_ENV})  # its token; its local Train settings
+            _warm.update(local)
         else:
             for key in _set_here:  # a cluster keeps Ray Train's defaults (or its own settings)
                 os.environ.pop(key, None)
@@ -73,6 +74,14 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True, runtime_env=runtime_env,
              logging_level=console.ray_logging_level())
     console.quiet_ray()
+
+
+def keep_warm(num: int) -> None:
+    """On raytrain's local cluster: ``num`` worker processes started for the next run (raytrain.warm_workers)."""
+    if _warm.get("raylet") and _warm.get("warm_workers", 0) > 0:
+        from ..warm_workers import prestart
+
+        prestart(_warm["raylet"], max(num, _warm["warm_workers"]))
 
 
 def _runtime_env() -> dict:
@@ -178,6 +187,7 @@ def run_train(spec: JobSpec, run_dir: Path | None = None, address: str | None = 
         log.info(f"warm start from {redact(preflight(spec.train.init_from, prepared.schema, spec.model.embedding_dim))}")
     trainer = make_trainer(spec, prepared, location)
     result = trainer.fit()
+    keep_warm(spec.train.workers + 2)  # the next run's workers, controller and sync actor, as this one ends
     if result.error is not None:
         raise result.error
     if store is not None:  # the workers' files into the mirror; shards only when the driver scores the model

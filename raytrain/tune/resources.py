@@ -114,6 +114,21 @@ def release_callback(location: str) -> Any:
     return Release()
 
 
+def warm_callback(workers: int) -> Any:
+    """A Tune callback that, on raytrain's local cluster, asks for warm worker processes (raytrain.warm_workers) as
+    each trial starts, so the next trial's Ray Train actors find them: ``workers`` + 2 (its controller and
+    synchronization actor). Elsewhere it does nothing."""
+    from ray.tune import Callback
+
+    from ..train.runner import keep_warm
+
+    class Warm(Callback):
+        def on_trial_start(self, iteration, trials, trial, **info):
+            keep_warm(workers + 2)
+
+    return Warm()
+
+
 def release_run(location: str, trial_paths: list[str], timeout_s: float = 60) -> list[str]:
     """After the experiment: remove the placement groups this run's trials recorded and still hold (a trial stopped
     by the scheduler can leave its worker group's behind, ray issue 54305), then wait until Ray reports exactly

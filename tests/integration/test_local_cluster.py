@@ -1,9 +1,11 @@
 """`raytrain up` starts a warm local cluster, `raytrain run` attaches to it (and says so first), `raytrain down` stops
-it leaving no process of it behind; all through the CLI, as a user runs them."""
+it leaving no process of it behind; all through the CLI, as a user runs them. The run's workers are warm processes
+the cluster started before it."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +23,20 @@ def _cli(*args: str, env: dict, timeout: float = 600) -> subprocess.CompletedPro
 
 
 def _pids_with(text: str) -> list[int]:
+    """Live processes that name ``text`` on their command line or hold a file under it open (Ray's agents retitle
+    themselves, ``ray::DashboardAgent``, and keep only their open logs in the temp dir)."""
     out = []
     for d in Path("/proc").iterdir():
         try:
-            if d.name.isdigit() and text.encode() in (d / "cmdline").read_bytes() and \
-                    "zombie" not in (d / "status").read_text():
+            if not d.name.isdigit() or "zombie" in (d / "status").read_text():
+                continue
+            opened = []
+            for fd in (d / "fd").iterdir():
+                try:
+                    opened.append(os.readlink(fd))
+                except OSError:
+                    pass
+            if text.encode() in (d / "cmdline").read_bytes() or any(f.startswith(text) for f in opened):
                 out.append(int(d.name))
         except OSError:
             continue
@@ -43,8 +54,13 @@ def test_up_run_attached_then_down_leaves_nothing(without_session_ray, tmp_path)
         assert len(_pids_with(state["temp_dir"])) >= 3  # GCS, raylet, agents
         again = _cli("up", env=env)  # idempotent: says where it runs
         assert again.returncode == 0 and state["address"] in again.stdout + again.stderr
+        before = set(_pids_with(state["temp_dir"]))
         run = _cli("run", "jobs/train_ml100k.yaml", "train.epochs=1", f"storage={tmp_path / 'runs'}", env=env)
         assert run.returncode == 0, run.stderr[-3000:]
+        # its workers ran in processes the cluster had started before the command (raytrain.warm_workers)
+        (run_dir,) = (tmp_path / "runs").glob("train-ml100k/*")
+        ranks = {int((run_dir / "workers" / f"rank{r}.pid").read_text()) for r in (0, 1)}
+        assert ranks <= before, (ranks, before)
         lines = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith("[raytrain]")]
         assert lines[0] == f"[raytrain] attached to the local raytrain cluster at {state['address']} (6 CPUs; " \
                            "`raytrain down` stops it)", lines[:3]
