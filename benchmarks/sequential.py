@@ -39,10 +39,12 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.2)
     p.add_argument("--batch-users", type=int, default=64)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--negatives", type=int, default=128)
+    p.add_argument("--negatives", type=lambda v: v if v == "all" else int(v), default=128,
+                   help="sampled negatives per step, or `all` (a full softmax over the catalogue)")
     p.add_argument("--temperature", type=float, default=0.05)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--actions", action="store_true", help="also HSTU reading the ratings as action tokens")
+    p.add_argument("--archs", nargs="+", default=["sasrec", "hstu"], choices=["sasrec", "hstu"])
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     split = leave_one_out(movielens_sequences())
@@ -51,7 +53,7 @@ def main() -> None:
     pop = most_popular(split)
     print("most popular: " + "  ".join(f"{m} {pop[m]:.4f}" for m in METRICS))
     cfg = SimpleNamespace(heads=a.heads, blocks=a.blocks, max_len=a.max_len, dropout=a.dropout)
-    results: dict[str, list[dict]] = {"sasrec": [], "hstu": [], **({"hstu+actions": []} if a.actions else {})}
+    results: dict[str, list[dict]] = {**{arch: [] for arch in a.archs}, **({"hstu+actions": []} if a.actions else {})}
     with_actions = SimpleNamespace(**vars(cfg), actions=6)  # MovieLens ratings 1-5
     for seed in range(a.seeds):
         for arch in results:

@@ -43,10 +43,18 @@ class SequenceSpec(Section):
 class SampledSoftmaxSpec(Section):
     """Next-item pretraining of the sequential models: each position's next item against sampled negatives."""
 
-    negatives: int = Field(128, ge=1, description="uniformly sampled negatives, shared by a step's positions")
+    negatives: int | Literal["all"] = Field(128, description="uniformly sampled negatives, shared by a step's "
+                                         "positions; `all`: every item of the catalogue (a full softmax)")
     in_batch_negatives: int = Field(0, ge=0, description="negatives drawn from the step's own next items (so, by "
                                                          "popularity), on top of the uniform ones")
     temperature: float = Field(0.05, gt=0.0)
+
+    @field_validator("negatives")
+    @classmethod
+    def _at_least_one(cls, v):
+        if isinstance(v, int) and v < 1:
+            raise ValueError("must be at least 1, or `all` for every item of the catalogue")
+        return v
 
 
 class ModelSpec(Section):

@@ -232,3 +232,26 @@ def test_parquet_actions_outside_the_declared_range_are_refused(tmp_path):
     assert np.load(write_sequences(spec("stars", 10), tmp_path))["actions"].tolist() == [1, 5, 9, 2, 3, 4]
     with pytest.raises(SpecError, match="declares no action column"):
         spec(None, 6)
+
+
+def test_negatives_all_is_a_full_softmax_over_the_catalogue():
+    """``negatives="all"``: every step's negatives are the whole catalogue (no padding id), and the loss equals the
+    cross-entropy of each position's next item against every item's score, computed here from the item table."""
+    from raytrain.train.sequential.ranking import next_item_loss, train_batches
+
+    rng = np.random.default_rng(1)
+    users, length, n = 6, 7, 15
+    seqs = from_columns(np.repeat(np.arange(users), length), rng.integers(1, n, users * length),
+                        np.tile(np.arange(length), users))
+    split = leave_one_out(seqs)
+    torch.manual_seed(0)
+    model = SequentialModel("sasrec", split.train.num_items, 8, CFG).eval()
+    batch = next(train_batches(split.train, users, CFG.max_len, "all", rng, in_batch=3))
+    assert batch.negatives.tolist() == list(range(1, split.train.num_items))
+    with torch.no_grad():
+        loss, logits = next_item_loss(model, batch, temperature=0.5)
+        user, _ = model(*batch.inputs())
+        scores = user @ model.item_embeddings()[1:].T / 0.5  # every real item (the table row 0 is padding)
+        full = torch.nn.functional.cross_entropy(scores, batch.targets - 1)
+    assert logits.shape == (len(batch.targets), split.train.num_items)
+    assert torch.allclose(loss, full, atol=1e-5), (loss, full)

@@ -1,7 +1,8 @@
 """Pretraining a sequential model by next-item prediction, and the leave-one-out evaluation over the whole catalogue.
 
 Objective: at every position of every training history, the next item against sampled negatives (uniform over the
-catalogue, shared by the batch) with a sampled softmax at a temperature; no labels needed.
+catalogue, shared by the batch) with a sampled softmax at a temperature, or against every other item of the catalogue
+(``negatives="all"``: a full softmax); no labels needed.
 
 Evaluation (docs/sequential.md): for each user, the representation after the history before the held-out item ranks
 every item of the catalogue except the padding id and the items already in that history (``raytrain.kernels.
@@ -75,10 +76,11 @@ def trainable_users(train: Sequences) -> np.ndarray:
     return np.flatnonzero(train.lengths() >= 2)
 
 
-def train_batches(train: Sequences, users_per_batch: int, max_len: int, negatives: int, rng: np.random.Generator,
+def train_batches(train: Sequences, users_per_batch: int, max_len: int, negatives: int | str, rng: np.random.Generator,
                   in_batch: int = 0, chunks: list[np.ndarray] | None = None) -> Iterator[SeqBatch]:
     """Shuffled users (or the given ``chunks`` of users); each history's last ``max_len`` transitions (item -> next
-    item); ``negatives`` uniform ids and ``in_batch`` ids drawn from the batch's own next items."""
+    item); ``negatives`` uniform ids (``"all"``: every item id, no sampling) and ``in_batch`` ids drawn from the
+    batch's own next items."""
     if chunks is None:
         chunks = in_batches(rng.permutation(trainable_users(train)), users_per_batch)
     for chunk in chunks:
@@ -91,8 +93,8 @@ def train_batches(train: Sequences, users_per_batch: int, max_len: int, negative
             tg.append(train.items[start + 1:z])
             if train.actions is not None:
                 acts.append(train.actions[start:z - 1])
-        neg = rng.integers(1, train.num_items, size=negatives)
-        if in_batch:
+        neg = np.arange(1, train.num_items) if negatives == "all" else rng.integers(1, train.num_items, size=negatives)
+        if in_batch and negatives != "all":
             neg = np.concatenate([neg, rng.choice(np.concatenate(tg), size=in_batch)])
         yield _batch(hs, ts, tg, neg, acts if train.actions is not None else None)
 
@@ -177,7 +179,7 @@ def evaluate(model: SequentialModel, split: Split, which: str) -> dict[str, floa
 
 
 def pretrain(model: SequentialModel, split: Split, epochs: int, users_per_batch: int = 128, lr: float = 1e-3,
-             negatives: int = 128, temperature: float = 0.05, seed: int = 0, eval_every: int = 1,
+             negatives: int | str = 128, temperature: float = 0.05, seed: int = 0, eval_every: int = 1,
              log=None, in_batch: int = 0) -> dict:
     """Train by next-item prediction; evaluate on validation every ``eval_every`` epochs; the test metrics of the
     best epoch by validation NDCG@10 (its weights restored). Returns the history and the test metrics."""
