@@ -25,6 +25,7 @@ from typing import Any
 from .errors import RaytrainError
 from .log import get_logger
 from .storage import cache_dir
+from .warm_workers import uses
 
 log = get_logger(__name__)
 
@@ -68,7 +69,7 @@ def up(cpus: int, port: int = 0, warm_workers: int = 4) -> dict:
     with torch and TorchRec imported, for the next run (raytrain.warm_workers; a 2-worker run takes 4 with its
     controller and synchronization actor)."""
     from .train.resources import EMBEDDED_TRAIN_ENV
-    from .warm_workers import preload_env, prestart
+    from .warm_workers import preload_env, top_up
 
     found = running()
     if found is not None:
@@ -101,24 +102,10 @@ def up(cpus: int, port: int = 0, warm_workers: int = 4) -> dict:
                             f"{(out.stderr or out.stdout).strip()[-2000:]}")
     (home / "state.json").write_text(json.dumps(state, indent=2))
     os.environ.update(auth_env(state))  # the raylet's gRPC asks for the token too
-    prestart(state["raylet"], warm_workers)
+    top_up(state, warm_workers)
     log.info(f"the local raytrain cluster is up at {state['address']} ({cpus} CPUs, token authentication, "
              f"{warm_workers} warm worker processes); `raytrain run` attaches to it, `raytrain down` stops it")
     return state
-
-
-def _uses(d: Path, temp_dir: str) -> bool:
-    """Whether the process at /proc/``d`` names ``temp_dir`` on its command line or holds a file under it open. Ray's
-    agents rewrite their command line to a bare title (``ray::DashboardAgent``) but keep their logs there open."""
-    if temp_dir.encode() in (d / "cmdline").read_bytes():
-        return True
-    for fd in (d / "fd").iterdir():
-        try:
-            if os.readlink(fd).startswith(temp_dir + "/"):
-                return True
-        except OSError:
-            continue
-    return False
 
 
 def _processes(temp_dir: str) -> list[int]:
@@ -129,7 +116,7 @@ def _processes(temp_dir: str) -> list[int]:
             continue
         try:
             state = next((line for line in (d / "status").read_text().splitlines() if line.startswith("State:")), "")
-            if "zombie" not in state and _uses(d, temp_dir):
+            if "zombie" not in state and uses(d, temp_dir):
                 found.append(int(d.name))
         except OSError:
             continue

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 from .log import get_logger
 
@@ -36,10 +37,12 @@ def preload_env(warm_workers: int) -> dict[str, str]:
             "RAY_worker_maximum_startup_concurrency": str(max(warm_workers + 1, os.cpu_count() or 1))}
 
 
-def run_env_vars() -> dict[str, str]:
-    """The env vars of the runtime env Ray Train's controller and workers get in a run started here on the local
-    cluster: the job's (train.runner.RUNTIME_ENV), the Ray Train settings the driver propagates (its own environment
-    with raytrain's local settings, as an attached run sets them) and the controller's own default."""
+def run_env_vars(kind: str = "train") -> dict[str, str]:
+    """The env vars of the runtime env an actor of a run started here on the local cluster gets (Ray merges a child's
+    into its parent's): the job's (train.resources.RUNTIME_ENV) and the Ray Train settings the driver propagates (its
+    environment with raytrain's local settings, as an attached run sets them); then by ``kind``: ``train``, a
+    training run's Ray Train controller, workers and synchronization actor (the controller adds its own default);
+    ``trial``, a Tune trial's actor (Tune adds PL_DISABLE_FORK); ``trial_train``, the Ray Train actors inside a trial."""
     from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
     from ray.train.v2._internal.constants import DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE, ENV_VARS_TO_PROPAGATE
 
@@ -48,14 +51,62 @@ def run_env_vars() -> dict[str, str]:
     driver = {**os.environ, **EMBEDDED_TRAIN_ENV}
     env = dict(RUNTIME_ENV["env_vars"])
     env.update({k: driver[k] for k in ENV_VARS_TO_PROPAGATE if k in driver})
-    env.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
+    if kind in ("trial", "trial_train"):
+        env[TUNE_MARK] = "1"
+    if kind in ("train", "trial_train"):
+        env.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
     return env
 
 
-def prestart(raylet: str, num: int, keep_alive_s: int = KEEP_ALIVE_S) -> bool:
-    """Ask the raylet at ``raylet`` (host:port of its node manager) to start ``num`` idle worker processes in a run's
-    runtime env; whether it accepted. Needs the cluster's token in this process's environment (auth_env). A failure
-    costs the next run its warm start, nothing else, so it is logged, not raised."""
+TUNE_MARK = "PL_DISABLE_FORK"  # what Tune adds to its trial actors' runtime env
+
+
+def uses(d: Path, temp_dir: str) -> bool:
+    """Whether the process at /proc/``d`` names ``temp_dir`` on its command line or holds a file under it open. Ray's
+    agents rewrite their command line to a bare title (``ray::DashboardAgent``) but keep their logs there open."""
+    if temp_dir.encode() in (d / "cmdline").read_bytes():
+        return True
+    for fd in (d / "fd").iterdir():
+        try:
+            if os.readlink(fd).startswith(temp_dir + "/"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def idle(temp_dir: str, env: dict[str, str]) -> int:
+    """How many worker processes of the cluster at ``temp_dir`` wait for work (or are starting) in the runtime env
+    ``env``: this machine's /proc (the local cluster is one node), each process's environment compared on ``env``'s
+    keys and on the keys that tell the kinds apart."""
+    keys = set(env) | {TUNE_MARK, "RAY_WARN_BLOCKING_GET_INSIDE_ASYNC"}
+    n = 0
+    for d in Path("/proc").iterdir():
+        try:
+            if not d.name.isdigit():
+                continue
+            cmd = (d / "cmdline").read_bytes()
+            if not (cmd.startswith(b"ray::IDLE") or b"default_worker.py" in cmd) or not uses(d, temp_dir):
+                continue
+            pairs = [line.split(b"=", 1) for line in (d / "environ").read_bytes().split(b"\0") if b"=" in line]
+            have = {k.decode(): v.decode() for k, v in pairs if k.decode() in keys}
+        except (OSError, UnicodeDecodeError):
+            continue
+        n += have == {k: v for k, v in env.items() if k in keys}
+    return n
+
+
+def top_up(state: dict, want: int, kind: str = "train") -> bool:
+    """Idle warm processes of ``kind`` (run_env_vars) on the local cluster of ``state`` brought to ``want``: the
+    missing ones asked of its raylet, so repeated calls never pile processes up."""
+    env = run_env_vars(kind)
+    return prestart(state["raylet"], want - idle(state["temp_dir"], env), env)
+
+
+def prestart(raylet: str, num: int, env: dict[str, str], keep_alive_s: int = KEEP_ALIVE_S) -> bool:
+    """Ask the raylet at ``raylet`` (host:port of its node manager) to start ``num`` idle worker processes in the
+    runtime env of env vars ``env``; whether it accepted. Needs the cluster's token in this process's environment
+    (auth_env). A failure costs the next run its warm start, nothing else, so it is logged, not raised."""
     if num <= 0:
         return True
     try:
@@ -64,11 +115,10 @@ def prestart(raylet: str, num: int, keep_alive_s: int = KEEP_ALIVE_S) -> bool:
         from ray.core.generated import common_pb2, node_manager_pb2, node_manager_pb2_grpc
         from ray.runtime_env import RuntimeEnv
 
-        env = {"env_vars": run_env_vars()}
-        info = get_runtime_env_info(RuntimeEnv(env_vars=env["env_vars"]), is_job_runtime_env=False, serialize=False)
+        info = get_runtime_env_info(RuntimeEnv(env_vars=env), is_job_runtime_env=False, serialize=False)
         # the raylet matches a process to an actor by the serialized text: an actor's runtime env, merged with its
         # parent's, arrives compact (no spaces), RuntimeEnv.serialize() spaces it
-        info.serialized_runtime_env = json.dumps(env, sort_keys=True, separators=(",", ":"))
+        info.serialized_runtime_env = json.dumps({"env_vars": env}, sort_keys=True, separators=(",", ":"))
         request = node_manager_pb2.PrestartWorkersRequest(  # type: ignore[attr-defined]  # generated code
             language=common_pb2.Language.PYTHON, runtime_env_info=info,  # type: ignore[attr-defined]
             keep_alive_duration_secs=keep_alive_s, num_workers=num)

@@ -115,16 +115,17 @@ def release_callback(location: str) -> Any:
 
 
 def warm_callback(workers: int) -> Any:
-    """A Tune callback that, on raytrain's local cluster, asks for warm worker processes (raytrain.warm_workers) as
-    each trial starts, so the next trial's Ray Train actors find them: ``workers`` + 2 (its controller and
-    synchronization actor). Elsewhere it does nothing."""
+    """A Tune callback that, on raytrain's local cluster, tops up the warm worker processes (raytrain.warm_workers)
+    as each trial starts, so the next trial finds them: one for its trial actor and ``workers`` + 2 for its Ray Train
+    actors (workers, controller, synchronization actor). Elsewhere it does nothing."""
     from ray.tune import Callback
 
     from ..train.runner import keep_warm
 
     class Warm(Callback):
         def on_trial_start(self, iteration, trials, trial, **info):
-            keep_warm(workers + 2)
+            keep_warm(1, "trial")
+            keep_warm(workers + 2, "trial_train")
 
     return Warm()
 

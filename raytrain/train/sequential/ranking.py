@@ -93,7 +93,7 @@ def train_batches(train: Sequences, users_per_batch: int, max_len: int, negative
             tg.append(train.items[start + 1:z])
             if train.actions is not None:
                 acts.append(train.actions[start:z - 1])
-        neg = np.arange(1, train.num_items) if negatives == "all" else rng.integers(1, train.num_items, size=negatives)
+        neg = np.arange(1, train.num_items) if negatives == "all" else rng.integers(1, train.num_items, size=int(negatives))
         if in_batch and negatives != "all":
             neg = np.concatenate([neg, rng.choice(np.concatenate(tg), size=in_batch)])
         yield _batch(hs, ts, tg, neg, acts if train.actions is not None else None)
