@@ -23,7 +23,10 @@ from .log import get_logger
 
 log = get_logger(__name__)
 
-PRELOAD = ("torch", "ray.train", "torchrec", "torchrec.distributed", "fbgemm_gpu", "pyarrow.parquet")
+# every process the raylet starts imports these, also one started on demand (a Tune trial's actor, a Ray Train
+# controller), so only what nearly every raytrain process imports anyway; TorchRec and FBGEMM (about 2 s more a
+# process here) are left to the training workers (docs/benchmarks.md, tune_efficiency.py's part 3)
+PRELOAD = ("torch", "ray.train")
 KEEP_ALIVE_S = 3600  # an idle warm process ends after this long; the next run that attaches starts new ones
 
 
@@ -37,12 +40,11 @@ def preload_env(warm_workers: int) -> dict[str, str]:
             "RAY_worker_maximum_startup_concurrency": str(max(warm_workers + 1, os.cpu_count() or 1))}
 
 
-def run_env_vars(kind: str = "train") -> dict[str, str]:
-    """The env vars of the runtime env an actor of a run started here on the local cluster gets (Ray merges a child's
-    into its parent's): the job's (train.resources.RUNTIME_ENV) and the Ray Train settings the driver propagates (its
-    environment with raytrain's local settings, as an attached run sets them); then by ``kind``: ``train``, a
-    training run's Ray Train controller, workers and synchronization actor (the controller adds its own default);
-    ``trial``, a Tune trial's actor (Tune adds PL_DISABLE_FORK); ``trial_train``, the Ray Train actors inside a trial."""
+def run_env_vars() -> dict[str, str]:
+    """The env vars of the runtime env Ray Train's controller, workers and synchronization actor get in a training
+    run started here on the local cluster (Ray merges a child's into its parent's): the job's
+    (train.resources.RUNTIME_ENV), the Ray Train settings the driver propagates (its environment with raytrain's
+    local settings, as an attached run sets them) and the controller's own default."""
     from ray._common.constants import RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR
     from ray.train.v2._internal.constants import DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE, ENV_VARS_TO_PROPAGATE
 
@@ -51,14 +53,11 @@ def run_env_vars(kind: str = "train") -> dict[str, str]:
     driver = {**os.environ, **EMBEDDED_TRAIN_ENV}
     env = dict(RUNTIME_ENV["env_vars"])
     env.update({k: driver[k] for k in ENV_VARS_TO_PROPAGATE if k in driver})
-    if kind in ("trial", "trial_train"):
-        env[TUNE_MARK] = "1"
-    if kind in ("train", "trial_train"):
-        env.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
+    env.setdefault(RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_ENV_VAR, DEFAULT_RAY_WARN_BLOCKING_GET_INSIDE_ASYNC_VALUE)
     return env
 
 
-TUNE_MARK = "PL_DISABLE_FORK"  # what Tune adds to its trial actors' runtime env
+TUNE_MARK = "PL_DISABLE_FORK"  # what Tune adds to its trial actors' runtime env: not a training run's process
 
 
 def uses(d: Path, temp_dir: str) -> bool:
@@ -96,10 +95,10 @@ def idle(temp_dir: str, env: dict[str, str]) -> int:
     return n
 
 
-def top_up(state: dict, want: int, kind: str = "train") -> bool:
-    """Idle warm processes of ``kind`` (run_env_vars) on the local cluster of ``state`` brought to ``want``: the
-    missing ones asked of its raylet, so repeated calls never pile processes up."""
-    env = run_env_vars(kind)
+def top_up(state: dict, want: int) -> bool:
+    """Idle warm processes (run_env_vars) on the local cluster of ``state`` brought to ``want``: the missing ones
+    asked of its raylet, so repeated calls never pile processes up."""
+    env = run_env_vars()
     return prestart(state["raylet"], want - idle(state["temp_dir"], env), env)
 
 

@@ -76,13 +76,13 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
     console.quiet_ray()
 
 
-def keep_warm(num: int, kind: str = "train") -> None:
-    """On raytrain's local cluster: ``num`` idle worker processes of ``kind`` ready for the next run or trial
+def keep_warm(num: int) -> None:
+    """On raytrain's local cluster: at least ``num`` idle worker processes ready for the next training run
     (raytrain.warm_workers); elsewhere nothing."""
     if _warm.get("raylet") and _warm.get("warm_workers", 0) > 0:
         from ..warm_workers import top_up
 
-        top_up(_warm, max(num, _warm["warm_workers"]) if kind == "train" else num, kind)
+        top_up(_warm, max(num, _warm["warm_workers"]))
 
 
 def _runtime_env() -> dict:

@@ -114,22 +114,6 @@ def release_callback(location: str) -> Any:
     return Release()
 
 
-def warm_callback(workers: int) -> Any:
-    """A Tune callback that, on raytrain's local cluster, tops up the warm worker processes (raytrain.warm_workers)
-    as each trial starts, so the next trial finds them: one for its trial actor and ``workers`` + 2 for its Ray Train
-    actors (workers, controller, synchronization actor). Elsewhere it does nothing."""
-    from ray.tune import Callback
-
-    from ..train.runner import keep_warm
-
-    class Warm(Callback):
-        def on_trial_start(self, iteration, trials, trial, **info):
-            keep_warm(1, "trial")
-            keep_warm(workers + 2, "trial_train")
-
-    return Warm()
-
-
 def release_run(location: str, trial_paths: list[str], timeout_s: float = 60) -> list[str]:
     """After the experiment: remove the placement groups this run's trials recorded and still hold (a trial stopped
     by the scheduler can leave its worker group's behind, ray issue 54305), then wait until Ray reports exactly

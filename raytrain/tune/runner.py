@@ -25,7 +25,7 @@ from ..spec.training import SEQUENTIAL
 from ..spec.tune_space import to_param_space, tune_of
 from ..storage import Mirror, Store, filesystem, is_uri, mirror_of, redact
 from .factories import scheduler, searcher
-from .resources import ResourceError, preflight, release_callback, release_run, warm_callback
+from .resources import ResourceError, preflight, release_callback, release_run
 from .trial import pbt_trial, trial
 
 log = get_logger(__name__)
@@ -100,7 +100,7 @@ def _tuner(spec: JobSpec, data: dict, location: str, restore: bool = False):
         ),
         run_config=tune.RunConfig(name="tune", **storage, verbose=0,
                                   callbacks=[_progress(t.metric, t.mode, spec.train.epochs), release_callback(location),
-                                             warm_callback(spec.train.workers), *tune_callbacks(spec)]),
+                                             *tune_callbacks(spec)]),
     )
 
 
