@@ -66,7 +66,7 @@ def auth_env(state: dict) -> dict[str, str]:
 
 def up(cpus: int, port: int = 0, warm_workers: int = 4) -> dict:
     """Start the cluster (or say where it already runs); its state. ``warm_workers``: worker processes kept started,
-    with torch and TorchRec imported, for the next run (raytrain.warm_workers; a 2-worker run takes 4 with its
+    with torch and Ray Train imported, for the next run (raytrain.warm_workers; a 2-worker run takes 4 with its
     controller and synchronization actor)."""
     from .train.resources import EMBEDDED_TRAIN_ENV
     from .warm_workers import preload_env, top_up

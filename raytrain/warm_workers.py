@@ -2,7 +2,7 @@
 
 A run's worker group costs seconds per process before its first step: a fresh Python process that imports torch,
 Ray Train, TorchRec and FBGEMM. A cluster that is already up saves Ray's own start, not that. So the cluster's
-raylet imports those modules in every worker process it starts before handing it work (Ray's
+raylet imports torch and Ray Train (PRELOAD) in every worker process it starts before handing it work (Ray's
 ``preload_python_modules`` setting), and raytrain asks the raylet to start processes ahead of the next run and keep
 them idle (``PrestartWorkers``, with no job bound, so a later driver's actors get them): at ``up`` and after every
 run that attached. Ray hands a prestarted process to an actor only when their runtime envs are equal, so the
@@ -10,7 +10,7 @@ processes are started in the runtime env Ray Train's controller and workers of a
 (``run_env_vars``).
 
 Only third-party modules are preloaded: raytrain's own code is imported by each run, so an edit between runs is
-seen. Each idle warm process holds about 0.5 GiB; ``raytrain up --warm-workers 0`` keeps none.
+seen. Each idle warm process holds about 0.4 GiB; ``raytrain up --warm-workers 0`` keeps none.
 """
 
 from __future__ import annotations

@@ -26,8 +26,8 @@ def add_local_commands(sub) -> None:
                    help="logical CPUs of the cluster (default: 8 or this machine's cores, whichever is more)")
     p.add_argument("--port", type=int, default=0, help="its GCS port (default: a free one)")
     p.add_argument("--warm-workers", type=int, default=4, metavar="N",
-                   help="worker processes kept started with torch and TorchRec imported, for the next run (a 2-worker "
-                        "run uses 4 with its controller and synchronization actor; about 0.5 GiB each while idle; "
+                   help="worker processes kept started with torch and Ray Train imported, for the next run (a 2-worker "
+                        "run uses 4 with its controller and synchronization actor; about 0.4 GiB each while idle; "
                         "default 4, 0 for none)")
     p.set_defaults(func=cmd_up)
     p = sub.add_parser("down", help="stop the local cluster raytrain up started, and every process of it")
