@@ -7,8 +7,10 @@ One process, plain PyTorch + TorchRec's EmbeddingCollection (the Ray Train path 
 
     python benchmarks/sequential.py [--seeds 3] [--epochs 60] [--eval-every 5] [--dim 64] [--threads 2] [--actions]
 
-Goals: HSTU's mean test NDCG@10 at least SASRec's; both above the most-popular baseline's. With ``--actions``, also
-HSTU with each history rating embedded into its item token (model.sequence.actions: 6), against HSTU without.
+Goals: HSTU's mean test NDCG@10 at least SASRec's; both above the most-popular baseline's; SASRec's mean test
+NDCG@10 and HR@10 at least RecBole 1.2.1's SASRec's on the same protocol (0.0670, 0.1442). ``--negatives all``
+trains with a full softmax over the catalogue (RecBole's objective); ``--archs sasrec`` runs SASRec alone. With
+``--actions``, also HSTU with each history rating embedded into its item token (model.sequence.actions: 6), against HSTU without.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from raytrain.models.sequential import SequentialModel
 from raytrain.train.sequential.ranking import most_popular, pretrain
 
 METRICS = ("hr@10", "ndcg@10", "hr@50", "ndcg@50", "mrr")
+# RecBole 1.2.1's SASRec with its default config on MovieLens-100K, leave-one-out by time, the whole catalogue
+# ranked with seen items excluded, as measured on this machine (issue text of the quality goals; docs/sequential.md)
+RECBOLE_SASREC = {"ndcg@10": 0.0670, "hr@10": 0.1442}
 
 
 def main() -> None:
@@ -81,10 +86,17 @@ def main() -> None:
               + f"{np.mean([r['examples_per_s'] for r in runs]):>10,.0f}")
     print(f"{'popular':13s}{0:>10d}" + "".join(f"{pop[m]:>18.4f}" for m in METRICS))
     # a zero denominator means nothing was measured: nan, which meets no target (never inf, which met them)
-    ratio = means["hstu"] / means["sasrec"] if means["sasrec"] > 0 else float("nan")
     floor = min(means.values()) / pop["ndcg@10"] if pop["ndcg@10"] > 0 else float("nan")
-    print(f"GOAL hstu_vs_sasrec_ndcg10 {ratio:.3f} >=1.000 {'met' if ratio >= 1.0 else 'missed'}")
-    print(f"GOAL both_vs_most_popular_ndcg10 {floor:.3f} >1.000 {'met' if floor > 1.0 else 'missed'}")
+    if "hstu" in means and "sasrec" in means:
+        ratio = means["hstu"] / means["sasrec"] if means["sasrec"] > 0 else float("nan")
+        print(f"GOAL hstu_vs_sasrec_ndcg10 {ratio:.3f} >=1.000 {'met' if ratio >= 1.0 else 'missed'}")
+    print(f"GOAL all_vs_most_popular_ndcg10 {floor:.3f} >1.000 {'met' if floor > 1.0 else 'missed'}")
+    if "sasrec" in results:  # RecBole 1.2.1's SASRec, default config, on this protocol (docs/sequential.md)
+        for m, peer in (("ndcg@10", RECBOLE_SASREC["ndcg@10"]), ("hr@10", RECBOLE_SASREC["hr@10"])):
+            mine = float(np.mean([r["test"][m] for r in results["sasrec"]]))
+            spread = float(np.std([r["test"][m] for r in results["sasrec"]]))
+            print(f"GOAL sasrec_{m.replace('@', '')}_vs_recbole_sasrec {mine:.4f} >={peer:.4f} "
+                  f"{'met' if mine >= peer else 'missed'} (mean of {len(results['sasrec'])} seeds, std {spread:.4f})")
     if a.actions:
         gain = means["hstu+actions"] / means["hstu"] if means["hstu"] > 0 else float("nan")
         print(f"GOAL hstu_actions_vs_hstu_ndcg10 {gain:.3f} >=1.000 {'met' if gain >= 1.0 else 'missed'}")
