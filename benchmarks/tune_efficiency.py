@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -76,8 +77,6 @@ def main() -> None:
 
 
 def part3(goals: list) -> None:
-    import subprocess
-
     cli = [sys.executable, "-m", "raytrain.cli.main"]
     walls = {}
     for arm in ("cold", "warm"):

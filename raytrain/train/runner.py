@@ -43,6 +43,7 @@ def init_ray(spec: JobSpec, address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
+    _warm.clear()  # set again below only when this Ray is raytrain's local cluster
     console.quiet_loggers()
     address = address or spec.ray.address or os.environ.get("RAY_ADDRESS")
     if address:
