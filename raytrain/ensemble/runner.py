@@ -25,9 +25,13 @@ log = get_logger(__name__)
 
 
 def member_dirs(cfg) -> list[Path]:
+    """The members' run directories: a tune run's best trials, or the listed runs (each a run directory or a directory
+    above runs, for its newest finished one)."""
     if cfg.tune_run is not None:
         return top_trials(cfg.tune_run, cfg.top_k)
-    return [Path(p).expanduser() for p in cfg.runs]
+    from ..runs import newest_local_run
+
+    return [newest_local_run(p, "result.json") for p in cfg.runs]
 
 
 def combine_and_report(kinds: list[str], names: list[str], val: tuple[np.ndarray, np.ndarray],

@@ -12,6 +12,10 @@ if TYPE_CHECKING:
 
 
 def run(spec: JobSpec, address: Optional[str]) -> dict:
+    if spec.model.arch == "content":  # fitted on the driver, no workers
+        from ..train.content import run_content
+
+        return run_content(spec, address=address)
     if spec.model.arch in ("sasrec", "hstu"):  # pretraining by next-item prediction
         from ..train.sequential.run import run_sequential
 
@@ -26,9 +30,15 @@ def run(spec: JobSpec, address: Optional[str]) -> dict:
 
 
 def step(ctx: StepContext) -> tuple[dict, dict[str, str]]:
-    from ..train.runner import run_train
+    spec = ctx.step_spec("train")
+    if spec.model.arch == "content":
+        from ..train.content import run_content
 
-    out = run_train(ctx.step_spec("train"), address=ctx.address)
+        out = run_content(spec, address=ctx.address)
+    else:
+        from ..train.runner import run_train
+
+        out = run_train(spec, address=ctx.address)
     return {"run_dir": out["run_dir"], "test_auc": out.get("test_auc")}, {"run": out["run_dir"]}
 
 

@@ -208,6 +208,10 @@ def build_model(
     """Build ``spec.arch`` for ``schema``. ``ebc_device='meta'`` leaves the tables unallocated,
     which is how the sharding planner and DistributedModelParallel want them for big tables."""
     device = torch.device(device)
+    if spec.arch == "content":  # no tables: profiles and item texts (``models.content``)
+        from .content import ContentModel
+
+        return RecModel(ContentModel(schema, text_columns(schema), device), spec.arch)
     ebc = EmbeddingBagCollection(
         tables=table_configs(schema, spec.embedding_dim),
         device=torch.device(ebc_device) if ebc_device is not None else device,

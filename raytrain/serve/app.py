@@ -18,11 +18,12 @@ from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, 
 from .cold_start import ItemText
 from .decisions import LogBuffer, request_rows
 from .explore import explore_slate, top_k
-from .features import FeatureStore, RequestError, _key, prepared_rows, to_wire
+from .features import FeatureStore, RequestError, _key, is_registered, prepared_rows
 from .refs import MemberRef, ResolvedVariant
 from .requests import FeedbackRequest, PredictRequest, RecommendRequest, install_error_replies
 from .routing import assign, forced_variant, group_rows
 from .scoring import Scorer
+from .wire import to_wire
 
 log = logging.getLogger("ray.serve")
 # a member deployment that cannot answer now (replicas dead, restarting, or at their request limit): retryable
@@ -51,7 +52,7 @@ class Ingress(Scorer):
                                          v["source"]) for v in variants]
         self.combiners = {v.name: (Combiner.from_dict(v.combiner) if v.combiner else None) for v in self.variants}
         self.handles = handles  # MemberRef.key -> DeploymentHandle of its MemberModel
-        # variants that retrieve from their own index: a single two-tower model (MemberRef.retrieval)
+        # variants that retrieve from their own index: a single two-tower or content model (MemberRef.retrieval)
         self.retrievers = {v.name: v.members[0].key for v in self.variants
                            if len(v.members) == 1 and v.members[0].retrieval}
         schema = FeatureSchema.from_dict(config["schema"])
@@ -64,6 +65,10 @@ class Ingress(Scorer):
         data_spec = DataSpec.model_validate(config["data"])
         self.store = FeatureStore(schema, table, user_key=self.cfg.sticky_key, hashed=hashed,
                                   text=ItemText.of(data_spec, list(schema.dense)))
+        if self.cfg.new_items is not None:
+            from .registry import NewItems
+
+            self.store.new_items = NewItems(self.cfg.new_items, self.cfg.new_items_check_s, self.store.known_items)
         self.started = time.time()
         self.requests = COUNTS
         self.decision_log = decision_log  # the DecisionLog handle: every request, exploring decisions, feedback
@@ -164,7 +169,6 @@ class Ingress(Scorer):
                                + ("serve.recommend is false" if self.cfg.recommend is False else
                                   "the model has no single-valued user id and item id feature; POST /predict"), 404)
         body.check(key, self.cfg.max_recommend_k, 10 * self.cfg.max_request_rows, item_key)
-        new = body.new_items or []
         user, k = body.value(key), body.k
         forced = self._forced(body.variant, request)
         variant = forced or assign(self.cfg.shares, self.name, user)
@@ -175,13 +179,17 @@ class Ingress(Scorer):
         rated = (sorted(set(self.store.values[seen][uid]) - {0})  # type: ignore[index]
                  if body.exclude_rated and seen is not None else [])
         source = variant if variant in self.retrievers else spec_v.retrieve_from
-        if new and body.candidates is None and source is not None:
-            raise RequestError(f"new_items: variant {variant} retrieves its candidates from an index; send "
-                               "'candidates' with the new items to have them ranked together")
-        cold: list = [False]
+        # new items (the request's, with their text, and over the whole catalogue the registered ones) are scored
+        # as the unknown id with their text; the reply names them by their own ids
+        registered = self.store.registered()
+        new = list(body.new_items or [])
+        if body.candidates is None:
+            sent = {n[item_key] for n in new}
+            new += [{item_key: i, "item_text": t} for i, t in registered.items() if i not in sent]
+        cold: list = [{n[item_key] for n in new}]
         if body.candidates is None and source is not None:
-            # retrieval: the two-tower member's index finds the candidates (seen items left out); a two-stage
-            # variant (retrieve_from) then ranks them itself
+            # retrieval: the two-tower or content member's index finds the candidates (seen items left out); a
+            # two-stage variant (retrieve_from) then ranks them itself; new items join them, ranked by the variant
             n = spec_v.retrieve_k if spec_v.retrieve_from else max(k, explore.pool if explore is not None else k)
             logits, found, retrieved_by = await self.retrieve(self.retrievers[source], to_wire(who.columns), n,
                                                               [rated])
@@ -190,20 +198,29 @@ class Ingress(Scorer):
             items, logit = found[0][keep], logits[0][keep].astype(np.float64)
             unknown = {f: c for f, c in who.unknown.items() if f != item_key}
             if spec_v.retrieve_from is not None:
-                parsed = self.store.parse([{key: user, item_key: int(c)} for c in items], self.cfg.oov,
-                                          where="candidates")
-                probs, ranked_by = await self.scores(variant, parsed.columns) if len(items) else (np.zeros(0), [])
-                versions += ranked_by
+                scored = [{key: user, item_key: int(c)} for c in items]
             else:
-                probs = 1.0 / (1.0 + np.exp(-logit))
+                scored, probs = [], 1.0 / (1.0 + np.exp(-logit))
+            scored += [{key: user, item_key: 0, "item_text": x["item_text"]} for x in new]
+            if scored:
+                parsed = self.store.parse(scored, self.cfg.oov, where="candidates")
+                p, ranked_by = await self.scores(variant, parsed.columns)
+                probs = p if spec_v.retrieve_from is not None else np.concatenate([probs, p])
+                items = np.concatenate([items, np.array([x[item_key] for x in new], dtype=np.int64)])
+                versions += ranked_by
+            elif spec_v.retrieve_from is not None:
+                probs = np.zeros(0)
         else:
             candidates = body.candidates if body.candidates is not None else self.store.known_items.tolist()
-            # a new item is read as the unknown id with its own text; the reply names it by the client's id
             parsed = self.store.parse([{key: user, item_key: c} for c in candidates]
                                       + [{key: user, item_key: 0, "item_text": n["item_text"]} for n in new],
                                       self.cfg.oov, where="candidates")
             items = parsed.columns.ids[item_key].numpy().copy()
             items[len(candidates):] = [n[item_key] for n in new]
+            for j, c in enumerate(candidates):  # a registered id among the candidates keeps its own id
+                if is_registered(c, registered):
+                    items[j] = c
+                    cold[0].add(c)
             probs, versions = await self.scores(variant, parsed.columns)
             if rated:  # a new item was never rated
                 probs = np.where(np.isin(items, rated) & (np.arange(len(items)) < len(candidates)), -np.inf, probs)
@@ -211,7 +228,6 @@ class Ingress(Scorer):
             if new:  # the new items are cold starts, not unknown ids
                 unknown[item_key] -= len(new)
                 unknown = {f: c for f, c in unknown.items() if c}
-                cold = [{n[item_key] for n in new}]
         rid, decisions = uuid.uuid4().hex, list[dict]()
         if explore is not None:
             out, decisions = explore_slate(explore, self.rngs[variant], self.store, rid, variant, uid, items, probs, k,
@@ -248,7 +264,9 @@ class Ingress(Scorer):
 
     @api.get("/healthz")
     async def healthz(self):
-        return {"status": "ok", "uptime_s": round(time.time() - self.started, 1)}
+        registry = self.store.new_items
+        return {"status": "ok", "uptime_s": round(time.time() - self.started, 1),
+                **({"new_items": registry.describe()} if registry is not None else {})}
 
     @api.get("/metadata")
     async def metadata(self):

@@ -14,13 +14,15 @@ store's defaults (id 0, empty lists as [0], dense 0.0, which is what unseen ids 
 features) and it is counted the same way.
 
 Cold start (``raytrain.serve.cold_start``): where the model was trained with item text, a row may carry ``item_text``; its
-dense text features then come from that text (encoded and projected as in training) instead of the store's.
+dense text features then come from that text (encoded and projected as in training) instead of the store's. An item
+registered by id and text (``serve.new_items``, ``raytrain.serve.registry``) is scored the same way from its id alone.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -71,6 +73,7 @@ class FeatureStore:
         ``text``: a ``cold_start.ItemText`` where the model has text features: rows may then carry ``item_text``."""
         self.schema = schema
         self.text = text
+        self.new_items: Any = None  # a ``registry.NewItems`` where serve.new_items registers items by id and text
         self.user_key: str | None = _key(schema, "user", user_key)
         self.item_key: str | None = _key(schema, "item", item_key)
         self.hashed = hashed
@@ -164,6 +167,7 @@ class FeatureStore:
         unknown: dict[str, int] = {}
         users = []
         texts: dict[int, str] = {}
+        registered = self.registered()
         for r, row in enumerate(rows):
             at = f"{where}[{r}]"
             if not isinstance(row, dict):
@@ -183,7 +187,11 @@ class FeatureStore:
                 uid = self._id(row[self.user_key], self.user_key, at, oov, unknown, self.known.get("user"))
                 single[self.user_key][r] = uid
             if self.item_key is not None:
-                iid = self._id(row[self.item_key], self.item_key, at, oov, unknown, self.known.get("item"))
+                raw = row[self.item_key]
+                if registered and "item_text" not in row and is_registered(raw, registered):
+                    texts[r] = registered[raw]  # a registered new item: the unknown row, and its text
+                else:
+                    iid = self._id(raw, self.item_key, at, oov, unknown, self.known.get("item"))
                 single[self.item_key][r] = iid
             users.append(row.get(self.user_key) if self.user_key is not None else None)
             for name in single:
@@ -229,6 +237,10 @@ class FeatureStore:
         cols = Columns(self.schema, ids, packed, torch.from_numpy(dense), torch.zeros(n))
         return Parsed(cols, users, unknown, [r in texts for r in range(n)])
 
+    def registered(self) -> dict[int, str]:
+        """The items registered by id and text (serve.new_items), re-read if the file changed; {} without one."""
+        return self.new_items.refresh() if self.new_items is not None else {}
+
     def _id(self, v, name: str, at: str, oov: str, unknown: dict, known: np.ndarray | None = None) -> int:
         if isinstance(v, str) and name in self.hashed:
             return _hashed(v, self.card[name], f"{at}.{name}")
@@ -248,6 +260,10 @@ class FeatureStore:
         return 0
 
 
+def is_registered(v: object, registered: dict[int, str]) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v in registered
+
+
 def _hashed(v: str, size: int, at: str) -> int:
     """A raw Criteo categorical (0-16 hex digits; empty: missing) -> its row, as ``data.criteo`` hashes it."""
     if v == "":
@@ -255,36 +271,3 @@ def _hashed(v: str, size: int, at: str) -> int:
     if len(v) > 16 or any(c not in "0123456789abcdefABCDEF" for c in v):
         raise RequestError(f"{at}: expected an integer id or 1-16 hex digits, got {v[:40]!r}")
     return int(v, 16) % size
-
-
-def to_wire(cols: Columns) -> dict:
-    """Parsed rows as plain numpy arrays: what the ingress sends a member (pickles in microseconds, unlike
-    tensors and the schema)."""
-    return {"ids": {k: v.numpy() for k, v in cols.ids.items()},
-            "lists": {k: (v.numpy(), o.numpy()) for k, (v, o) in cols.lists.items()},
-            "dense": cols.dense.numpy()}
-
-
-def concat_wire(parts: list[dict]) -> dict:
-    """Several requests' parsed rows as one, in order."""
-    if len(parts) == 1:
-        return parts[0]
-    lists = {}
-    for k in parts[0]["lists"]:
-        offs, base = [np.zeros(1, dtype=np.int64)], 0
-        for p in parts:
-            o = p["lists"][k][1]
-            offs.append(o[1:] + base)
-            base += int(o[-1])
-        lists[k] = (np.concatenate([p["lists"][k][0] for p in parts]), np.concatenate(offs))
-    return {"ids": {k: np.concatenate([p["ids"][k] for p in parts]) for k in parts[0]["ids"]},
-            "lists": lists, "dense": np.concatenate([p["dense"] for p in parts])}
-
-
-def from_wire(schema: FeatureSchema, parts: list[dict]) -> Columns:
-    """One Columns of several requests' rows, in order (a member's batch)."""
-    w = concat_wire(parts)
-    dense = torch.from_numpy(w["dense"])
-    return Columns(schema, {k: torch.from_numpy(v) for k, v in w["ids"].items()},
-                   {k: (torch.from_numpy(v), torch.from_numpy(o)) for k, (v, o) in w["lists"].items()},
-                   dense, torch.zeros(dense.shape[0]))

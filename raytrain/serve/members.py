@@ -1,5 +1,5 @@
 """A member deployment: one trained model, loaded unsharded from its run directory, its tables stored as the variant
-asks (``quantize``); one forward pass per call. A two-tower member also retrieves: it embeds every item of its
+asks (``quantize``); one forward pass per call. A two-tower or content member also retrieves: it embeds every item of its
 catalogue with the item tower when it starts and searches them by the user tower's vector (``retrieval``)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from ray import serve
 
-from .features import from_wire
 from .refs import MemberRef
+from .wire import from_wire
 
 
 @serve.deployment
@@ -49,8 +49,9 @@ class MemberModel:
         """The item tower's vector of every item the run's data holds, in an index (``retrieval.ItemIndex``)."""
 
         from ..spec.serve import RetrievalSpec
-        from .features import FeatureStore, prepared_rows, to_wire
+        from .features import FeatureStore, prepared_rows
         from .retrieval import ItemIndex
+        from .wire import to_wire
 
         store = FeatureStore(self.model.schema, prepared_rows(self.model.spec.data))
         assert store.user_key is not None and store.item_key is not None
@@ -64,7 +65,7 @@ class MemberModel:
         return ItemIndex(np.concatenate(vectors) if vectors else np.zeros((0, 1), np.float32), items, cfg)
 
     async def score(self, rows: dict) -> tuple[np.ndarray, str]:
-        """Logits of parsed rows (``features.to_wire``), and the model version that made them (``MemberRef.version``:
+        """Logits of parsed rows (``wire.to_wire``), and the model version that made them (``MemberRef.version``:
         during a rolling update, replicas of two versions answer side by side)."""
         self.forward_passes += 1
         cols = from_wire(self.model.schema, [rows])
@@ -78,7 +79,7 @@ class MemberModel:
         ``exclude`` items; a row with fewer eligible items ends in -inf / -1. The logits are the model's own
         (user . item)."""
         if self.index is None:
-            raise ValueError(f"member {self.ref.name}: not a two-tower model; it cannot retrieve")
+            raise ValueError(f"member {self.ref.name}: not a two-tower or content model; it cannot retrieve")
         self.forward_passes += 1
         user, _ = self._towers(rows)
         ex = [np.asarray(e, dtype=np.int64) for e in exclude] if exclude is not None else None

@@ -19,7 +19,7 @@ class MemberRef:
     checkpoint: str
     quantize: str = "none"  # every table's dtype (kinds.serve.TableDtype) ...
     quantize_tables: tuple[tuple[str, str], ...] = ()  # ... but these features'
-    retrieval: str = ""  # a two-tower member's index settings (RetrievalSpec as JSON); "" for other models
+    retrieval: str = ""  # a two-tower or content member's index settings (RetrievalSpec as JSON); "" for other models
     shards: int = 0  # embedding-shard deployments serving its tables (serve/shards.py); 0: loaded whole
 
     def __post_init__(self) -> None:  # JSON and asdict() round trips give lists

@@ -18,8 +18,8 @@ import numpy as np
 from ray import serve
 
 from ..data.batches import Columns
-from .features import concat_wire, to_wire
 from .refs import MemberRef, ResolvedVariant
+from .wire import concat_wire, to_wire
 
 log = logging.getLogger("ray.serve")
 
@@ -79,7 +79,7 @@ class Scorer:
 
     async def retrieve(self, key: str, rows: dict, n: int, exclude: list[list[int]]
                        ) -> tuple[np.ndarray, np.ndarray, str]:
-        """A two-tower member's top ``n`` (logits, item ids) for each parsed row's user, and its version
+        """A two-tower or content member's top ``n`` (logits, item ids) for each parsed row's user, and its version
         (``MemberModel.retrieve``)."""
         handle = self.handles[key]
         try:

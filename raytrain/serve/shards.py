@@ -118,7 +118,7 @@ def _peak_rss() -> int:
 
 
 def _bag(rows: dict, feature: str) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, bag lengths) of one feature of wire rows (``features.to_wire``)."""
+    """(ids, bag lengths) of one feature of wire rows (``wire.to_wire``)."""
     if feature in rows["ids"]:
         ids = rows["ids"][feature]
         return ids, np.ones(len(ids), dtype=np.int64)

@@ -9,6 +9,7 @@ from ..ensemble.members import best_checkpoint, member_name, read_ensemble, top_
 from ..errors import CheckpointError
 from ..runs import newest_local_run
 from ..spec.serve import ServeSpec, VariantSpec
+from ..spec.training import RETRIEVERS
 from .refs import MemberRef, ResolvedVariant
 from .shards import shard_count
 
@@ -40,9 +41,9 @@ def resolve(name: str, v: VariantSpec) -> ResolvedVariant:
     for m in out.members:
         sequential = is_sequential(m.run_dir)
         shards = 0 if sequential else shard_count(table_bytes(Path(m.run_dir)), v.shards, v.shard_above)
-        two_tower = not sequential and _arch(Path(m.run_dir)) == "two_tower"
+        vectors = not sequential and _arch(Path(m.run_dir)) in RETRIEVERS  # a user and an item vector
         members.append(replace(m, quantize=v.quantize, quantize_tables=tuple(sorted(v.quantize_tables.items())),
-                               retrieval=retrieval if (two_tower or sequential) and not shards else "", shards=shards))
+                               retrieval=retrieval if (vectors or sequential) and not shards else "", shards=shards))
     out.members = members
     return out
 
@@ -85,6 +86,7 @@ def servable_problems(cfg: ServeSpec, variants: list[ResolvedVariant] | None = N
     not on storage yet is skipped (``validate`` before the runs exist)."""
     import json
 
+    from ..data.item_text import TEXT_PREFIX
     from ..data.schema import FeatureSchema
     from .features import _key
 
@@ -117,6 +119,10 @@ def servable_problems(cfg: ServeSpec, variants: list[ResolvedVariant] | None = N
             schema = FeatureSchema.from_dict(json.loads((run / "schema.json").read_text()))
             arch = _arch(run)
             kinds[rv.name] = arch
+            if arch == "content" and (spec_v.quantize != "none" or spec_v.quantize_tables or spec_v.shards is not None
+                                      or spec_v.shard_above is not None):
+                problems.append(f"{at}: model {m.name} is a content model (profiles and item texts, no embedding "
+                                "tables): quantize, quantize_tables and shards do not apply")
             features = [f.name for f in schema.sparse]
             unknown = sorted(set(spec_v.quantize_tables) - set(features))
             if unknown:
@@ -129,11 +135,21 @@ def servable_problems(cfg: ServeSpec, variants: list[ResolvedVariant] | None = N
                                 "serves /predict only)")
             if not ranks and spec_v.explore is not None:
                 problems.append(f"{at}.explore: model {m.name} has no user id and item id feature to explore over")
+            if cfg.new_items is not None and not any(d.startswith(TEXT_PREFIX) for d in schema.dense):
+                problems.append(f"serve.new_items: model {m.name} of variant {rv.name} was trained without item text "
+                                "(data.text), so it cannot score an item from its text")
     for rv in variants:
         source = cfg.variants[rv.name].retrieve_from
-        if source is not None and source in kinds and kinds[source] != "two_tower":
+        if source is not None and source in kinds and kinds[source] not in RETRIEVERS:
             problems.append(f"serve.variants.{rv.name}.retrieve_from: variant {source} serves a "
-                            f"{kinds[source]} model; candidates are retrieved by a two_tower model")
+                            f"{kinds[source]} model; candidates are retrieved by a two_tower or content model")
+    if cfg.new_items is not None:
+        from .registry import read_new_items
+
+        try:
+            read_new_items(cfg.new_items)
+        except (OSError, ValueError) as e:
+            problems.append(str(e) if isinstance(e, ValueError) else f"serve.new_items: cannot read it ({e})")
     return problems
 
 

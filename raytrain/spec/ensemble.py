@@ -20,7 +20,8 @@ class EnsembleSpec(Section):
 
     tune_run: Optional[str] = Field(None, description="a tune run directory, or <storage>/<name> for its newest")
     top_k: int = Field(3, ge=1, description="with tune_run: how many of its best trials")
-    runs: list[str] = Field(default_factory=list, description="train run directories (instead of tune_run)")
+    runs: list[str] = Field(default_factory=list, description="train run directories, or directories above runs (the "
+                                                              "newest finished run under each), instead of tune_run")
     combine: list[Combine] = Field(
         default_factory=lambda: list(COMBINES), min_length=1,
         description="combiners to fit (on validation) and report")

@@ -61,10 +61,10 @@ class VariantSpec(Section):
     quantize_tables: dict[str, TableDtype] = Field(
         default_factory=dict, description="per-feature overrides of quantize, e.g. {item_id: fp16}")
     retrieval: RetrievalSpec = Field(
-        default_factory=RetrievalSpec, description="two-tower and sequential models: how /recommend searches the "
+        default_factory=RetrievalSpec, description="two-tower, content and sequential models: how /recommend searches the "
                                                    "catalogue")
     retrieve_from: Optional[str] = Field(
-        None, description="two-stage /recommend: another variant (a two-tower model) retrieves candidates, this one "
+        None, description="two-stage /recommend: another variant (a two-tower or content model) retrieves candidates, this one "
                           "ranks them")
     retrieve_k: int = Field(200, ge=1, description="with retrieve_from: candidates retrieved per request")
     shards: Optional[int] = Field(
@@ -142,6 +142,11 @@ class ServeSpec(Section):
     oov: Literal["unknown", "reject"] = Field(
         "unknown", description="ids never seen or out of range: 'unknown' maps them to the reserved id 0 (and the "
                                "feature store's unknown row) and counts them in the reply; 'reject' answers 422")
+    new_items: Optional[str] = Field(
+        None, description="a file (path or URI) registering new items by id and text, parquet or JSON lines of "
+                          "{item_id, item_text}: /predict scores a registered id from its text and /recommend ranks them "
+                          "with the catalogue; re-read when it changes. Models trained with data.text only")
+    new_items_check_s: float = Field(5.0, gt=0.0, description="with new_items: how often the file is looked at")
     request_path: Literal["proxy", "haproxy"] = Field(
         "proxy", description="how HTTP reaches the ingress: Ray Serve's proxy, or HAProxy with the ingress answering "
                              "directly (Serve's throughput-optimised mode; about twice the requests/s here, but Serve binds "

@@ -26,6 +26,7 @@ class DcnSpec(Section):
 
 
 SEQUENTIAL = ("sasrec", "hstu")
+RETRIEVERS = ("two_tower", "content")  # models with a user and an item vector: they search the catalogue
 SEQUENTIAL_METRICS = ("val_ndcg@10", "val_hr@10", "val_ndcg@50", "val_hr@50", "val_mrr")
 
 
@@ -58,7 +59,7 @@ class SampledSoftmaxSpec(Section):
 
 
 class ModelSpec(Section):
-    arch: Literal["dlrm", "dcn_v2", "two_tower", "sasrec", "hstu"] = "dcn_v2"
+    arch: Literal["dlrm", "dcn_v2", "two_tower", "sasrec", "hstu", "content"] = "dcn_v2"
     embedding_dim: int = Field(16, ge=1, le=4096)
     dense_arch: list[int] = Field(default_factory=lambda: [64], description="bottom MLP; embedding_dim is appended")
     over_arch: list[int] = Field(default_factory=lambda: [128, 64], description="top MLP; the 1-unit output is appended")
@@ -239,6 +240,10 @@ def training_checks(spec: Any, steps: list[str]) -> list[str]:
         return problems + sequential_checks(spec)
     if spec.data.source in ("open-bandit", "served-logs"):
         return [f"data.source: {spec.data.source} holds logged bandit feedback for kind bandit, not {spec.kind}"]
+    if spec.model.arch == "content":
+        from .content_checks import content_checks
+
+        return problems + content_checks(spec, steps)
     cv = spec.train.cross_validation
     if cv is not None:
         if spec.kind not in ("train", "tune"):
@@ -276,3 +281,4 @@ def training_checks(spec: Any, steps: list[str]) -> list[str]:
         if spec.model.arch == "two_tower" and cols is not None and not cols.item_features:
             problems.append("model.arch: two_tower needs data.columns.item_features")
     return problems
+

@@ -154,6 +154,19 @@ def save(sharded, directory: str | Path, epoch: int, metrics: dict, step: int | 
         tmp.replace(directory / MARKER)
 
 
+def save_single(state: dict, directory: str | Path, epoch: int, metrics: dict) -> None:
+    """A checkpoint written by one process without a process group (a model fitted on the driver, such as
+    ``models.content``): the same DCP files and marker as ``save``, so loading and scoring read it the same way."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MARKER).unlink(missing_ok=True)
+    dcp.save(state, checkpoint_id=str(directory), no_dist=True)
+    files = {f.name: f.stat().st_size for f in directory.iterdir() if f.name.startswith("__") or f.name == METADATA}
+    marker = {"epoch": epoch, "metrics": metrics, "time": time.time(), "world_size": 1, "files": dict(sorted(files.items()))}
+    (directory / (MARKER + ".tmp")).write_text(json.dumps(marker))
+    (directory / (MARKER + ".tmp")).replace(directory / MARKER)
+
+
 def read_marker(directory: str | Path) -> dict:
     """A complete checkpoint's marker (epoch, metrics, manifest); ``directory`` may be a pyarrow.fs URI. Raises
     CheckpointError unless every file of the manifest is there with its size."""

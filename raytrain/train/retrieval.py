@@ -1,4 +1,4 @@
-"""Full-catalogue retrieval metrics for two-tower models: Recall@K and NDCG@K.
+"""Full-catalogue retrieval metrics for two-tower and content models: Recall@K and NDCG@K.
 
 For every user with a positive in the evaluated split, the user tower embeds the user (features of
 one of the user's rows in that split), the item tower embeds every item of the catalogue (every
@@ -23,12 +23,12 @@ def _read(files: list[str]) -> pa.Table:
 
 
 @torch.no_grad()
-def _tower_outputs(net, columns: Columns, names: list[str], tower, batch: int = 4096) -> torch.Tensor:
+def _tower_outputs(net, columns: Columns, side: int, batch: int = 4096) -> torch.Tensor:
+    """The user (``side`` 0) or item (1) vectors of the rows: ``net.towers``, which two-tower and content models have."""
     out = []
     for lo in range(0, len(columns), batch):
         b = columns.batch(torch.arange(lo, min(lo + batch, len(columns))))
-        pooled = net.embedding_bag_collection(b.sparse).to_dict()
-        out.append(net.tower_output(pooled, names, tower))
+        out.append(net.towers(b.sparse, b.dense)[side])
     return torch.cat(out)
 
 
@@ -40,7 +40,7 @@ def retrieval_metrics(loaded, paths: dict[str, list[str]], split: str = "test", 
     catalogue = pa.concat_tables([t for t in tables.values()])
     items, first = np.unique(catalogue.column(item_key).to_numpy(), return_index=True)
     item_cols = Columns.from_arrow(schema, catalogue.take(pa.array(first)), "catalogue")
-    item_emb = _tower_outputs(net, item_cols, net.item_features, net.item_tower)
+    item_emb = _tower_outputs(net, item_cols, 1)
     position = {int(it): p for p, it in enumerate(items)}
 
     ev = tables[split]
@@ -54,7 +54,7 @@ def retrieval_metrics(loaded, paths: dict[str, list[str]], split: str = "test", 
     ev_items = ev.column(item_key).to_numpy()
     users, first_row = np.unique(ev_users[pos_rows], return_index=True)
     query_cols = Columns.from_arrow(schema, ev.take(pa.array(pos_rows[first_row])), f"{split} users")
-    user_emb = _tower_outputs(net, query_cols, net.user_features, net.user_tower)
+    user_emb = _tower_outputs(net, query_cols, 0)
 
     train = tables["train"]
     seen: dict[int, set[int]] = {}

@@ -130,7 +130,7 @@ def test_pipeline_serve_step_must_follow_its_source():
 
 
 def test_requests_batched_on_the_wire_equal_one_request():
-    from raytrain.serve.features import concat_wire, from_wire, to_wire
+    from raytrain.serve.wire import concat_wire, from_wire, to_wire
 
     store = _store()
     a = [{"user_id": 1, "item_id": 5, "device": 2, "hour": 7.5}]

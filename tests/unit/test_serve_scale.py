@@ -276,7 +276,8 @@ def test_a_model_that_cannot_be_served_as_asked_is_refused_before_anything_deplo
         "cat_2",
         "serve.recommend: model a of variant a has no single-valued user id and item id feature, so /recommend "
         "cannot rank items for it (recommend: false serves /predict only)",
-        "serve.variants.b.retrieve_from: variant a serves a dlrm model; candidates are retrieved by a two_tower model",
+        "serve.variants.b.retrieve_from: variant a serves a dlrm model; candidates are retrieved by a two_tower or "
+            "content model",
     ]
     # raytrain validate says the same, with exit 2
     path = tmp_path / "serve.yaml"
@@ -353,9 +354,9 @@ def test_a_sharded_member_scores_what_the_whole_model_scores(tmp_path, arch):
     from types import SimpleNamespace
 
     from raytrain.data.batches import Columns
-    from raytrain.serve.features import to_wire
     from raytrain.serve.refs import MemberRef
     from raytrain.serve.shards import EmbeddingShard, ShardedMember, plan_shards
+    from raytrain.serve.wire import to_wire
 
     run, ckpt, model = _saved_run(tmp_path, arch)
     ref = MemberRef("m", str(run), str(ckpt), shards=3)

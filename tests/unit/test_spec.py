@@ -41,7 +41,8 @@ def test_all_problems_reported_at_once_with_paths_values_and_suggestions():
     assert _problems(doc) == [
         "dataa: unknown key (did you mean 'data'?); allowed keys: abtest, bandit, data, distill, ensemble, kind, model, name, "
         "pipeline, ray, serve, storage, tracking, train, tune",
-        "model.arch: 'dcnv2' is not allowed (did you mean 'dcn_v2'?); allowed values: dlrm, dcn_v2, two_tower, sasrec, hstu",
+        "model.arch: 'dcnv2' is not allowed (did you mean 'dcn_v2'?); allowed values: dlrm, dcn_v2, two_tower, sasrec, hstu, "
+        "content",
         "model.embeding_dim: unknown key (did you mean 'embedding_dim'?); allowed keys: arch, dcn, dense_arch, dropout, "
         "embedding_dim, embedding_l2, over_arch, sequence, tower",
         "train.epochs: 0: Input should be greater than or equal to 1",

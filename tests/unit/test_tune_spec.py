@@ -42,7 +42,7 @@ def test_bad_space_entries_name_the_entry():
         "start_timeout_s, threads_per_worker, workers",
         "tune.space.train.epochs: empty range: 3 >= 3",
         "tune.space.model.arch: value 'dcn' gives an invalid spec: model.arch: 'dcn' is not allowed "
-        "(did you mean 'dcn_v2'?); allowed values: dlrm, dcn_v2, two_tower, sasrec, hstu",
+        "(did you mean 'dcn_v2'?); allowed values: dlrm, dcn_v2, two_tower, sasrec, hstu, content",
         "tune.space.x: 'normal(0, 1)' is not a distribution; use one of: uniform(...), loguniform(...), "
         "quniform(...), randint(...), choice(...), grid(...)",
         "tune.space.train.batch_size: randint needs integers, got [1.5, 4]",
