@@ -150,11 +150,40 @@ def split_indices(n: int, method: str, fractions, seed: int, order_key: np.ndarr
     return [order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]]
 
 
+def given_split(raw: dict[str, bytes], path: str) -> list[np.ndarray]:
+    """The train / validation / test rows that ``path`` names (split.method given): a parquet file with the raw
+    ``user_id``, ``item_id`` and ``split`` of every interaction of ml-100k.inter, exactly once each."""
+    try:
+        given = pq.read_table(Path(path).expanduser()).to_pandas()
+    except (OSError, pa.ArrowInvalid) as e:
+        raise DataError(f"data.split.path {path}: cannot read it as parquet ({e})") from None
+    missing = {"user_id", "item_id", "split"} - set(given.columns)
+    if missing:
+        raise DataError(f"data.split.path {path}: no column(s) {', '.join(sorted(missing))}")
+    bad = sorted(set(given["split"].astype(str)) - {"train", "validation", "test"})
+    if bad:
+        raise DataError(f"data.split.path {path}: split values must be train, validation or test, not {bad[:3]}")
+    inter = _read_atomic(raw["ml-100k.inter"], "ml-100k.inter")
+    key = inter["user_id"].astype(str) + "\t" + inter["item_id"].astype(str)
+    named = pd.Series(given["split"].astype(str).to_numpy(),
+                      index=given["user_id"].astype(str) + "\t" + given["item_id"].astype(str))
+    if named.index.duplicated().any():
+        first = named.index[named.index.duplicated()][0].replace("\t", ", ")
+        raise DataError(f"data.split.path {path}: interaction (user_id, item_id) ({first}) is named twice")
+    split = key.map(named)
+    if split.isna().any() or len(named) != len(inter):
+        raise DataError(f"data.split.path {path}: names {len(named):,} interactions, of which "
+                        f"{int((~split.isna()).sum()):,} are in ml-100k.inter ({len(inter):,} rows): every "
+                        "interaction needs its split, exactly once")
+    return [np.flatnonzero(split.to_numpy() == s) for s in ("train", "validation", "test")]
+
+
 def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
     """Write (once, cached by split and label rule) train/validation/test parquet files."""
     key = json.dumps(
         {"split": data_spec.split.model_dump(mode="json"), "label": data_spec.label.model_dump(), "v": 7,
          "path": data_spec.path, "history": data_spec.history.model_dump() if data_spec.history else None,
+         "given": file_stamp([data_spec.split.path]) if data_spec.split.path else None,
          "vectors": file_stamp([data_spec.history.user_vectors])
          if data_spec.history and data_spec.history.user_vectors else None,
          "text": data_spec.text.model_dump(exclude={"workers", "cpus_per_worker", "batch_size"})
@@ -169,10 +198,13 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
         if data_spec.label.column != "rating":
             raise DataError(f"movielens-100k: label column must be 'rating', got {data_spec.label.column!r}")
         frame["label"] = data_spec.label.binarise(rating.to_numpy()).astype("float32")
-        parts = split_indices(
-            len(frame), data_spec.split.method, data_spec.split.fractions, data_spec.split.seed,
-            frame["timestamp"].to_numpy(),
-        )
+        if data_spec.split.method == "given":
+            parts = given_split(raw, data_spec.split.path)
+        else:
+            parts = split_indices(
+                len(frame), data_spec.split.method, data_spec.split.fractions, data_spec.split.seed,
+                frame["timestamp"].to_numpy(),
+            )
         dense = list(DENSE)
         features = list(FEATURES)
         groups = dict(DENSE_GROUPS)

@@ -44,9 +44,12 @@ class LabelSpec(Section):
 class SplitSpec(Section):
     """How one data set becomes train / validation / test: ``random`` (seeded) or by ``time``."""
 
-    method: Literal["random", "time"] = "random"
+    method: Literal["random", "time", "given"] = "random"
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 0
+    path: Optional[str] = Field(None, description="given (movielens-100k): a parquet file naming each interaction's "
+                                                  "split: user_id, item_id (the source's raw ids) and split (train, "
+                                                  "validation or test), e.g. another library's split to compare on")
     cold_items: float = Field(0.0, ge=0.0, lt=1.0, description="movielens-100k: this share of the items (seeded) "
                                                                "held out of training and validation entirely: their "
                                                                "rows go to the test split, their id unknown (0)")
@@ -57,6 +60,14 @@ class SplitSpec(Section):
         if any(f <= 0 for f in v) or abs(sum(v) - 1.0) > 1e-6:
             raise ValueError(f"fractions must be three positive numbers summing to 1, got {list(v)}")
         return v
+
+    @model_validator(mode="after")
+    def _given(self):
+        if (self.method == "given") != (self.path is not None):
+            raise ValueError("method given takes a path (the file naming each row's split); the others take none")
+        if self.method == "given" and self.cold_items > 0:
+            raise ValueError("cold_items: not with method given (the file decides every row's split)")
+        return self
 
 
 class SyntheticSpec(Section):
@@ -249,6 +260,8 @@ class DataSpec(Section):
                              f"{suggest(c, list(have))}" for c in self.text.item if c not in have]
         if self.split.cold_items > 0 and self.source != "movielens-100k":
             problems.append(f"split.cold_items: for movielens-100k in this version, not {self.source}")
+        if self.split.method == "given" and self.source != "movielens-100k":
+            problems.append(f"split.method: given is for movielens-100k in this version, not {self.source}")
         if self.history is not None and self.source not in ("movielens-100k", "parquet"):
             problems.append(f"'history' is for source movielens-100k or parquet, not {self.source}")
         if self.source not in ("parquet", "criteo"):

@@ -44,8 +44,9 @@ class SequenceSpec(Section):
 class SampledSoftmaxSpec(Section):
     """Next-item pretraining of the sequential models: each position's next item against sampled negatives."""
 
-    negatives: int | Literal["all"] = Field(128, description="uniformly sampled negatives, shared by a step's "
-                                         "positions; `all`: every item of the catalogue (a full softmax)")
+    negatives: int | Literal["all", "auto"] = Field(
+        "auto", description="uniformly sampled negatives, shared by a step's positions; `all`: every item of the "
+                            "catalogue (a full softmax); `auto`: all up to 16,000 items, else 128")
     in_batch_negatives: int = Field(0, ge=0, description="negatives drawn from the step's own next items (so, by "
                                                          "popularity), on top of the uniform ones")
     temperature: float = Field(0.05, gt=0.0)
@@ -54,7 +55,7 @@ class SampledSoftmaxSpec(Section):
     @classmethod
     def _at_least_one(cls, v):
         if isinstance(v, int) and v < 1:
-            raise ValueError("must be at least 1, or `all` for every item of the catalogue")
+            raise ValueError("must be at least 1, `all` for every item of the catalogue, or `auto`")
         return v
 
 

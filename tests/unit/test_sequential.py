@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,6 +14,7 @@ from raytrain.errors import DataError
 from raytrain.models.sequential import SequentialModel
 from raytrain.train.sequential.ranking import eval_batches, most_popular, pretrain, rank_metrics
 
+ROOT = Path(__file__).resolve().parents[2]
 CFG = SimpleNamespace(heads=2, blocks=2, max_len=12, dropout=0.0)
 
 
@@ -255,3 +257,20 @@ def test_negatives_all_is_a_full_softmax_over_the_catalogue():
         full = torch.nn.functional.cross_entropy(scores, batch.targets - 1)
     assert logits.shape == (len(batch.targets), split.train.num_items)
     assert torch.allclose(loss, full, atol=1e-5), (loss, full)
+
+
+def test_negatives_auto_is_the_full_softmax_up_to_the_threshold_and_sampled_above():
+    from raytrain.spec import load_spec
+    from raytrain.spec.training import SampledSoftmaxSpec
+    from raytrain.train.sequential.ranking import FULL_SOFTMAX_MAX_ITEMS, resolve_negatives, train_batches
+
+    assert SampledSoftmaxSpec().negatives == "auto"
+    spec = load_spec(ROOT / "jobs/pretrain_hstu_ml100k.yaml", ["train.sampled_softmax.negatives=auto"])
+    assert spec.train.sampled_softmax.negatives == "auto"
+    ids = FULL_SOFTMAX_MAX_ITEMS + 1  # the padding id and FULL_SOFTMAX_MAX_ITEMS items
+    assert resolve_negatives("auto", ids) == "all" and resolve_negatives("auto", ids + 1) == 128
+    assert resolve_negatives(7, 10) == 7 and resolve_negatives("all", 10**7) == "all"
+    rng = np.random.default_rng(0)
+    small = from_columns(np.repeat(np.arange(3), 5), rng.integers(1, 40, 15), np.tile(np.arange(5), 3))
+    batch = next(train_batches(small, 3, CFG.max_len, "auto", rng))
+    assert batch.negatives.tolist() == list(range(1, small.num_items))

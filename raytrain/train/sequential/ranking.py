@@ -72,6 +72,19 @@ def _last(seqs: Sequences, u: int, max_len: int) -> slice:
     return slice(max(seqs.offsets[u], seqs.offsets[u + 1] - max_len), seqs.offsets[u + 1])
 
 
+# ``negatives: auto``: a full softmax up to this many items, 128 sampled negatives above (benchmarks/full_softmax.py:
+# at 16,000 items HSTU's step at the shipped job's shape costs 1.x times the sampled one on 2 CPU cores)
+FULL_SOFTMAX_MAX_ITEMS = 16000
+AUTO_SAMPLED = 128
+
+
+def resolve_negatives(negatives: int | str, num_items: int) -> int | str:
+    """``auto`` as what it means for a catalogue of ``num_items`` ids (the padding id included); others as given."""
+    if negatives != "auto":
+        return negatives
+    return "all" if num_items - 1 <= FULL_SOFTMAX_MAX_ITEMS else AUTO_SAMPLED
+
+
 def trainable_users(train: Sequences) -> np.ndarray:
     return np.flatnonzero(train.lengths() >= 2)
 
@@ -80,7 +93,8 @@ def train_batches(train: Sequences, users_per_batch: int, max_len: int, negative
                   in_batch: int = 0, chunks: list[np.ndarray] | None = None) -> Iterator[SeqBatch]:
     """Shuffled users (or the given ``chunks`` of users); each history's last ``max_len`` transitions (item -> next
     item); ``negatives`` uniform ids (``"all"``: every item id, no sampling) and ``in_batch`` ids drawn from the
-    batch's own next items."""
+    batch's own next items; ``"auto"``: ``resolve_negatives``."""
+    negatives = resolve_negatives(negatives, train.num_items)
     if chunks is None:
         chunks = in_batches(rng.permutation(trainable_users(train)), users_per_batch)
     for chunk in chunks:

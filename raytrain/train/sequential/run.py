@@ -55,9 +55,13 @@ def write_sequences(spec: JobSpec, run_dir: Path) -> Path:
         ids = seqs.item_ids if seqs.item_ids is not None else np.arange(seqs.num_items)
         arrays["text"] = text_vectors(spec, ids, seqs.num_items)
     np.savez(path, **arrays)  # type: ignore[arg-type]
+    from .ranking import resolve_negatives
+
+    negatives = resolve_negatives(spec.train.sampled_softmax.negatives, seqs.num_items)
+    objective = "a softmax over every item" if negatives == "all" else f"{negatives} sampled negatives"
     log.info(f"data: {spec.data.source}, {seqs.users:,} users, {seqs.num_items - 1:,} items, {len(seqs.items):,} "
-             f"actions; {spec.model.arch} pretraining by next-item prediction, leave-one-out evaluation over the "
-             "whole catalogue")
+             f"actions; {spec.model.arch} pretraining by next-item prediction ({objective}), leave-one-out evaluation "
+             "over the whole catalogue")
     return path
 
 
