@@ -1,6 +1,6 @@
 """Model quality against the peers, on the peers' own protocols: one command for every quality goal.
 
-    python benchmarks/quality.py [--quick] [--sections sasrec,hstu,pipeline] [--storage /tmp/raytrain-quality]
+    python benchmarks/quality.py [--quick] [--sections sasrec,hstu,ctr,pipeline] [--storage /tmp/raytrain-quality]
 
 Sections (each its own process, so one Ray at a time and nothing shared between them):
 - sasrec: ``benchmarks/sequential.py --archs sasrec --negatives all``: raytrain's SASRec with a full softmax against
@@ -13,8 +13,10 @@ Sections (each its own process, so one Ray at a time and nothing shared between 
   ``benchmarks/distill.py`` on its run: ensemble test AUC >= 0.800, student >= 99.5% of it at <= 0.2x parameters.
   One run: the pipeline seeds its own trials.
 
-CTR on RecBole's own split of ML-100K (test AUC >= 0.795 against RecBole DeepFM's 0.7885) is not measured by this
-version: it needs RecBole's data preparation (``pip install recbole==1.2.1``) exported to parquet, not built yet.
+- ctr: RecBole 1.2.1's own CTR split of ML-100K, exported by ``benchmarks/recbole_split.py`` run with
+  ``--recbole-python`` (a Python with ``recbole==1.2.1``; see that script), then ``benchmarks/ctr_recbole.py``: a single
+  raytrain model's mean test AUC against 0.795 (RecBole's DeepFM: 0.7885). Without a RecBole environment the section
+  says so and measures nothing.
 
 Seeds: 3 (``--quick``: 1). Every section's GOAL lines are printed again at the end, means with the spread in the
 line's note.
@@ -81,6 +83,19 @@ def hstu(seeds: int, work: Path) -> list[str]:
             f"{'met' if max(minutes) <= HSTU_MINUTES else 'missed'} (the slowest seed)"]
 
 
+def ctr(seeds: int, work: Path, recbole_python: str) -> list[str]:
+    if not Path(recbole_python).exists():
+        print(f"ctr: no RecBole environment at {recbole_python} (--recbole-python): not measured", flush=True)
+        return []
+    code, _ = run([recbole_python, "benchmarks/recbole_split.py", "--out", str(work / "recbole")],
+                  work / "recbole_split.log")
+    if code != 0:
+        return [f"(recbole split export failed: exit {code}, {work / 'recbole_split.log'})"]
+    code, goals = run([sys.executable, "benchmarks/ctr_recbole.py", "--split", str(work / "recbole" / "split.parquet"),
+                       "--seeds", str(seeds), "--storage", str(work / "ctr")], work / "ctr.log")
+    return goals if code == 0 else [f"(ctr section failed: exit {code})"]
+
+
 def pipeline(work: Path) -> list[str]:
     storage = work / "pipeline"
     code, _ = run([RAYTRAIN, "run", "jobs/pipeline_ml100k.yaml", f"storage={storage}", "--embedded"], work / "pipeline.log")
@@ -94,24 +109,24 @@ def pipeline(work: Path) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="one seed per section")
-    ap.add_argument("--sections", default="sasrec,hstu,pipeline")
+    ap.add_argument("--sections", default="sasrec,hstu,ctr,pipeline")
+    ap.add_argument("--recbole-python", default="/tmp/rbvenv/bin/python",
+                    help="a Python with recbole==1.2.1, for the ctr section")
     ap.add_argument("--storage", default="/tmp/raytrain-quality")
     args = ap.parse_args()
     seeds = 1 if args.quick else 3
     work = Path(args.storage) / time.strftime("%Y%m%d-%H%M%S")
     work.mkdir(parents=True)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
-    unknown = set(sections) - {"sasrec", "hstu", "pipeline"}
+    unknown = set(sections) - {"sasrec", "hstu", "ctr", "pipeline"}
     if unknown:
-        sys.exit(f"--sections: unknown {', '.join(sorted(unknown))} (sasrec, hstu, pipeline)")
+        sys.exit(f"--sections: unknown {', '.join(sorted(unknown))} (sasrec, hstu, ctr, pipeline)")
     goals: list[str] = []
     for name in sections:
         print(f"\n== {name} ({seeds} seed{'s' if seeds > 1 and name != 'pipeline' else ''}) ==", flush=True)
         goals += {"sasrec": lambda: sasrec(seeds, work), "hstu": lambda: hstu(seeds, work),
-                  "pipeline": lambda: pipeline(work)}[name]()
-    print("\nctr on RecBole's split of ML-100K (>= 0.795 test AUC): not measured in this version (needs RecBole's "
-          "data preparation exported to parquet)")
-    print(f"logs: {work}\n")
+                  "ctr": lambda: ctr(seeds, work, args.recbole_python), "pipeline": lambda: pipeline(work)}[name]()
+    print(f"\nlogs: {work}\n")
     failed = [g for g in goals if not g.startswith("GOAL")]
     for g in goals:
         print(g)
