@@ -9,9 +9,10 @@ Sections (each its own process, so one Ray at a time and nothing shared between 
 - hstu: the shipped ``jobs/pretrain_hstu_ml100k.yaml`` as ``raytrain run`` runs it, one run per seed
   (``train.seed``), on Ray Train: mean test NDCG@10 at the best validation epoch against 0.0880 (1.31x RecBole's
   SASRec), and its wall time against 15 minutes.
-- pipeline: ``jobs/pipeline_ml100k.yaml`` (tune, stacked ensemble of the top 3, distilled student) then
-  ``benchmarks/distill.py`` on its run: ensemble test AUC >= 0.800, student >= 99.5% of it at <= 0.2x parameters.
-  One run: the pipeline seeds its own trials.
+- pipeline: ``jobs/pipeline_ml100k.yaml`` (tune, stacked ensemble of the top 3, distilled student) with the items'
+  text (``data.text``, TEXT below: every trial and the student read it) then ``benchmarks/distill.py`` on its run:
+  ensemble test AUC >= 0.800, student >= 99.5% of it at <= 0.2x parameters. One run: the pipeline seeds its own
+  trials.
 
 - ctr: RecBole 1.2.1's own CTR split of ML-100K, exported by ``benchmarks/recbole_split.py`` run with
   ``--recbole-python`` (a Python with ``recbole==1.2.1``; see that script), then ``benchmarks/ctr_recbole.py``: a single
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 GOAL = re.compile(r"^GOAL \S+ \S+ \S+ (met|missed)\b.*$")
 HSTU_TARGET, HSTU_MINUTES = 0.0880, 15.0
 RAYTRAIN = str(Path(sys.executable).parent / "raytrain")  # the CLI of this environment
+TEXT = "data.text={item: [movie_title, release_year, class], dims: 32}"
 
 
 def run(cmd: list[str], log: Path) -> tuple[int, list[str]]:
@@ -98,7 +100,8 @@ def ctr(seeds: int, work: Path, recbole_python: str) -> list[str]:
 
 def pipeline(work: Path) -> list[str]:
     storage = work / "pipeline"
-    code, _ = run([RAYTRAIN, "run", "jobs/pipeline_ml100k.yaml", f"storage={storage}", "--embedded"], work / "pipeline.log")
+    code, _ = run([RAYTRAIN, "run", "jobs/pipeline_ml100k.yaml", f"storage={storage}", TEXT, "--embedded"],
+                  work / "pipeline.log")
     if code != 0:
         return [f"(pipeline section failed: exit {code}, {work / 'pipeline.log'})"]
     run_dir = next(p.parent for p in storage.glob("**/pipeline.json"))
