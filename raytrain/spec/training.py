@@ -46,7 +46,7 @@ class SampledSoftmaxSpec(Section):
 
     negatives: int | Literal["all", "auto"] = Field(
         "auto", description="uniformly sampled negatives, shared by a step's positions; `all`: every item of the "
-                            "catalogue (a full softmax); `auto`: all up to 16,000 items, else 128")
+                            "catalogue (a full softmax); `auto`: all up to 2,000 items, else 128")
     in_batch_negatives: int = Field(0, ge=0, description="negatives drawn from the step's own next items (so, by "
                                                          "popularity), on top of the uniform ones")
     temperature: float = Field(0.05, gt=0.0)
