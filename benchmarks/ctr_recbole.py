@@ -1,6 +1,6 @@
 """CTR on RecBole's own split of MovieLens-100K: raytrain's single models against RecBole's DeepFM, 3 seeds.
 
-    /tmp/rbvenv/bin/python benchmarks/recbole_split.py --out /tmp/recbole-ml100k [--peer DeepFM]   # RecBole's split
+    /tmp/rbvenv/bin/python scripts/recbole_split.py --out /tmp/recbole-ml100k [--peer DeepFM]   # RecBole's split
     python benchmarks/ctr_recbole.py --split /tmp/recbole-ml100k/split.parquet [--seeds 3] [--arms dcn_v2,text]
 
 The split is RecBole 1.2.1's (label rating >= 4, a random 80/10/10 by interaction with seed 2020), read through
@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=10, help="train.epochs (the job's 5 ended every run at its best)")
     a = p.parse_args()
     if not Path(a.split).exists():
-        raise SystemExit(f"{a.split}: no such file; make it with benchmarks/recbole_split.py (see the docstring)")
+        raise SystemExit(f"{a.split}: no such file; make it with scripts/recbole_split.py (see the docstring)")
     arms = [x.strip() for x in a.arms.split(",") if x.strip()]
     import ray
 

@@ -14,7 +14,7 @@ Sections (each its own process, so one Ray at a time and nothing shared between 
   ensemble test AUC >= 0.800, student >= 99.5% of it at <= 0.2x parameters. One run: the pipeline seeds its own
   trials.
 
-- ctr: RecBole 1.2.1's own CTR split of ML-100K, exported by ``benchmarks/recbole_split.py`` run with
+- ctr: RecBole 1.2.1's own CTR split of ML-100K, exported by ``scripts/recbole_split.py`` run with
   ``--recbole-python`` (a Python with ``recbole==1.2.1``; see that script), then ``benchmarks/ctr_recbole.py``: a single
   raytrain model's mean test AUC against 0.795 (RecBole's DeepFM: 0.7885). Without a RecBole environment the section
   says so and measures nothing.
@@ -89,7 +89,7 @@ def ctr(seeds: int, work: Path, recbole_python: str) -> list[str]:
     if not Path(recbole_python).exists():
         print(f"ctr: no RecBole environment at {recbole_python} (--recbole-python): not measured", flush=True)
         return []
-    code, _ = run([recbole_python, "benchmarks/recbole_split.py", "--out", str(work / "recbole")],
+    code, _ = run([recbole_python, "scripts/recbole_split.py", "--out", str(work / "recbole")],
                   work / "recbole_split.log")
     if code != 0:
         return [f"(recbole split export failed: exit {code}, {work / 'recbole_split.log'})"]

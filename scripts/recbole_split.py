@@ -3,7 +3,7 @@
 Run with a Python that has RecBole (kept out of raytrain's environment; its wheel also carries the data):
 
     python3 -m venv /tmp/rbvenv && /tmp/rbvenv/bin/pip install recbole==1.2.1 torch==2.13.0 'numpy<2' pyarrow
-    /tmp/rbvenv/bin/python benchmarks/recbole_split.py --out /tmp/recbole-ml100k [--peer DeepFM]
+    /tmp/rbvenv/bin/python scripts/recbole_split.py --out /tmp/recbole-ml100k [--peer DeepFM]
 
 RecBole's settings, as its quick start applies them to a context-aware model on ml-100k
 (``properties/quick_start_config/context-aware*.yaml``): the label is rating >= 4, the interactions are shuffled and
