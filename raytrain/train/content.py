@@ -93,10 +93,10 @@ def run_content(spec: JobSpec, address: str | None = None) -> dict:
 
     summary = collect_metrics(run_dir)
     if prepared.paths:
-        from .export import load_model
+        from .export import LoadedModel
         from .retrieval import retrieval_metrics
 
-        summary.update(retrieval_metrics(load_model(run_dir), prepared.paths))
+        summary.update(retrieval_metrics(LoadedModel(spec, schema, module, checkpoint, 0), prepared.paths))
     summary.update(wall_seconds=time.perf_counter() - t0, checkpoint=str(checkpoint), run_dir=str(run_dir))
     if location != str(run_dir):
         summary.update(run_dir=location, local_mirror=str(run_dir), checkpoint=f"{location}/ray/epoch_0001")
