@@ -26,6 +26,7 @@ class Batch(Pipelineable):
     size: int
     teacher: torch.Tensor | None = None  # [B] float32 teacher logits (distillation), when the data has them
     row_ids: torch.Tensor | None = None  # [B] int64 global row ids in the split (streamed data; stays on the CPU)
+    extra: torch.Tensor | None = None  # [B, K] float32 labels of the ordinal cuts (data.label.ordinal), if any
 
     # TorchRec's Pipelineable (TrainPipelineSparseDist checks the class, not only the methods): how a batch moves to
     # the device and is marked as used by the pipeline's streams
@@ -34,7 +35,7 @@ class Batch(Pipelineable):
                      self.sparse.to(device, non_blocking=non_blocking),
                      self.label.to(device, non_blocking=non_blocking), self.size,
                      None if self.teacher is None else self.teacher.to(device, non_blocking=non_blocking),
-                     self.row_ids)
+                     self.row_ids, None if self.extra is None else self.extra.to(device, non_blocking=non_blocking))
 
     def record_stream(self, stream) -> None:
         self.dense.record_stream(stream)
@@ -42,18 +43,28 @@ class Batch(Pipelineable):
         self.label.record_stream(stream)
         if self.teacher is not None:
             self.teacher.record_stream(stream)
+        if self.extra is not None:
+            self.extra.record_stream(stream)
 
     def pin_memory(self) -> "Batch":
         return Batch(self.dense.pin_memory(), self.sparse.pin_memory(), self.label.pin_memory(), self.size,
-                     None if self.teacher is None else self.teacher.pin_memory(), self.row_ids)
+                     None if self.teacher is None else self.teacher.pin_memory(), self.row_ids,
+                     None if self.extra is None else self.extra.pin_memory())
 
 
 def binarise(label: np.ndarray, rule: str | None) -> np.ndarray:
     if rule is None:
         return label.astype(np.float32)
-    from ..spec.sections import LabelSpec
+    from ..spec.label import LabelSpec
 
     return LabelSpec(positive_if=rule).binarise(label)
+
+
+def extra_labels(schema: FeatureSchema, grade: np.ndarray) -> torch.Tensor | None:
+    """The ordinal cuts' 0/1 labels of raw grades ``grade``: float32 [N, K] (None without cuts)."""
+    if not schema.extra_labels:
+        return None
+    return torch.from_numpy(np.stack([binarise(grade, rule) for rule in schema.extra_labels], axis=1))
 
 
 TEACHER_COLUMN = "teacher_logit"  # written by a distillation run next to the training split's features
@@ -63,13 +74,14 @@ class Columns:
     """One shard of a split held as tensors, sliced into batches by row index."""
 
     def __init__(self, schema: FeatureSchema, ids: dict, lists: dict, dense: torch.Tensor, label: torch.Tensor,
-                 teacher: torch.Tensor | None = None):
+                 teacher: torch.Tensor | None = None, extra: torch.Tensor | None = None):
         self.schema = schema
         self.ids = ids  # name -> int64 [N]
         self.lists = lists  # name -> (values int64 [M], offsets int64 [N+1])
         self.dense = dense
         self.label = label
         self.teacher = teacher  # float32 [N] teacher logits, present in a distillation's training split
+        self.extra = extra  # float32 [N, K] labels of the ordinal cuts (schema.extra_labels), when the schema has them
 
     def __len__(self) -> int:
         return int(self.label.shape[0])
@@ -83,8 +95,10 @@ class Columns:
             if schema.dense
             else torch.zeros((len(cols[schema.label]), 0))
         )
-        label = torch.from_numpy(binarise(np.asarray(cols[schema.label]), schema.positive_if))
-        out = cls(schema, ids, {}, dense, label)
+        raw = np.asarray(cols[schema.label])
+        label = torch.from_numpy(binarise(raw, schema.positive_if))
+        grade = np.asarray(cols.get(schema.grade or schema.label, raw))
+        out = cls(schema, ids, {}, dense, label, extra=extra_labels(schema, grade))
         out.check(source)
         return out
 
@@ -128,7 +142,15 @@ class Columns:
             if not np.isfinite(t).all():
                 raise DataError(f"{source}: column {TEACHER_COLUMN} has {int((~np.isfinite(t)).sum())} NaN/inf value(s)")
             teacher = torch.from_numpy(t)
-        out = cls(schema, ids, lists, dense, label, teacher)
+        extra = None
+        if schema.extra_labels:
+            grade = raw if schema.grade in (None, schema.label) else np.asarray(
+                table.column(schema.grade).to_numpy(zero_copy_only=False), dtype=np.float64)
+            if np.isnan(grade).any():
+                raise DataError(f"{source}: graded label column {schema.grade} has NaN value(s), first at row "
+                                f"{int(np.flatnonzero(np.isnan(grade))[0])}")
+            extra = extra_labels(schema, grade)
+        out = cls(schema, ids, lists, dense, label, teacher, extra)
         out.check(source)
         return out
 
@@ -151,8 +173,9 @@ class Columns:
             lists[k] = (torch.cat(vals), torch.cat(offs))
         teachers = [p.teacher for p in parts if p.teacher is not None]
         teacher = torch.cat(teachers) if len(teachers) == len(parts) else None
+        extras = [p.extra for p in parts if p.extra is not None]
         return cls(schema, ids, lists, torch.cat([p.dense for p in parts]), torch.cat([p.label for p in parts]),
-                   teacher)
+                   teacher, torch.cat(extras) if len(extras) == len(parts) else None)
 
     def check(self, source: str) -> None:
         """Every id inside its table: an error names the feature, the bad id and its row."""
@@ -179,7 +202,7 @@ class Columns:
             values, lens = _gather_lists(vals, offs, idx)
             lists[name] = (values, torch.cat([torch.zeros(1, dtype=torch.int64), torch.cumsum(lens, 0)]))
         return Columns(self.schema, {k: v[idx] for k, v in self.ids.items()}, lists, self.dense[idx], self.label[idx],
-                       None if self.teacher is None else self.teacher[idx])
+                       None if self.teacher is None else self.teacher[idx], None if self.extra is None else self.extra[idx])
 
     def batch(self, idx: torch.Tensor, row_ids: torch.Tensor | None = None) -> Batch:
         """Rows ``idx`` as a Batch. KJT layout: feature-major (all rows of feature 1, then feature 2...)."""
@@ -199,7 +222,7 @@ class Columns:
             lengths=torch.cat(lengths).to(torch.int32),
         )
         return Batch(self.dense[idx], kjt, self.label[idx], b, None if self.teacher is None else self.teacher[idx],
-                     row_ids)
+                     row_ids, None if self.extra is None else self.extra[idx])
 
 
 SLICE_FROM = 64  # mean list length from which a copy per row beats index arithmetic per value (2x at 160 ids a row)

@@ -198,6 +198,8 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
         if data_spec.label.column != "rating":
             raise DataError(f"movielens-100k: label column must be 'rating', got {data_spec.label.column!r}")
         frame["label"] = data_spec.label.binarise(rating.to_numpy()).astype("float32")
+        if data_spec.label.ordinal:  # the raw grade too, for the other cuts' labels (data.label.ordinal)
+            frame["rating"] = rating.to_numpy().astype("float32")
         if data_spec.split.method == "given":
             parts = given_split(raw, data_spec.split.path)
         else:
@@ -244,6 +246,8 @@ def prepare(data_spec) -> tuple[FeatureSchema, dict[str, list[str]]]:
             seen_items="user_rated_items" if data_spec.history is not None else None,
             label="label",
             timestamp="timestamp",
+            grade="rating" if data_spec.label.ordinal else None,
+            extra_labels=data_spec.label.extra_rules(),
             info={
                 "source": "movielens-100k",
                 "rows": {s: int(len(p)) for s, p in zip(("train", "validation", "test"), parts)},

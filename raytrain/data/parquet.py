@@ -60,6 +60,8 @@ def schema_for(data_spec, history: bool = True) -> FeatureSchema:
         label=data_spec.label.column,
         timestamp=cols.timestamp,
         positive_if=data_spec.label.positive_if,
+        grade=data_spec.label.column if data_spec.label.ordinal else None,
+        extra_labels=data_spec.label.extra_rules(),
         info={"source": "parquet"},
     )
 

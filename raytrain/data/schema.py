@@ -36,6 +36,9 @@ class FeatureSchema:
     dense_groups: dict[str, Group] = field(default_factory=dict)
     # a user feature listing the items each user has interacted with (a /recommend can exclude them), if any
     seen_items: str | None = None
+    # ordinal training (data.label.ordinal): the column of the raw graded label and the other cuts' rules on it
+    grade: str | None = None
+    extra_labels: tuple[str, ...] = ()
     # free-form facts about the source (row counts, how the label was made), shown in run dirs
     info: dict = field(default_factory=dict, compare=False)
 
@@ -57,7 +60,7 @@ class FeatureSchema:
 
     def columns(self) -> list[str]:
         cols = [f.name for f in self.sparse] + list(self.dense) + [self.label]
-        return cols
+        return cols + ([self.grade] if self.grade is not None and self.grade != self.label else [])
 
     def to_dict(self) -> dict:
         return {
@@ -68,6 +71,8 @@ class FeatureSchema:
             "positive_if": self.positive_if,
             "dense_groups": dict(self.dense_groups),
             "seen_items": self.seen_items,
+            "grade": self.grade,
+            "extra_labels": list(self.extra_labels),
             "info": self.info,
         }
 
@@ -81,6 +86,8 @@ class FeatureSchema:
             positive_if=d.get("positive_if"),
             dense_groups=dict(d.get("dense_groups", {})),
             seen_items=d.get("seen_items"),
+            grade=d.get("grade"),
+            extra_labels=tuple(d.get("extra_labels", ())),
             info=dict(d.get("info", {})),
         )
 

@@ -6,39 +6,13 @@ module in ``raytrain.kinds``. `docs/spec.md` is the user-facing reference.
 
 from __future__ import annotations
 
-import operator
-import re
 from typing import Literal, Optional, Union
 
 from pydantic import Field, field_validator, model_validator
 
 from .base import Section
+from .label import LabelSpec
 from .text import TEXT_COLUMNS, TextSpec
-
-_LABEL_RULE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(-?\d+(\.\d+)?)\s*$")
-_OPS = {">=": operator.ge, "<=": operator.le, ">": operator.gt, "<": operator.lt, "==": operator.eq, "!=": operator.ne}
-
-
-class LabelSpec(Section):
-    """Which column is the label, and (optionally) how to binarise it: ``positive_if: ">= 4"``."""
-
-    column: str = "label"
-    positive_if: Optional[str] = None
-
-    @field_validator("positive_if")
-    @classmethod
-    def _rule(cls, v: Optional[str]) -> Optional[str]:
-        if v is not None and not _LABEL_RULE.match(v):
-            raise ValueError(f"not a rule like '>= 4' (operators: {', '.join(_OPS)})")
-        return v
-
-    def binarise(self, values):
-        """Apply ``positive_if`` to an array of raw labels (returns float 0/1)."""
-        if self.positive_if is None:
-            return values
-        m = _LABEL_RULE.match(self.positive_if)
-        assert m is not None
-        return _OPS[m.group(1)](values, float(m.group(2))).astype("float32")
 
 
 class SplitSpec(Section):
@@ -260,6 +234,8 @@ class DataSpec(Section):
                              f"{suggest(c, list(have))}" for c in self.text.item if c not in have]
         if self.split.cold_items > 0 and self.source != "movielens-100k":
             problems.append(f"split.cold_items: for movielens-100k in this version, not {self.source}")
+        if self.label.ordinal and self.source not in ("movielens-100k", "parquet"):
+            problems.append(f"label.ordinal: for movielens-100k or parquet (a graded label), not {self.source}")
         if self.split.method == "given" and self.source != "movielens-100k":
             problems.append(f"split.method: given is for movielens-100k in this version, not {self.source}")
         if self.history is not None and self.source not in ("movielens-100k", "parquet"):

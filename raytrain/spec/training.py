@@ -235,6 +235,9 @@ def training_checks(spec: Any, steps: list[str]) -> list[str]:
     if spec.train.device == "cpu" and spec.train.optimizer.sparse == "adam":
         problems.append("train.optimizer.sparse: FBGEMM's CPU tables have no fused adam; use rowwise_adagrad, "
                         "adagrad or sgd on CPU (adam needs train.device: cuda)")
+    if spec.data.label.ordinal and spec.model.arch in (*SEQUENTIAL, "content"):
+        problems.append(f"data.label.ordinal: the cuts train a model scored by the rows' log-loss; {spec.model.arch} "
+                        "does not read them (leave ordinal out)")
     if spec.model.arch in SEQUENTIAL:
         from .sequential_checks import sequential_checks
 

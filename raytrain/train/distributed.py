@@ -39,13 +39,29 @@ SPARSE_OPTIMIZERS = {
 DENSE_OPTIMIZERS = {"adam": torch.optim.Adam, "adagrad": torch.optim.Adagrad, "sgd": torch.optim.SGD}
 
 
-class TrainModule(nn.Module):
-    """Batch -> (loss, logits): the shape TorchRec's TrainPipelineSparseDist expects on CUDA."""
+OFFSET_SCALE = 10.0  # the ordinal offsets are this times their parameter: they move ~10x faster than the weights
 
-    def __init__(self, model: RecModel, distill: tuple[float, float] | None = None) -> None:
+
+class TrainModule(nn.Module):
+    """Batch -> (loss, logits): the shape TorchRec's TrainPipelineSparseDist expects on CUDA.
+
+    ``ordinal`` (data.label.ordinal: the cuts' rules, lowest first, and positive_if's share of the loss): batches
+    that carry the cuts' labels also train ``logit + offset_k`` on cut k, a cumulative-logit model whose offsets are
+    learned (started one logit apart, in the cuts' order). The logit itself is positive_if's.
+    """
+
+    def __init__(self, model: RecModel, distill: tuple[float, float] | None = None,
+                 ordinal: tuple[tuple[str, ...], str, float] | None = None) -> None:
         super().__init__()
         self.model = model
         self.distill = distill  # (alpha, temperature): batches that carry teacher logits train on the KD loss
+        self.ordinal_weight = 1.0
+        if ordinal is not None:
+            rules, main, self.ordinal_weight = ordinal
+            below = sum(_cut(r) < _cut(main) for r in rules)  # cuts under positive_if's: more often positive
+            start = torch.tensor([float(below - k) for k in range(len(rules))])
+            start[below:] -= 1.0  # positive_if's own cut sits between, at 0
+            self.ordinal_offsets = nn.Parameter(start / OFFSET_SCALE)
 
     def forward(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         logits = self.model(batch.dense, batch.sparse)
@@ -55,10 +71,18 @@ class TrainModule(nn.Module):
             loss = distill_loss(logits, batch.teacher, batch.label, *self.distill)
         else:
             loss = nn.functional.binary_cross_entropy_with_logits(logits, batch.label)
+        if batch.extra is not None and self.training and hasattr(self, "ordinal_offsets"):
+            cuts = logits.unsqueeze(1) + OFFSET_SCALE * self.ordinal_offsets
+            extra = nn.functional.binary_cross_entropy_with_logits(cuts, batch.extra)
+            loss = self.ordinal_weight * loss + (1.0 - self.ordinal_weight) * extra
         penalty = self.model.penalty()
         if penalty is not None:
             loss = loss + penalty
         return loss, logits.detach()
+
+
+def _cut(rule: str) -> float:
+    return float(rule.lstrip("<>=! "))
 
 
 @dataclass
@@ -95,7 +119,9 @@ def build_train_module(spec, schema: FeatureSchema, device: torch.device, meta_t
     torch.manual_seed(spec.train.seed)  # same dense init on every rank
     model = build_model(spec.model, schema, device=device, ebc_device=torch.device("meta") if meta_tables else device)
     d = getattr(spec, "distill", None)
-    module = TrainModule(model, (d.alpha, d.temperature) if d is not None else None)
+    label = spec.data.label
+    module = TrainModule(model, (d.alpha, d.temperature) if d is not None else None,
+                         (label.extra_rules(), label.positive_if, label.ordinal_weight) if label.ordinal else None)
     opt = spec.train.optimizer
     apply_optimizer_in_backward(SPARSE_OPTIMIZERS[opt.sparse], embedding_collection(module).parameters(), _sparse_kwargs(opt))
     return module

@@ -60,8 +60,8 @@ def test_the_spec_types_stand_at_the_bottom_and_the_registry_on_top():
            for f in _files("kinds")}
     assert {k: v for k, v in bad.items() if v} == {}
     # and the spec's common sections stand on nothing of raytrain but each other
-    common = {"raytrain.spec.sections", "raytrain.spec.base", "raytrain.spec.text"}
-    for name in ("sections.py", "training.py", "base.py", "text.py"):
+    common = {"raytrain.spec.sections", "raytrain.spec.base", "raytrain.spec.text", "raytrain.spec.label"}
+    for name in ("sections.py", "training.py", "base.py", "text.py", "label.py"):
         assert _imports(PKG / "spec" / name, True) <= common, name
 
 
