@@ -90,7 +90,7 @@ def main() -> None:
     json.dump({"teacher": t, "student": s, "latency": lat}, sys.stderr)
     print(file=sys.stderr)
     for name, value, target, ok in goals:
-        shown = "not_measured" if value is None else f"{value:.3f}"
+        shown = "not_measured" if value is None else f"{value:.4f}"
         print(f"GOAL {name} {shown} {target} {'met' if ok else 'missed'}")
 
 
