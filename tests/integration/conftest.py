@@ -16,7 +16,8 @@ def pipeline_out(ray_local, tmp_path_factory):
         f"storage={tmp_path_factory.mktemp('pipeline')}", "train.workers=1", "train.batch_size=2048", "train.epochs=1",
         "tune.num_samples=2",
         "tune.max_concurrent_trials=2", "tune.scheduler={name: fifo}", "tune.search={algorithm: random, seed: 0}",
-        "tune.space={model.embedding_dim: 'choice([8, 16, 32])'}", "ensemble.top_k=2", "distill.alpha=0.5"])
+        "tune.space={model.embedding_dim: 'choice([8, 16, 32])'}", "ensemble.top_k=2", "distill.alpha=0.5",
+        "distill.student={model.embedding_dim: 8, model.over_arch: [32], data.label.ordinal: [], train.epochs: 1}"])
     return run_pipeline(spec)
 
 
