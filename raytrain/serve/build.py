@@ -82,8 +82,15 @@ def _data_of(variants: list[ResolvedVariant]) -> tuple[dict, dict]:
             docs[m.name] = load_spec(f"{m.run_dir}/spec.yaml").data.model_dump(mode="json")
     first = next(iter(docs.values()))
     for name, d in docs.items():
-        if json.dumps(d, sort_keys=True) != json.dumps(first, sort_keys=True):
+        if json.dumps(_served(d), sort_keys=True) != json.dumps(_served(first), sort_keys=True):
             raise CheckpointError(f"serve: member {name} was trained on other data than the rest "
                                   "(one application serves one feature schema)")
     m = variants[0].members[0]
     return first, json.loads((Path(m.run_dir) / "schema.json").read_text())
+
+
+def _served(data: dict) -> dict:
+    """A data spec less what only training reads (the label's ordinal cuts): members that differ there alone are
+    served by one application (a pipeline's student leaves the cuts out, its teachers trained on them)."""
+    label = {k: v for k, v in data.get("label", {}).items() if k not in ("ordinal", "ordinal_weight")}
+    return {**data, "label": label}
