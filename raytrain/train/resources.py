@@ -23,10 +23,12 @@ LOCAL_RAY_ENV = "RAYTRAIN_LOCAL_RAY"
 # the demo's tail), and no preemption watcher actor is started (it watches for nodes being drained, which a
 # one-machine Ray never is; one Python process fewer competing for the cores while the workers start). A missed look
 # is not a failure: Ray marks a worker dead only after its check hangs for RAY_TRAIN_WORKER_HEALTH_CHECK_TIMEOUT_S.
+# Nor does it collect Ray's own metrics: a local Ray here runs without a dashboard, so nothing reads them, and the
+# OpenTelemetry exporter thread of Ray 2.60 once killed a tune trial's worker with SIGSEGV while it reported.
 # what every Ray process of a raytrain job gets in its runtime env (never a credential: Ray logs runtime envs)
 RUNTIME_ENV = {"env_vars": {"PYTHONWARNINGS": "ignore", "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}}
 EMBEDDED_TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-                      LOCAL_RAY_ENV: "1"}
+                      "RAY_enable_metrics_collection": "0", LOCAL_RAY_ENV: "1"}
 
 
 class ResourceError(RaytrainError):

@@ -206,5 +206,6 @@ def test_a_process_that_ran_an_embedded_ray_joins_a_cluster_without_its_local_se
                          env=_env(), timeout=300, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [line for line in out.stdout.splitlines() if line.startswith(("embedded", "cluster"))]
-    # sorted keys: RAYTRAIN_LOCAL_RAY, RAY_TRAIN_ENABLE_PREEMPTION_WATCHER, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S
-    assert lines == ["embedded ['1', '0', '0.5']", "cluster [None, None, None] [None, None, None]"]
+    # sorted keys: RAYTRAIN_LOCAL_RAY, RAY_TRAIN_ENABLE_PREEMPTION_WATCHER, RAY_TRAIN_HEALTH_CHECK_INTERVAL_S,
+    # RAY_enable_metrics_collection
+    assert lines == ["embedded ['1', '0', '0.5', '0']", "cluster [None, None, None, None] [None, None, None, None]"]

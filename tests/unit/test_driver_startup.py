@@ -47,12 +47,14 @@ def test_an_embedded_ray_gets_ray_trains_local_settings_and_a_users_value_wins()
         init_ray(parse_spec({"name": "e", "data": {"source": "synthetic"}, "ray": {"num_cpus": 1}}))
         env = ray.get(ray.remote(num_cpus=0)(lambda: dict(os.environ)).remote())
         ray.shutdown()
-        for key in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"):
+        for key in ("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER",
+                    "RAY_enable_metrics_collection"):
             print(key, os.environ.get(key), env.get(key))
     """)
-    lines = dict((line.split(" ", 1)) for line in out.strip().splitlines()[-2:])
+    lines = dict((line.split(" ", 1)) for line in out.strip().splitlines()[-3:])
     assert lines["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] == "1.5 1.5"
     assert lines["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0 0"
+    assert lines["RAY_enable_metrics_collection"] == "0 0"  # the workers collect no metrics (nothing reads them)
 
 
 def test_the_lean_trainer_runs_only_on_raytrains_local_ray_and_keeps_the_dataset_manager_when_given_datasets():
