@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -46,7 +47,8 @@ def run(cmd: list[str], log: Path) -> tuple[int, list[str]]:
     print("$ " + " ".join(cmd), flush=True)
     goals = []
     with open(log, "w") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})  # the log follows the section live
         assert proc.stdout is not None
         for line in proc.stdout:
             out.write(line)
