@@ -47,12 +47,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("command", help="the command that printed the log")
     p.add_argument("log", help="its output")
+    p.add_argument("--commit", help="the commit the run measured, when it ran in another checkout (default: HEAD)")
     a = p.parse_args()
     goals = [m.groups() for line in Path(a.log).read_text().splitlines() if (m := GOAL.match(line))]
     if not goals:
         raise SystemExit(f"{a.log}: no GOAL lines")
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+    commit = subprocess.run(["git", "rev-parse", "--short", a.commit or "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
+    if not commit:
+        raise SystemExit(f"--commit {a.commit}: not a commit of {ROOT}")
     stamp, where = time.strftime("%Y-%m-%d"), machine()
     kept, notes = [], ""
     if PAGE.exists():
